@@ -1,0 +1,228 @@
+"""Coalescing of changes per path, settle timers, in-flight and dirty tracking. No I/O.
+
+A path is handed out when it is *ready*: a close-after-write or deletion says so at once;
+any other event makes it ready after `settle` seconds without further events. A path in
+flight is never handed out twice: an event for it during flight leaves a pending entry
+that becomes eligible again when the flight is done ("dirty").
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+Key = tuple[str, str]  # (folder name, path relative to the folder's source)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One unit of work: mirror `path`; with `origin`, first try to rename origin → path."""
+
+    folder: str
+    path: str
+    origin: str | None
+    first_seen: float
+
+
+@dataclass
+class _Entry:
+    first_seen: float
+    last_event: float
+    settle: float
+    ready: bool = False
+    not_before: float = 0.0
+    origin: str | None = None
+    queued: bool = False          # sits in the ready deque
+    timer: float | None = None    # deadline of its live heap entry
+
+
+@dataclass
+class ChangeQueue:
+    clock: Callable[[], float] = time.monotonic
+    _entries: dict[Key, _Entry] = field(default_factory=dict)
+    _in_flight: set[Key] = field(default_factory=set)
+    _ready: deque[Key] = field(default_factory=deque)
+    _timers: list[tuple[float, int, Key]] = field(default_factory=list)
+    _seq: itertools.count = field(default_factory=itertools.count)
+    _cond: threading.Condition = field(default_factory=threading.Condition)
+    _closed: bool = False
+
+    # -- producers -------------------------------------------------------------
+    def touch(self, folder: str, path: str, *, settle: float, ready: bool = False,
+              not_before: float | None = None) -> None:
+        """Record that `path` may differ from its mirror."""
+        with self._cond:
+            now = self.clock()
+            key = (folder, path)
+            e = self._entries.get(key)
+            if e is None:
+                e = self._entries[key] = _Entry(first_seen=now, last_event=now, settle=settle)
+            e.last_event = now
+            e.settle = settle
+            e.ready = e.ready or ready
+            if not_before is not None:
+                e.not_before = max(e.not_before, not_before)
+            self._schedule(key, e, now)
+
+    def moved(self, folder: str, src: str, dst: str, *, settle: float) -> None:
+        """`src` was renamed to `dst` inside one folder: replay it as a rename in the target."""
+        with self._cond:
+            now = self.clock()
+            skey, dkey = (folder, src), (folder, dst)
+            if skey in self._in_flight or dkey in self._in_flight:
+                self._touch_locked(skey, settle, now)
+                self._touch_locked(dkey, settle, now)
+                return
+            origin = src
+            first = now
+            prev = self._entries.pop(skey, None)
+            if prev is not None:
+                first = min(first, prev.first_seen)
+                if prev.origin is not None:
+                    # A → B → C: rename A's mirror straight to C; B's mirror (if any) is checked too.
+                    origin = prev.origin
+                    self._touch_locked(skey, settle, now)
+            e = self._entries.get(dkey)
+            if e is None:
+                e = self._entries[dkey] = _Entry(first_seen=first, last_event=now, settle=settle)
+            e.first_seen = min(e.first_seen, first)
+            e.last_event = now
+            e.origin = None if origin == dst else origin
+            e.ready = True
+            self._schedule(dkey, e, now)
+
+    def _touch_locked(self, key: Key, settle: float, now: float) -> None:
+        e = self._entries.get(key)
+        if e is None:
+            e = self._entries[key] = _Entry(first_seen=now, last_event=now, settle=settle)
+        e.last_event = now
+        e.ready = True
+        self._schedule(key, e, now)
+
+    def _eligible_at(self, e: _Entry) -> float:
+        return max(e.not_before, e.first_seen if e.ready else e.last_event + e.settle)
+
+    def _schedule(self, key: Key, e: _Entry, now: float) -> None:
+        if key in self._in_flight:
+            return  # done() reschedules it
+        at = self._eligible_at(e)
+        if at <= now:
+            if not e.queued:
+                e.queued = True
+                self._ready.append(key)
+                self._cond.notify()
+        elif e.timer is None or e.timer > at:
+            e.timer = at
+            heapq.heappush(self._timers, (at, next(self._seq), key))
+            self._cond.notify()
+
+    def _promote(self, now: float) -> None:
+        while self._timers and self._timers[0][0] <= now:
+            at, _, key = heapq.heappop(self._timers)
+            e = self._entries.get(key)
+            if e is None or e.timer != at:
+                continue
+            e.timer = None
+            self._schedule(key, e, now)
+
+    # -- consumer --------------------------------------------------------------
+    def take(self, max_items: int, timeout: float, spread: int = 1) -> list[Item]:
+        """Up to `max_items` ready items (fewer, so that `spread` takers share a burst).
+
+        Blocks up to `timeout` seconds; returns [] on timeout or after close().
+        """
+        deadline = self.clock() + timeout
+        with self._cond:
+            while True:
+                now = self.clock()
+                self._promote(now)
+                if self._ready:
+                    limit = max(1, min(max_items, math.ceil(len(self._ready) / max(1, spread))))
+                    items = self._pop_ready(limit, now)
+                    if items:
+                        return items
+                if self._closed or now >= deadline:
+                    return []
+                wait = deadline - now
+                if self._timers:
+                    wait = min(wait, max(0.0, self._timers[0][0] - now))
+                self._cond.wait(wait)
+
+    def _pop_ready(self, limit: int, now: float) -> list[Item]:
+        items: list[Item] = []
+        while self._ready and len(items) < limit:
+            key = self._ready.popleft()
+            e = self._entries.get(key)
+            if e is None or not e.queued:
+                continue
+            e.queued = False
+            if key in self._in_flight:
+                continue
+            if self._eligible_at(e) > now:
+                self._schedule(key, e, now)
+                continue
+            origin = e.origin
+            if origin is not None:
+                okey = (key[0], origin)
+                if okey in self._in_flight:
+                    origin = None  # fall back to copy + delete; the origin is re-checked after its flight
+                    self._touch_locked(okey, e.settle, now)
+                else:
+                    self._in_flight.add(okey)
+            del self._entries[key]
+            self._in_flight.add(key)
+            items.append(Item(folder=key[0], path=key[1], origin=origin, first_seen=e.first_seen))
+        return items
+
+    def done(self, item: Item) -> None:
+        """The flight of `item` ended; a change that came meanwhile makes it eligible again."""
+        with self._cond:
+            now = self.clock()
+            keys = [(item.folder, item.path)]
+            if item.origin is not None:
+                keys.append((item.folder, item.origin))
+            for key in keys:
+                self._in_flight.discard(key)
+                e = self._entries.get(key)
+                if e is not None:
+                    self._schedule(key, e, now)
+
+    def forget(self, folder: str) -> None:
+        """Drop everything pending for a folder (it was removed from the config)."""
+        with self._cond:
+            for key in [k for k in self._entries if k[0] == folder]:
+                del self._entries[key]
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    # -- observation -----------------------------------------------------------
+    def counts(self, folder: str | None = None) -> tuple[int, int]:
+        """(pending, in flight), for one folder or all."""
+        with self._cond:
+            if folder is None:
+                return len(self._entries), len(self._in_flight)
+            return (sum(1 for k in self._entries if k[0] == folder),
+                    sum(1 for k in self._in_flight if k[0] == folder))
+
+    def settled(self, folder: str) -> bool:
+        """Nothing in flight and nothing pending except paths waiting out a retry backoff."""
+        with self._cond:
+            now = self.clock()
+            if any(k[0] == folder for k in self._in_flight):
+                return False
+            return all(e.not_before > now for k, e in self._entries.items() if k[0] == folder)
+
+    def oldest_pending_age(self) -> float:
+        with self._cond:
+            if not self._entries:
+                return 0.0
+            return self.clock() - min(e.first_seen for e in self._entries.values())

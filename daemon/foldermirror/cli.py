@@ -1,0 +1,82 @@
+"""Command line: `run`, `check` and `sync`; maps errors to exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from foldermirror import __version__
+from foldermirror.config import Config, load_config
+from foldermirror.errors import EXIT_FAILURE, EXIT_OK, FoldermirrorError
+from foldermirror.logs import configure_logging, get_logger
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="foldermirror",
+        description="Keep live mirrors of folders named in a YAML config file.",
+    )
+    parser.add_argument("--version", action="version", version=f"foldermirror {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=description)
+        p.add_argument("--config", "-c", required=True, metavar="FILE",
+                       help="the YAML config file (relative paths in it are resolved against its folder)")
+        return p
+
+    run = add("run", "watch and mirror in the foreground until SIGTERM or SIGINT",
+              "Watch every configured source and mirror each change into its target. Runs in the "
+              "foreground (systemd does the daemonizing); logs one JSON line per event to stderr, "
+              "or readable lines on a terminal. SIGHUP reloads the config; SIGTERM/SIGINT stop "
+              "cleanly (exit 0). Exit 78 on a configuration error.")
+    run.add_argument("--log-format", choices=("auto", "json", "console"),
+                     help="override log.format from the config")
+    run.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                     help="override log.level from the config")
+    add("check", "validate the config and print the resolved folder pairs",
+        "Validate the config file and print each folder pair with its resolved paths and options. "
+        "Exit 0 when valid, 78 with a message naming file, line and key when not.")
+    sync = add("sync", "bring every target up to date once, then exit",
+               "Compare each source with its target and mirror what differs, then exit. Shows a "
+               "progress line on a terminal and sync_progress log lines otherwise. Exit 0 when "
+               "everything was mirrored, 1 when some files failed, 78 on a configuration error.")
+    sync.add_argument("--log-format", choices=("auto", "json", "console"),
+                      help="override log.format from the config")
+    return parser
+
+
+def describe(config: Config) -> str:
+    lines = [f"config: {config.path}", f"workers: {config.workers}",
+             f"rescan_interval: {config.rescan_interval:g}s", f"stop_grace: {config.stop_grace:g}s"]
+    for f in config.folders:
+        lines.append(f"folder {f.name}:")
+        lines.append(f"  source:  {f.source}")
+        lines.append(f"  target:  {f.target}")
+        lines.append(f"  delete:  {str(f.delete).lower()}   durable: {str(f.durable).lower()}   "
+                     f"settle: {f.settle * 1000:g}ms")
+        lines.append(f"  exclude: {', '.join(f.exclude) if f.exclude else '(none)'}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+        if args.command == "check":
+            print(describe(config))
+            return EXIT_OK
+        from foldermirror.service import Service
+
+        level = getattr(args, "log_level", None) or config.log.level
+        fmt = getattr(args, "log_format", None) or config.log.format
+        configure_logging(level, fmt)
+        service = Service(config, once=args.command == "sync",
+                          progress_tty=args.command == "sync" and sys.stderr.isatty())
+        return service.run()
+    except FoldermirrorError as exc:
+        print(f"foldermirror: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return EXIT_FAILURE

@@ -1,0 +1,476 @@
+"""What runs in the pool's workers: mirror one path atomically, or delete it.
+
+Standard library only: a worker imports this module and nothing else of ours. Every path
+component is opened relative to a directory fd with O_NOFOLLOW, so a source folder
+swapped for a symlink mid-copy cannot lead a worker out of the source tree. Every
+operation is idempotent: a resubmitted batch re-checks and converges.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import signal
+import stat
+import time
+from typing import Any
+
+TEMP_PREFIX = ".foldermirror-"
+TEMP_SUFFIX = ".tmp"
+_CHUNK = 1 << 30
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_ROOT_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+# (path, status, kind, bytes, error, errno)
+Outcome = tuple[str, str, str, int, str, int]
+# (index, source_root, target_root, path, origin, delete, durable)
+WorkItem = tuple[int, str, str, str, "str | None", bool, bool]
+
+_results: Any = None
+_instance = "0"
+
+
+def temp_name(instance: str) -> str:
+    """A temp file name that says which daemon instance and worker wrote it."""
+    return f"{TEMP_PREFIX}{instance}-{os.getpid()}-{os.urandom(6).hex()}{TEMP_SUFFIX}"
+
+
+def is_temp_name(name: str) -> bool:
+    return name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)
+
+
+def temp_owner(name: str) -> tuple[str, int]:
+    """(daemon instance, worker pid) of a temp file; ("", 0) for a name not of that form."""
+    parts = name[len(TEMP_PREFIX):-len(TEMP_SUFFIX)].split("-")
+    if len(parts) != 3 or not parts[1].isdigit():
+        return ("", 0)
+    return (parts[0], int(parts[1]))
+
+
+def _on_term(signum: int, frame: Any) -> None:
+    raise SystemExit(0)  # unwinds the copy so its temp file is removed
+
+
+def init_worker(results: Any, instance: str) -> None:
+    """Pool initializer. It must never raise: a failing initializer respawns forever."""
+    global _results, _instance
+    try:
+        _results = results
+        _instance = instance
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+        signal.signal(signal.SIGTERM, _on_term)
+        results.put(("hello", os.getpid()))
+    except BaseException:  # noqa: BLE001 - see docstring
+        pass
+
+
+def run_batch(generation: int, task_id: int, items: list[WorkItem]) -> None:
+    """Mirror each item and put one ("result", …) message per item on the results queue."""
+    pid = os.getpid()
+    _results.put(("start", generation, task_id, pid))
+    for index, source, target, path, origin, delete, durable in items:
+        started = time.monotonic_ns()
+        try:
+            outcomes = mirror_item(source, target, path, origin, delete, durable, _instance)
+        except Exception as exc:  # noqa: BLE001 - a bug must cost one file, not the batch
+            outcomes = [(path, "failed", "unknown", 0, f"internal error: {exc!r}", 0)]
+        _results.put(("result", generation, task_id, index, outcomes, time.monotonic_ns() - started, pid))
+
+
+def mirror_item(source: str, target: str, path: str, origin: str | None,
+                delete: bool, durable: bool, instance: str) -> list[Outcome]:
+    """Bring target/path in line with source/path (after renaming target/origin there)."""
+    try:
+        sroot = os.open(source, _ROOT_FLAGS)
+    except OSError as exc:
+        return [(path, "failed", "unknown", 0, f"source folder {source}: {exc.strerror}", exc.errno)]
+    try:
+        troot = _open_target_root(target)
+    except OSError as exc:
+        os.close(sroot)
+        return [(path, "failed", "unknown", 0, f"target folder {target}: {exc.strerror}", exc.errno)]
+    try:
+        m = _Mirror(sroot, troot, delete, durable, instance)
+        out: list[Outcome] = []
+        if origin is not None and delete:
+            renamed = m.rename_in_target(origin, path)
+            if renamed is not None:
+                out.append(renamed)
+            checked = m.sync(origin)
+            if checked[1] not in ("unchanged", "gone"):
+                out.append(checked)
+        result = m.sync(path)
+        if out and out[0][1] == "renamed" and result[1] == "unchanged":
+            return out
+        return out + [result]
+    finally:
+        os.close(sroot)
+        os.close(troot)
+
+
+def _open_target_root(target: str) -> int:
+    try:
+        return os.open(target, _ROOT_FLAGS)
+    except FileNotFoundError:
+        os.makedirs(target, exist_ok=True)
+        return os.open(target, _ROOT_FLAGS)
+
+
+class _Gone(Exception):
+    """A source path component is missing or is not a directory (or is a symlink)."""
+
+
+class _Mirror:
+    def __init__(self, sroot: int, troot: int, delete: bool, durable: bool, instance: str) -> None:
+        self.sroot = sroot
+        self.troot = troot
+        self.delete = delete
+        self.durable = durable
+        self.instance = instance
+        self.is_root = os.geteuid() == 0
+
+    # -- path helpers ----------------------------------------------------------
+    def _source_dir(self, parts: list[str]) -> int:
+        fd = os.dup(self.sroot)
+        try:
+            for part in parts:
+                try:
+                    nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                        raise _Gone() from None
+                    raise
+                os.close(fd)
+                fd = nfd
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _target_dir(self, parts: list[str], create: bool) -> int:
+        """Open target/parts; with `create`, make missing components with the source's modes."""
+        fd = os.dup(self.troot)
+        try:
+            for i, part in enumerate(parts):
+                try:
+                    nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except OSError as exc:
+                    if not create or exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                        raise
+                    if exc.errno != errno.ENOENT:
+                        self._remove_conflict(fd, part)
+                    nfd = self._make_dir(fd, part, parts[: i + 1])
+                os.close(fd)
+                fd = nfd
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _make_dir(self, parent: int, name: str, source_parts: list[str]) -> int:
+        try:
+            sfd = self._source_dir(source_parts)
+        except _Gone:
+            raise OSError(errno.ENOENT, "the source directory vanished during the copy") from None
+        try:
+            sst = os.fstat(sfd)
+        finally:
+            os.close(sfd)
+        try:
+            os.mkdir(name, 0o700, dir_fd=parent)
+        except FileExistsError:
+            pass
+        nfd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+        os.fchmod(nfd, stat.S_IMODE(sst.st_mode))
+        if self.is_root:
+            _chown(nfd, sst)
+        return nfd
+
+    def _remove_conflict(self, dfd: int, name: str) -> None:
+        """A non-directory stands where the source has a directory, or the other way round."""
+        if not self.delete:
+            raise OSError(errno.EEXIST, "the target has a different file type here and delete: false keeps it")
+        _remove(dfd, name)
+
+    # -- operations ------------------------------------------------------------
+    def sync(self, path: str) -> Outcome:
+        parts = path.split("/")
+        parents, name = parts[:-1], parts[-1]
+        try:
+            try:
+                sdir = self._source_dir(parents)
+            except _Gone:
+                return self._absent(parents, name, path)
+            try:
+                try:
+                    st = os.stat(name, dir_fd=sdir, follow_symlinks=False)
+                except FileNotFoundError:
+                    return self._absent(parents, name, path)
+                if stat.S_ISREG(st.st_mode):
+                    return self._file(sdir, parents, name, path)
+                if stat.S_ISLNK(st.st_mode):
+                    return self._symlink(sdir, parents, name, path, st)
+                if stat.S_ISDIR(st.st_mode):
+                    return self._dir(sdir, parents, name, path, st)
+                return (path, "skipped", _kind(st.st_mode), 0, "not a regular file, directory or symlink", 0)
+            finally:
+                os.close(sdir)
+        except OSError as exc:
+            return (path, "failed", "unknown", 0, _describe(exc), exc.errno or 0)
+
+    def _absent(self, parents: list[str], name: str, path: str) -> Outcome:
+        if not self.delete:
+            return (path, "gone", "unknown", 0, "", 0)
+        try:
+            tdir = self._target_dir(parents, False)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                return (path, "gone", "unknown", 0, "", 0)
+            raise
+        try:
+            try:
+                tst = os.stat(name, dir_fd=tdir, follow_symlinks=False)
+            except FileNotFoundError:
+                return (path, "gone", "unknown", 0, "", 0)
+            _remove(tdir, name)
+            return (path, "deleted", _kind(tst.st_mode), 0, "", 0)
+        finally:
+            os.close(tdir)
+
+    def _file(self, sdir: int, parents: list[str], name: str, path: str) -> Outcome:
+        try:
+            # O_NONBLOCK: a FIFO swapped in after the stat must not block this worker.
+            sfd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=sdir)
+        except FileNotFoundError:
+            return self._absent(parents, name, path)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:  # became a symlink since the stat
+                return (path, "changed", "file", 0, "", 0)
+            raise
+        try:
+            st = os.fstat(sfd)
+            if not stat.S_ISREG(st.st_mode):
+                return (path, "changed", "file", 0, "", 0)
+            mode = stat.S_IMODE(st.st_mode)
+            tdir = self._target_dir(parents, True)
+            try:
+                tst = _lstat(tdir, name)
+                if (tst is not None and stat.S_ISREG(tst.st_mode) and tst.st_size == st.st_size
+                        and tst.st_mtime_ns == st.st_mtime_ns and stat.S_IMODE(tst.st_mode) == mode):
+                    return (path, "unchanged", "file", 0, "", 0)
+                tmp = temp_name(self.instance)
+                tfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=tdir)
+                published = False
+                try:
+                    copied = _copy_data(sfd, tfd)
+                    if self.is_root:
+                        _chown(tfd, st)
+                    os.fchmod(tfd, mode)
+                    os.utime(tfd, ns=(st.st_atime_ns, st.st_mtime_ns))
+                    after = os.fstat(sfd)
+                    if (copied != after.st_size or after.st_size != st.st_size
+                            or after.st_mtime_ns != st.st_mtime_ns or not _same_inode(sdir, name, st)):
+                        return (path, "changed", "file", 0, "", 0)
+                    if self.durable:
+                        os.fsync(tfd)
+                    os.close(tfd)
+                    tfd = -1
+                    if tst is not None and stat.S_ISDIR(tst.st_mode):
+                        self._remove_conflict(tdir, name)
+                    os.rename(tmp, name, src_dir_fd=tdir, dst_dir_fd=tdir)
+                    published = True
+                    if self.durable:
+                        os.fsync(tdir)
+                    return (path, "copied", "file", copied, "", 0)
+                finally:
+                    if tfd >= 0:
+                        os.close(tfd)
+                    if not published:
+                        _unlink_quietly(tdir, tmp)
+            finally:
+                os.close(tdir)
+        finally:
+            os.close(sfd)
+
+    def _symlink(self, sdir: int, parents: list[str], name: str, path: str, st: os.stat_result) -> Outcome:
+        try:
+            link = os.readlink(name, dir_fd=sdir)
+        except FileNotFoundError:
+            return self._absent(parents, name, path)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:  # no longer a symlink
+                return (path, "changed", "symlink", 0, "", 0)
+            raise
+        tdir = self._target_dir(parents, True)
+        try:
+            tst = _lstat(tdir, name)
+            if tst is not None and stat.S_ISLNK(tst.st_mode) and os.readlink(name, dir_fd=tdir) == link:
+                return (path, "unchanged", "symlink", 0, "", 0)
+            tmp = temp_name(self.instance)
+            os.symlink(link, tmp, dir_fd=tdir)
+            try:
+                os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=tdir, follow_symlinks=False)
+                if self.is_root:
+                    try:
+                        os.chown(tmp, st.st_uid, st.st_gid, dir_fd=tdir, follow_symlinks=False)
+                    except OSError:
+                        pass
+                if tst is not None and stat.S_ISDIR(tst.st_mode):
+                    self._remove_conflict(tdir, name)
+                os.rename(tmp, name, src_dir_fd=tdir, dst_dir_fd=tdir)
+            except BaseException:
+                _unlink_quietly(tdir, tmp)
+                raise
+            return (path, "copied", "symlink", len(link), "", 0)
+        finally:
+            os.close(tdir)
+
+    def _dir(self, sdir: int, parents: list[str], name: str, path: str, st: os.stat_result) -> Outcome:
+        tdir = self._target_dir(parents, True)
+        try:
+            mode = stat.S_IMODE(st.st_mode)
+            tst = _lstat(tdir, name)
+            if tst is not None and stat.S_ISDIR(tst.st_mode):
+                if stat.S_IMODE(tst.st_mode) == mode:
+                    return (path, "unchanged", "dir", 0, "", 0)
+                os.chmod(name, mode, dir_fd=tdir, follow_symlinks=True)
+                return (path, "copied", "dir", 0, "", 0)
+            if tst is not None:
+                self._remove_conflict(tdir, name)
+            os.mkdir(name, 0o700, dir_fd=tdir)
+            os.chmod(name, mode, dir_fd=tdir)
+            if self.is_root:
+                try:
+                    os.chown(name, st.st_uid, st.st_gid, dir_fd=tdir, follow_symlinks=False)
+                except OSError:
+                    pass
+            return (path, "copied", "dir", 0, "", 0)
+        finally:
+            os.close(tdir)
+
+    def rename_in_target(self, origin: str, path: str) -> Outcome | None:
+        """Replay a rename in the target when the origin's mirror is there to move."""
+        oparts, parts = origin.split("/"), path.split("/")
+        try:
+            try:
+                odir = self._target_dir(oparts[:-1], False)
+            except OSError:
+                return None
+            try:
+                ost = _lstat(odir, oparts[-1])
+                if ost is None:
+                    return None
+                try:
+                    sdir = self._source_dir(parts[:-1])
+                except _Gone:
+                    return None
+                try:
+                    sst = _lstat(sdir, parts[-1])
+                    if sst is None or stat.S_IFMT(sst.st_mode) != stat.S_IFMT(ost.st_mode):
+                        return None
+                    ddir = self._target_dir(parts[:-1], True)
+                finally:
+                    os.close(sdir)
+                try:
+                    dst = _lstat(ddir, parts[-1])
+                    if dst is not None and (stat.S_ISDIR(dst.st_mode) or stat.S_ISDIR(ost.st_mode)):
+                        return None
+                    os.rename(oparts[-1], parts[-1], src_dir_fd=odir, dst_dir_fd=ddir)
+                    if self.durable:
+                        os.fsync(ddir)
+                        os.fsync(odir)
+                    return (path, "renamed", _kind(ost.st_mode), 0, origin, 0)
+                finally:
+                    os.close(ddir)
+            finally:
+                os.close(odir)
+        except OSError as exc:
+            return (path, "failed", "unknown", 0, f"rename from {origin}: {_describe(exc)}", exc.errno or 0)
+
+
+def _lstat(dfd: int, name: str) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def _same_inode(sdir: int, name: str, st: os.stat_result) -> bool:
+    now = _lstat(sdir, name)
+    return now is not None and now.st_ino == st.st_ino and now.st_dev == st.st_dev
+
+
+def _remove(dfd: int, name: str) -> None:
+    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(name, dir_fd=dfd)
+    else:
+        os.unlink(name, dir_fd=dfd)
+
+
+def _unlink_quietly(dfd: int, name: str) -> None:
+    try:
+        os.unlink(name, dir_fd=dfd)
+    except OSError:
+        pass
+
+
+def _chown(fd: int, st: os.stat_result) -> None:
+    try:
+        os.fchown(fd, st.st_uid, st.st_gid)
+    except OSError:
+        pass
+
+
+def _copy_data(sfd: int, tfd: int) -> int:
+    """Copy in the kernel: copy_file_range, then sendfile, then read/write as fallbacks."""
+    total = 0
+    try:
+        while True:
+            n = os.copy_file_range(sfd, tfd, _CHUNK)
+            if n == 0:
+                return total
+            total += n
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM) or total:
+            raise
+    try:
+        while True:
+            n = os.sendfile(tfd, sfd, None, _CHUNK)
+            if n == 0:
+                return total
+            total += n
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOSYS) or total:
+            raise
+    while True:
+        buf = os.read(sfd, 1 << 20)
+        if not buf:
+            return total
+        view = memoryview(buf)
+        while view:
+            view = view[os.write(tfd, view):]
+        total += len(buf)
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    if stat.S_ISFIFO(mode):
+        return "fifo"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device"
+    return "unknown"
+
+
+def _describe(exc: OSError) -> str:
+    name = errno.errorcode.get(exc.errno or 0, "")
+    text = exc.strerror or str(exc)
+    return f"{text} ({name})" if name else text

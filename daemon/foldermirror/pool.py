@@ -1,0 +1,255 @@
+"""The persistent worker Pool, batching, the results queue and recovery of lost work.
+
+multiprocessing.Pool loses a task for good when its worker dies, and a worker killed
+while idle can wedge the whole Pool (PITFALLS #10). So every task stays in an in-flight
+registry until each of its items has reported, workers announce themselves on the
+results queue, and when one of them dies the Pool (with its results queue) is retired
+and a fresh one takes over what was in flight. Copies are idempotent, so a resubmitted
+item that had in fact finished is harmless.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from foldermirror import copier
+from foldermirror.changes import ChangeQueue, Item
+
+BATCH_MAX = 64
+FolderSpec = tuple[str, str, bool, bool]  # source, target, delete, durable
+ResultHandler = Callable[[Item, list[copier.Outcome], float, int], None]
+
+
+@dataclass
+class _Task:
+    task_id: int
+    items: list[Item]
+    generation: int
+    submitted: float
+    pid: int | None = None
+    reported: set[int] = field(default_factory=set)
+
+
+@dataclass
+class _Generation:
+    number: int
+    pool: Any
+    results: Any
+    pids: set[int] = field(default_factory=set)
+    retired: bool = False
+    collector: threading.Thread | None = None
+
+
+class WorkerPool:
+    """A persistent multiprocessing.Pool that never loses a submitted item."""
+
+    def __init__(self, size: int, on_result: ResultHandler, spec: Callable[[str], FolderSpec | None],
+                 on_worker_lost: Callable[[list[int], int], None], instance: str) -> None:
+        self.size = size
+        self._on_result = on_result
+        self._spec = spec
+        self._on_worker_lost = on_worker_lost
+        self._instance = instance
+        self._ctx = multiprocessing.get_context("forkserver")
+        # Workers are forked from the fork server with the copier already imported.
+        self._ctx.set_forkserver_preload(["foldermirror.copier"])
+        self._lock = threading.Condition()
+        self._tasks: dict[int, _Task] = {}
+        self._next_task = 0
+        self._max_tasks = size * 2
+        self._stopping = False
+        self.restarts = 0
+        self._gen = self._start_generation(1)
+
+    # -- generations -----------------------------------------------------------
+    def _start_generation(self, number: int) -> _Generation:
+        results = self._ctx.Queue()
+        pool = self._ctx.Pool(self.size, initializer=copier.init_worker, initargs=(results, self._instance))
+        gen = _Generation(number=number, pool=pool, results=results)
+        gen.collector = threading.Thread(target=self._collect, args=(gen,), name=f"results-{number}", daemon=True)
+        gen.collector.start()
+        return gen
+
+    def _collect(self, gen: _Generation) -> None:
+        while True:
+            try:
+                msg = gen.results.get(timeout=0.2)
+            except queue.Empty:
+                if gen.retired:
+                    return
+                continue
+            except (EOFError, OSError):
+                return
+            try:
+                self._handle(gen, msg)
+            except Exception:  # noqa: BLE001 - the collector must outlive a bad message
+                continue
+
+    def _handle(self, gen: _Generation, msg: tuple[Any, ...]) -> None:
+        kind = msg[0]
+        if kind == "hello":
+            with self._lock:
+                gen.pids.add(msg[1])
+            return
+        if kind == "start":
+            _, _, task_id, pid = msg
+            with self._lock:
+                task = self._tasks.get(task_id)
+                if task is not None:
+                    task.pid = pid
+            return
+        _, _, task_id, index, outcomes, duration_ns, pid = msg
+        with self._lock:
+            task = self._tasks.get(task_id)
+            if task is None or index in task.reported:
+                return  # a duplicate from a retired generation
+            task.reported.add(index)
+        # Logged before the task leaves the registry, so stop() never outruns a result.
+        self._on_result(task.items[index], outcomes, duration_ns / 1e6, pid)
+        with self._lock:
+            if len(task.reported) == len(task.items) and self._tasks.get(task_id) is task:
+                del self._tasks[task_id]
+                self._lock.notify_all()
+
+    # -- submission ------------------------------------------------------------
+    def submit(self, items: list[Item]) -> None:
+        """Hand a batch to the workers; blocks while enough work is already in flight."""
+        with self._lock:
+            while len(self._tasks) >= self._max_tasks and not self._stopping:
+                self._lock.wait(0.5)
+            task = _Task(self._next_task, items, self._gen.number, time.monotonic())
+            self._next_task += 1
+            self._tasks[task.task_id] = task
+            self._send(task, range(len(items)))
+
+    def _send(self, task: _Task, indexes: Any) -> None:
+        work: list[copier.WorkItem] = []
+        for i in indexes:
+            item = task.items[i]
+            spec = self._spec(item.folder)
+            if spec is None:  # the folder was removed by a reload
+                task.reported.add(i)
+                self._on_result(item, [], 0.0, 0)
+                continue
+            source, target, delete, durable = spec
+            work.append((i, source, target, item.path, item.origin, delete, durable))
+        if not work:
+            self._tasks.pop(task.task_id, None)
+            return
+        task.generation = self._gen.number
+        self._gen.pool.apply_async(copier.run_batch, (self._gen.number, task.task_id, work),
+                                   error_callback=lambda exc, t=task: self._failed_task(t, exc))
+
+    def _failed_task(self, task: _Task, exc: BaseException) -> None:
+        # run_batch catches per item; this is a pickling or pool-level error: resend.
+        with self._lock:
+            if task.task_id in self._tasks and not self._stopping:
+                self._send(task, [i for i in range(len(task.items)) if i not in task.reported])
+
+    # -- health ----------------------------------------------------------------
+    def supervise(self) -> None:
+        """Called from the main loop: replace the Pool if any of its workers died."""
+        with self._lock:
+            gen = self._gen
+            dead = [pid for pid in gen.pids if not process_alive(pid)]
+            if not dead and len(gen.pids) <= self.size:
+                return
+            self.restarts += 1
+            gen.retired = True
+            self._gen = self._start_generation(gen.number + 1)
+            lost = list(self._tasks.values())
+            for task in lost:
+                self._send(task, [i for i in range(len(task.items)) if i not in task.reported])
+            resubmitted = sum(len(t.items) - len(t.reported) for t in lost)
+        _retire(gen)
+        self._on_worker_lost(dead, resubmitted)
+
+    def healthy(self) -> bool:
+        with self._lock:
+            return not self._gen.retired and all(process_alive(pid) for pid in self._gen.pids)
+
+    def in_flight(self) -> int:
+        with self._lock:
+            return sum(len(t.items) - len(t.reported) for t in self._tasks.values())
+
+    def worker_pids(self) -> set[int]:
+        with self._lock:
+            return set(self._gen.pids)
+
+    # -- shutdown --------------------------------------------------------------
+    def stop(self, grace: float) -> int:
+        """Let in-flight work finish for up to `grace` seconds, then stop the workers.
+
+        Returns how many items were abandoned (the next start's catch-up redoes them).
+        """
+        deadline = time.monotonic() + grace
+        with self._lock:
+            self._stopping = True
+            while self._tasks and time.monotonic() < deadline:
+                self._lock.wait(min(0.2, max(0.0, deadline - time.monotonic())))
+            abandoned = sum(len(t.items) - len(t.reported) for t in self._tasks.values())
+            gen = self._gen
+            gen.retired = True
+        if abandoned == 0:
+            gen.pool.close()
+            _join_with_timeout(gen.pool, 5.0)
+        _retire(gen)
+        return abandoned
+
+
+def run_dispatcher(changes: ChangeQueue, pool: WorkerPool, running: Callable[[], bool]) -> None:
+    """Thread body: move ready batches from the ChangeQueue to the Pool."""
+    while running():
+        items = changes.take(BATCH_MAX, timeout=0.5, spread=pool.size)
+        if items:
+            pool.submit(items)
+
+
+def process_alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie counts as dead)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return False
+    # The state follows the command name in parentheses, which may itself hold ") ".
+    return data[data.rindex(b")") + 2:data.rindex(b")") + 3] not in (b"Z", b"X")
+
+
+def _retire(gen: _Generation) -> None:
+    """Stop an old generation without ever blocking the caller.
+
+    Pool.terminate() can hang on a lock that a killed worker held, so it runs in a daemon
+    thread; workers get SIGTERM (their copy unwinds and removes its temp file) and, if
+    still there after a moment, SIGKILL.
+    """
+    pids = list(gen.pids)
+    for pid in pids:
+        _signal(pid, signal.SIGTERM)
+    threading.Thread(target=gen.pool.terminate, name=f"retire-{gen.number}", daemon=True).start()
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline and any(process_alive(p) for p in pids):
+        time.sleep(0.02)
+    for pid in pids:
+        if process_alive(pid):
+            _signal(pid, signal.SIGKILL)
+
+
+def _join_with_timeout(pool: Any, timeout: float) -> None:
+    t = threading.Thread(target=pool.join, daemon=True)
+    t.start()
+    t.join(timeout)
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except OSError:
+        pass

@@ -1,0 +1,251 @@
+"""watchdog observers and handlers → Change records for the ChangeQueue. Copies nothing.
+
+Every event only means "re-check this path" (PITFALLS #2). The handler is kept tiny and
+never lets an exception reach watchdog, which would kill the observer thread (#3).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from watchdog.events import (
+    DirAttribEvent,
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileAttribEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import ObservedWatch
+
+from foldermirror.config import FolderConfig
+from foldermirror.paths import Excluder, relative
+
+# Never IN_OPEN or IN_CLOSE_NOWRITE: watchdog's own directory walks would flood the
+# queue on large trees (PITFALLS #9).
+EVENT_FILTER: list[type[FileSystemEvent]] = [
+    FileCreatedEvent, DirCreatedEvent, FileModifiedEvent, FileAttribEvent, DirAttribEvent,
+    FileClosedEvent, FileDeletedEvent, DirDeletedEvent, FileMovedEvent, DirMovedEvent,
+]
+
+
+class Sink(Protocol):
+    def changed(self, folder: str, path: str, ready: bool) -> None: ...
+    def moved(self, folder: str, src: str, dst: str, is_dir: bool) -> None: ...
+    def subtree(self, folder: str, path: str) -> None: ...
+    def overflow(self) -> None: ...
+    def root_lost(self, folder: str) -> None: ...
+    def handler_error(self, folder: str, error: BaseException) -> None: ...
+    def watchdog_log(self, level: int, message: str) -> None: ...
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, folder: FolderConfig, sink: Sink) -> None:
+        self.name = folder.name
+        self.root = str(folder.source)
+        self.delete = folder.delete
+        self.excluded = Excluder(folder.exclude)
+        self.sink = sink
+
+    def dispatch(self, event: FileSystemEvent) -> None:
+        try:
+            self._route(event)
+        except Exception as exc:  # noqa: BLE001 - an escaping exception kills the observer
+            self.sink.handler_error(self.name, exc)
+
+    def _wanted(self, rel: str | None) -> bool:
+        return bool(rel) and not self.excluded(rel)  # "" is the root itself
+
+    def _route(self, event: FileSystemEvent) -> None:
+        src = relative(self.root, os.fsdecode(event.src_path))
+        if isinstance(event, (FileMovedEvent, DirMovedEvent)):
+            if event.is_synthetic:
+                return  # the move of the parent directory covers it
+            dst = relative(self.root, os.fsdecode(event.dest_path)) if event.dest_path else None
+            self._moved(src, dst, isinstance(event, DirMovedEvent))
+            return
+        if src == "" and isinstance(event, DirDeletedEvent):
+            self.sink.root_lost(self.name)
+            return
+        if not self._wanted(src):
+            return
+        assert src is not None
+        if isinstance(event, (FileClosedEvent, FileDeletedEvent, DirDeletedEvent, DirCreatedEvent)):
+            self.sink.changed(self.name, src, True)
+        elif isinstance(event, DirAttribEvent):
+            # A directory that was unreadable may just have become readable (PITFALLS #6).
+            self.sink.changed(self.name, src, False)
+            self.sink.subtree(self.name, src)
+        else:
+            self.sink.changed(self.name, src, False)
+
+    def _moved(self, src: str | None, dst: str | None, is_dir: bool) -> None:
+        src_ok, dst_ok = self._wanted(src), self._wanted(dst)
+        if src_ok and dst_ok and self.delete:
+            assert src is not None and dst is not None
+            self.sink.moved(self.name, src, dst, is_dir)
+            return
+        if src_ok and self.delete:
+            assert src is not None
+            self.sink.changed(self.name, src, True)
+        if dst_ok:
+            assert dst is not None
+            self.sink.changed(self.name, dst, True)
+            if is_dir:
+                self.sink.subtree(self.name, dst)
+
+
+class _WatchdogLogBridge(logging.Handler):
+    """watchdog reports queue overflows only through its logger (PITFALLS #1)."""
+
+    def __init__(self, sink: Sink) -> None:
+        super().__init__(logging.DEBUG)
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+            if "overflow" in message and record.name.endswith("inotify_c"):
+                self.sink.overflow()
+            elif record.levelno >= logging.WARNING and "overflow" not in message:
+                self.sink.watchdog_log(record.levelno, message)
+        except Exception:  # noqa: BLE001 - logging must never raise into watchdog
+            pass
+
+
+@dataclass
+class _Watched:
+    folder: FolderConfig
+    watch: ObservedWatch | None
+    identity: tuple[int, int] | None
+    lost: bool = False
+
+
+class Watcher:
+    """One inotify observer for all folders, rebuilt if its thread dies."""
+
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+        self._lock = threading.Lock()
+        self._folders: dict[str, _Watched] = {}
+        self._observer: Any = None
+        self._bridge = _WatchdogLogBridge(sink)
+        wd_logger = logging.getLogger("watchdog")
+        wd_logger.addHandler(self._bridge)
+        wd_logger.setLevel(logging.WARNING)
+        wd_logger.propagate = False
+
+    def start(self, folders: tuple[FolderConfig, ...]) -> list[tuple[str, str]]:
+        """Start watching; returns (folder, error) for folders that could not be watched."""
+        with self._lock:
+            self._observer = Observer()
+            self._observer.start()
+            return [err for f in folders if (err := self._add(f)) is not None]
+
+    def _add(self, folder: FolderConfig) -> tuple[str, str] | None:
+        identity = _identity(str(folder.source))
+        entry = _Watched(folder, None, identity, lost=identity is None)
+        self._folders[folder.name] = entry
+        if identity is None:
+            return (folder.name, f"source {folder.source} does not exist")
+        try:
+            entry.watch = self._observer.schedule(_Handler(folder, self.sink), str(folder.source),
+                                                  recursive=True, event_filter=EVENT_FILTER)
+        except OSError as exc:
+            entry.lost = True
+            return (folder.name, f"cannot watch {folder.source}: {exc.strerror or exc}")
+        return None
+
+    def add(self, folder: FolderConfig) -> tuple[str, str] | None:
+        with self._lock:
+            return self._add(folder)
+
+    def remove(self, name: str) -> None:
+        with self._lock:
+            entry = self._folders.pop(name, None)
+            if entry is not None and entry.watch is not None:
+                self._unschedule(entry.watch)
+
+    def _unschedule(self, watch: ObservedWatch) -> None:
+        try:
+            self._observer.unschedule(watch)
+        except (KeyError, OSError):
+            pass
+
+    def alive(self) -> bool:
+        return self._observer is not None and self._observer.is_alive()
+
+    def restart(self) -> None:
+        """Replace a dead observer and schedule every folder again."""
+        with self._lock:
+            old = self._observer
+            folders = [w.folder for w in self._folders.values()]
+            self._folders.clear()
+            try:
+                old.stop()
+            except Exception:  # noqa: BLE001 - it is already broken
+                pass
+            self._observer = Observer()
+            self._observer.start()
+            for f in folders:
+                self._add(f)
+
+    def mark_lost(self, name: str) -> None:
+        with self._lock:
+            if name in self._folders:
+                self._folders[name].lost = True
+
+    def check_roots(self) -> list[tuple[str, str]]:
+        """Compare each root with what is watched; re-watch roots that came back.
+
+        Returns (folder, state) pairs for roots whose state changed: "missing" or "restored".
+        """
+        changes: list[tuple[str, str]] = []
+        with self._lock:
+            for name, entry in self._folders.items():
+                now = _identity(str(entry.folder.source))
+                if now is None:
+                    if not entry.lost:
+                        entry.lost = True
+                        changes.append((name, "missing"))
+                    continue
+                if entry.lost or now != entry.identity:
+                    # A deleted root's emitter is gone for good and a renamed one reports
+                    # the wrong paths: unschedule, then schedule afresh (PITFALLS #4).
+                    if entry.watch is not None:
+                        self._unschedule(entry.watch)
+                    if self._add(entry.folder) is None:
+                        changes.append((name, "restored"))
+        return changes
+
+    def watched(self, name: str) -> bool:
+        with self._lock:
+            entry = self._folders.get(name)
+            return entry is not None and not entry.lost
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._observer is not None:
+                self._observer.stop()
+                self._observer.join(timeout=5)
+                self._observer = None
+        logging.getLogger("watchdog").removeHandler(self._bridge)
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)

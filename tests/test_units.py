@@ -1,0 +1,126 @@
+"""Pure parts: change coalescing and readiness, path mapping, exclude matching."""
+
+from __future__ import annotations
+
+import pytest
+
+from foldermirror.changes import ChangeQueue
+from foldermirror.paths import Excluder, relative
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def q(clock: Clock) -> ChangeQueue:
+    return ChangeQueue(clock=clock)
+
+
+def paths(items) -> list[str]:
+    return sorted(i.path for i in items)
+
+
+def test_many_events_for_one_path_coalesce_into_one_item(q, clock):
+    for _ in range(100):
+        q.touch("f", "a", settle=0.25)
+        clock.now += 0.01
+    assert q.take(10, timeout=0) == []  # still being written
+    clock.now += 0.3
+    items = q.take(10, timeout=0)
+    assert paths(items) == ["a"] and items[0].first_seen == 100.0
+
+
+def test_close_event_makes_a_path_ready_at_once(q, clock):
+    q.touch("f", "a", settle=0.25)
+    q.touch("f", "a", settle=0.25, ready=True)
+    assert paths(q.take(10, timeout=0)) == ["a"]
+
+
+def test_path_in_flight_is_not_handed_out_twice_and_dirty_comes_back(q, clock):
+    q.touch("f", "a", settle=0.25, ready=True)
+    [item] = q.take(10, timeout=0)
+    q.touch("f", "a", settle=0.25, ready=True)
+    assert q.take(10, timeout=0) == []
+    q.done(item)
+    assert paths(q.take(10, timeout=0)) == ["a"]
+
+
+def test_retry_backoff_is_respected(q, clock):
+    q.touch("f", "a", settle=0.25, ready=True, not_before=clock.now + 5)
+    assert q.take(10, timeout=0) == []
+    assert q.settled("f")  # only waiting out a backoff
+    clock.now += 5
+    assert paths(q.take(10, timeout=0)) == ["a"]
+
+
+def test_spread_shares_a_burst_between_workers(q):
+    for i in range(100):
+        q.touch("f", f"p{i}", settle=0.25, ready=True)
+    assert len(q.take(64, timeout=0, spread=4)) == 25
+
+
+def test_rename_becomes_one_move_item_and_holds_both_paths(q):
+    q.moved("f", "old", "new", settle=0.25)
+    [item] = q.take(10, timeout=0)
+    assert (item.path, item.origin) == ("new", "old")
+    q.touch("f", "old", settle=0.25, ready=True)  # a new file at the old name waits
+    assert q.take(10, timeout=0) == []
+    q.done(item)
+    assert paths(q.take(10, timeout=0)) == ["old"]
+
+
+def test_rename_chain_moves_the_first_mirror_and_rechecks_the_middle(q):
+    q.moved("f", "a", "b", settle=0.25)
+    q.moved("f", "b", "c", settle=0.25)
+    items = {i.path: i.origin for i in q.take(10, timeout=0)}
+    assert items == {"c": "a", "b": None}
+
+
+def test_rename_while_origin_in_flight_falls_back_to_copy(q):
+    q.touch("f", "a", settle=0.25, ready=True)
+    [flying] = q.take(10, timeout=0)
+    q.moved("f", "a", "b", settle=0.25)
+    assert [(i.path, i.origin) for i in q.take(10, timeout=0)] == [("b", None)]
+    q.done(flying)
+    assert paths(q.take(10, timeout=0)) == ["a"]
+
+
+def test_counts_settled_and_forget(q, clock):
+    q.touch("f", "a", settle=0.25)
+    q.touch("g", "b", settle=0.25, ready=True)
+    assert q.counts() == (2, 0) and q.counts("f") == (1, 0)
+    assert not q.settled("f")
+    q.forget("f")
+    assert q.counts("f") == (0, 0) and q.settled("f")
+
+
+def test_relative():
+    assert relative("/src", "/src") == ""
+    assert relative("/src", "/src/a/b") == "a/b"
+    assert relative("/src", "/srcx/a") is None
+    assert relative("/src", "/other") is None
+
+
+@pytest.mark.parametrize("patterns, path, excluded", [
+    (("*.tmp",), "a.tmp", True),
+    (("*.tmp",), "deep/er/a.tmp", True),
+    (("*.tmp",), "a.tmpx", False),
+    (("cache",), "x/cache/file", True),
+    (("build/out",), "build/out", True),
+    (("build/out",), "build/out/x", True),
+    (("build/out",), "other/build/out", False),
+    ((), ".foldermirror-abc-12-0011.tmp", True),
+    ((), "plain.txt", False),
+])
+def test_excluder(patterns, path, excluded):
+    assert Excluder(patterns)(path) is excluded
