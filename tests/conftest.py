@@ -17,6 +17,8 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
+# Import this checkout's package even when another checkout is pip-installed in editable mode.
+sys.path.insert(0, str(REPO / "daemon"))
 TEMP_MARK = ".foldermirror-"
 
 

@@ -29,6 +29,7 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.api import ObservedWatch
 
+from foldermirror import faults
 from foldermirror.config import FolderConfig
 from foldermirror.paths import Excluder, relative
 
@@ -59,7 +60,11 @@ class _Handler(FileSystemEventHandler):
         self.sink = sink
 
     def dispatch(self, event: FileSystemEvent) -> None:
+        if faults.ENABLED:
+            faults.trip("observer_crash", os.fsdecode(event.src_path))
         try:
+            if faults.ENABLED:
+                faults.trip("handler_error", os.fsdecode(event.src_path))
             self._route(event)
         except Exception as exc:  # noqa: BLE001 - an escaping exception kills the observer
             self.sink.handler_error(self.name, exc)

@@ -1,0 +1,34 @@
+"""Test-only fault injection, off unless FOLDERMIRROR_FAULTS is set.
+
+FOLDERMIRROR_FAULTS is a comma-separated list of `kind:name` entries:
+  handler_error:NAME   the event handler raises for a path whose last part is NAME
+                       (inside its guard: the daemon logs and reconciles)
+  observer_crash:NAME  the observer thread itself dies on such an event (a watchdog bug)
+"""
+
+from __future__ import annotations
+
+import os
+
+
+class InjectedFault(RuntimeError):
+    pass
+
+
+def _parse(raw: str) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for entry in filter(None, (e.strip() for e in raw.split(","))):
+        kind, _, name = entry.partition(":")
+        out.setdefault(kind, set()).add(name)
+    return out
+
+
+_FAULTS = _parse(os.environ.get("FOLDERMIRROR_FAULTS", ""))
+ENABLED = bool(_FAULTS)
+
+
+def trip(kind: str, path: str) -> None:
+    """Raise InjectedFault when fault `kind` is configured for this path's last part."""
+    names = _FAULTS.get(kind)
+    if names and os.path.basename(path) in names:
+        raise InjectedFault(f"injected {kind} for {path}")
