@@ -19,6 +19,7 @@ DEFAULT_RESCAN = 3600.0
 DEFAULT_STOP_GRACE = 10.0
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "json", "console")
+PRIVATE_TMP_DIRS = ("/tmp", "/var/tmp")
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -180,7 +181,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     try:
         text = Path(file).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(file, "config file not found") from None
+        raise ConfigError(file, "config file not found" + private_tmp_hint(os.path.abspath(file))) from None
     except IsADirectoryError:
         raise ConfigError(file, "is a directory, expected a YAML file") from None
     except PermissionError:
@@ -248,7 +249,8 @@ def _folder(reader: _Reader, node: yaml.Node, key: str, base: Path) -> tuple[Fol
         try:
             st = os.stat(source)
         except FileNotFoundError:
-            raise reader.error(snode, f"{key}.source", f"{source} does not exist (set create: true to create it)") from None
+            raise reader.error(snode, f"{key}.source", f"{source} does not exist (set create: true to create it)"
+                               + private_tmp_hint(str(source))) from None
         except OSError as exc:
             raise reader.error(snode, f"{key}.source", f"{source}: {exc.strerror}") from None
         if not stat.S_ISDIR(st.st_mode):
@@ -271,6 +273,18 @@ def _folder(reader: _Reader, node: yaml.Node, key: str, base: Path) -> tuple[Fol
         create=create,
     )
     return folder, m
+
+
+def under_private_tmp(path: str) -> bool:
+    return any(path == d or path.startswith(d + "/") for d in PRIVATE_TMP_DIRS)
+
+
+def private_tmp_hint(path: str) -> str:
+    """Why a path under /tmp may be missing when systemd runs us (INVOCATION_ID is set)."""
+    if os.environ.get("INVOCATION_ID") and under_private_tmp(path):
+        return ("; the service runs with PrivateTmp=yes, so its /tmp and /var/tmp are its own and empty: "
+                "move this path out of them")
+    return ""
 
 
 def _resolve(raw: str, base: Path) -> Path:

@@ -4,6 +4,8 @@ FOLDERMIRROR_FAULTS is a comma-separated list of `kind:name` entries:
   handler_error:NAME   the event handler raises for a path whose last part is NAME
                        (inside its guard: the daemon logs and reconciles)
   observer_crash:NAME  the observer thread itself dies on such an event (a watchdog bug)
+  max_user_watches:N   the daemon believes fs.inotify.max_user_watches is N (the real
+                       sysctl is never changed by tests)
 """
 
 from __future__ import annotations
@@ -32,3 +34,9 @@ def trip(kind: str, path: str) -> None:
     names = _FAULTS.get(kind)
     if names and os.path.basename(path) in names:
         raise InjectedFault(f"injected {kind} for {path}")
+
+
+def value(kind: str) -> str | None:
+    """The name given for a `kind:name` entry that carries a value, or None."""
+    names = _FAULTS.get(kind)
+    return min(names) if names else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 
 
 class Notifier:
@@ -41,7 +42,8 @@ class Notifier:
         self.send("WATCHDOG=1")
 
     def reloading(self) -> None:
-        self.send("RELOADING=1")
+        # MONOTONIC_USEC lets systemd 253+ (Type=notify-reload) tell this reload from an older one.
+        self.send("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
 
     def stopping(self) -> None:
         self.send("STOPPING=1")

@@ -12,12 +12,13 @@ import signal
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from foldermirror import copier
+from foldermirror import checks, copier
 from foldermirror.changes import ChangeQueue, Item
-from foldermirror.config import Config, FolderConfig, load_config
+from foldermirror.config import DEFAULT_RESCAN, Config, FolderConfig, load_config
 from foldermirror.errors import EXIT_FAILURE, EXIT_OK, ConfigError, StartupError
 from foldermirror.logs import get_logger
 from foldermirror.notify import Notifier, watchdog_interval
@@ -31,6 +32,11 @@ ROOT_CHECK_INTERVAL = 1.0
 PROGRESS_INTERVAL = 1.0
 RETRY_MAX_DELAY = 300.0
 PERMANENT_ERRNOS = {errno.ENAMETOOLONG, errno.EILSEQ, errno.EEXIST}
+# An observer that dies more often than this is rebuilt but no longer reported healthy,
+# so systemd's watchdog restarts the whole service.
+OBSERVER_DEATHS_MAX = 3
+OBSERVER_DEATH_WINDOW = 60.0
+UNUSABLE_FIX = "the other folders are served; fix this, then reload (systemctl reload foldermirror, or SIGHUP)"
 
 
 @dataclass
@@ -73,6 +79,7 @@ class Service:
         self.counters = Counters()
         self.changes = ChangeQueue()
         self.folders: dict[str, _FolderState] = {}
+        self.unusable: dict[str, FolderConfig] = {}
         self._lock = threading.RLock()
         self._signals: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._running = True
@@ -83,24 +90,55 @@ class Service:
         self._last_ping = 0.0
         self._last_status = ""
         self._ping_every = watchdog_interval()
+        self._observer_deaths: deque[float] = deque()
+        self._observer_unstable = False
+        self._rescan_every = self.config.rescan_interval
         self.pool: WorkerPool | None = None
         self.watcher: Watcher | None = None
         self.reconciler = Reconciler(self._walk)
 
     # -- start-up --------------------------------------------------------------
-    def _prepare_folders(self, folders: tuple[FolderConfig, ...]) -> None:
+    def _admit(self, folders: tuple[FolderConfig, ...]) -> list[str]:
+        """Serve each folder whose source can be read and target written; log the others."""
+        admitted = []
         for f in folders:
-            if f.create:
-                try:
-                    os.makedirs(f.source, exist_ok=True)
-                except OSError as exc:
-                    raise StartupError(f"folder {f.name}: cannot create source {f.source}: {exc.strerror}") from None
-            try:
-                os.makedirs(f.target, exist_ok=True)
-            except OSError as exc:
-                raise StartupError(f"folder {f.name}: cannot create target {f.target}: {exc.strerror}") from None
-            if not os.access(f.target, os.W_OK | os.X_OK):
-                raise StartupError(f"folder {f.name}: target {f.target} is not writable by this user (uid {os.geteuid()})")
+            problem = checks.folder_problem(f, self.instance)
+            if problem is not None:
+                self.unusable[f.name] = f
+                self.log.error("folder_unusable", folder=f.name, error=problem, fix=UNUSABLE_FIX)
+                continue
+            self.unusable.pop(f.name, None)
+            with self._lock:
+                self.folders[f.name] = _FolderState(f, Excluder(f.exclude))
+            admitted.append(f.name)
+        return admitted
+
+    def _warn_private_tmp(self, config: Config) -> None:
+        for key, path in checks.private_tmp_paths(config):
+            self.log.warning("private_tmp_path", key=key, path=path,
+                             error="the unit's PrivateTmp=yes gives the service its own empty /tmp and /var/tmp: "
+                                   "this path is not the one you see, and what is written there vanishes on stop",
+                             fix="move it out of /tmp and /var/tmp")
+
+    def _check_watch_limit(self) -> None:
+        """Warn when the folders hold more directories than inotify may watch (PITFALLS #6)."""
+        self._rescan_every = self.config.rescan_interval
+        served = tuple(s.config for s in self.folders.values())
+        shortage = checks.watch_shortage(served, checks.max_user_watches())
+        if shortage is None:
+            return
+        if not self._rescan_every:
+            self._rescan_every = DEFAULT_RESCAN  # the unwatched part needs some safety net
+            self._next_rescan = time.monotonic() + self._rescan_every
+        sysctl = checks.WATCHES_SYSCTL
+        self.log.warning(
+            "inotify_limit_low", sysctl=sysctl, limit=shortage.limit, needed=shortage.needed,
+            rescan_interval_s=self._rescan_every,
+            error=f"the watched folders hold {shortage.needed:,} directories but {sysctl} lets a user watch "
+                  f"{shortage.limit:,}: directories past the limit get no events, and their changes are found "
+                  f"only by the rescan every {self._rescan_every:g}s",
+            fix=f"echo '{sysctl} = {shortage.suggested}' > /etc/sysctl.d/90-foldermirror.conf && sysctl --system, "
+                f"then restart the service")
 
     def _spec(self, name: str) -> FolderSpec | None:
         state = self.folders.get(name)
@@ -113,11 +151,13 @@ class Service:
         cfg = self.config
         if not self.once:
             self._install_signals()  # first: a SIGTERM during start-up is acted on, not fatal
-        self._prepare_folders(cfg.folders)
         self.log.info("daemon_started", pid=os.getpid(), config=str(cfg.path), workers=cfg.workers,
                       folders=[f.name for f in cfg.folders], mode="sync" if self.once else "run")
-        for f in cfg.folders:
-            self.folders[f.name] = _FolderState(f, Excluder(f.exclude))
+        self._warn_private_tmp(cfg)
+        if not self._admit(cfg.folders):
+            raise StartupError("no folder can be served (each one is named in a folder_unusable line above)")
+        if not self.once:
+            self._check_watch_limit()
         # The Pool (and its fork server) comes before any watcher thread (PITFALLS #8, #12).
         self.pool = WorkerPool(cfg.workers, self._on_result, self._spec, self._on_worker_lost, self.instance)
         dispatcher = threading.Thread(target=run_dispatcher, args=(self.changes, self.pool, lambda: self._running),
@@ -126,14 +166,16 @@ class Service:
         self.reconciler.start()
         if not self.once:
             self.watcher = Watcher(self)
-            for name, error in self.watcher.start(cfg.folders):
+            for name, error in self.watcher.start(tuple(s.config for s in self.folders.values())):
                 self.folders[name].missing = True
                 self.log.error("folder_unwatched", folder=name, error=error)
-            self.log.info("daemon_ready", folders=len(cfg.folders))
+        for name in list(self.folders):
+            self._request_catch_up(name, "startup")
+        if not self.once:
+            # Watches are in place: changes from here on are seen, and the catch-up covers the rest.
+            self.log.info("daemon_ready", folders=len(self.folders), unusable=sorted(self.unusable))
             self.notifier.ready(self._status_text())
-        for f in cfg.folders:
-            self._request_catch_up(f.name, "startup")
-        self._next_rescan = time.monotonic() + cfg.rescan_interval
+        self._next_rescan = time.monotonic() + self._rescan_every
         try:
             if self.once:
                 return self._run_once()
@@ -168,7 +210,7 @@ class Service:
                 break
         if self.progress_tty:
             sys.stderr.write("\n")
-        return EXIT_FAILURE if self.counters.failed else EXIT_OK
+        return EXIT_FAILURE if self.counters.failed or self.unusable else EXIT_OK
 
     def _tick(self) -> None:
         now = time.monotonic()
@@ -176,16 +218,18 @@ class Service:
         self.pool.supervise()
         if self.watcher is not None:
             if not self.watcher.alive():
-                self.log.error("watcher_restarted", reason="observer thread died")
+                self._observer_deaths.append(now)
                 self.watcher.restart()
+                self.log.error("watcher_restarted", reason="observer thread died",
+                               deaths=self._recent_observer_deaths(now), window_s=OBSERVER_DEATH_WINDOW)
                 for name in self.folders:
                     self._request_catch_up(name, "watch_restored")
             if now - self._last_root_check >= ROOT_CHECK_INTERVAL:
                 self._last_root_check = now
                 self._check_roots()
         self._finish_catch_ups(now)
-        if self.config.rescan_interval and now >= self._next_rescan and not self.once:
-            self._next_rescan = now + self.config.rescan_interval
+        if self._rescan_every and now >= self._next_rescan and not self.once:
+            self._next_rescan = now + self._rescan_every
             for name in self.folders:
                 self._request_catch_up(name, "rescan")
         self._report(now)
@@ -204,8 +248,30 @@ class Service:
                 self.log.info("source_restored", folder=name, path=str(folder.config.source))
                 self._request_catch_up(name, "watch_restored")
 
+    def _recent_observer_deaths(self, now: float) -> int:
+        while self._observer_deaths and now - self._observer_deaths[0] > OBSERVER_DEATH_WINDOW:
+            self._observer_deaths.popleft()
+        return len(self._observer_deaths)
+
+    def _check_observer_stability(self, now: float) -> bool:
+        """False while the observer died more than OBSERVER_DEATHS_MAX times in the window."""
+        deaths = self._recent_observer_deaths(now)
+        unstable = deaths > OBSERVER_DEATHS_MAX
+        if unstable and not self._observer_unstable:
+            action = ("watchdog pings stop, so systemd restarts the service" if self._ping_every
+                      else "no watchdog is configured (WatchdogSec=), so it is only rebuilt again")
+            self.log.error("observer_unstable", deaths=deaths, window_s=OBSERVER_DEATH_WINDOW,
+                           error=f"the file system observer died {deaths} times in {OBSERVER_DEATH_WINDOW:g}s",
+                           action=action)
+        elif not unstable and self._observer_unstable:
+            self.log.info("observer_stable", deaths=deaths, window_s=OBSERVER_DEATH_WINDOW)
+        self._observer_unstable = unstable
+        return not unstable
+
     def _report(self, now: float) -> None:
-        healthy = self.pool is not None and self.pool.healthy() and (self.watcher is None or self.watcher.alive())
+        stable = self._check_observer_stability(now)
+        healthy = (stable and self.pool is not None and self.pool.healthy()
+                   and (self.watcher is None or self.watcher.alive()))
         if self._ping_every and healthy and now - self._last_ping >= self._ping_every:
             self._last_ping = now
             self.notifier.watchdog()
@@ -229,14 +295,26 @@ class Service:
                               pending=pending, in_flight=in_flight, walk_done=c.walk_done)
 
     def _status_text(self) -> str:
+        problems = []
+        if self._observer_unstable:
+            problems.append(f"unhealthy: the observer died {len(self._observer_deaths)} times "
+                            f"in {OBSERVER_DEATH_WINDOW:g}s")
+        if self.unusable:
+            problems.append(f"{len(self.unusable)} unusable ({', '.join(sorted(self.unusable))})")
+        return "; ".join([self._activity_text(), *problems])
+
+    def _activity_text(self) -> str:
         catching = [(n, s.catch_up) for n, s in self.folders.items() if s.catch_up is not None]
         if catching:
             name, c = catching[0]
             assert c is not None
+            if not c.walk_done:
+                return f"catching up {name}: {c.files:,} files copied, still comparing"
             total = max(c.differences, c.files)
             return f"catching up {name}: {c.files:,}/{total:,} files"
         pending, in_flight = self.changes.counts()
-        return (f"watching {len(self.folders)} folders, {pending + in_flight:,} pending, "
+        n = len(self.folders)
+        return (f"watching {n} folder{'' if n == 1 else 's'}, {pending + in_flight:,} pending, "
                 f"{self.counters.mirrored:,} files mirrored")
 
     # -- catch-up ----------------------------------------------------------------
@@ -390,13 +468,14 @@ class Service:
         self.notifier.reloading()
         try:
             new = load_config(self.config.path)
-            self._prepare_folders(new.folders)
-        except (ConfigError, StartupError) as exc:
+        except ConfigError as exc:
             self.log.error("config_invalid", config=str(self.config.path), error=str(exc),
                            action="kept the running configuration")
             self.notifier.ready(self._status_text())
             return
-        old = {f.name: f for f in self.config.folders}
+        self._warn_private_tmp(new)
+        # Compared with what is served, so a folder that was unusable is tried again.
+        old = {n: s.config for n, s in self.folders.items()}
         fresh = {f.name: f for f in new.folders}
         removed = [n for n in old if n not in fresh]
         added = [n for n in fresh if n not in old]
@@ -406,18 +485,21 @@ class Service:
             with self._lock:
                 self.folders.pop(name, None)
             self.changes.forget(name)
-        for name in added + changed:
-            f = fresh[name]
-            with self._lock:
-                self.folders[name] = _FolderState(f, Excluder(f.exclude))
-            error = self.watcher.add(f)
+        self.unusable.clear()
+        admitted = self._admit(tuple(fresh[n] for n in added + changed))
+        ignored = [k for k in ("workers",) if getattr(new, k) != getattr(self.config, k)]
+        if new.rescan_interval != self.config.rescan_interval:
+            self._next_rescan = time.monotonic() + new.rescan_interval
+        self.config = new
+        self._check_watch_limit()
+        for name in admitted:
+            error = self.watcher.add(fresh[name])
             if error is not None:
                 self.folders[name].missing = True
                 self.log.error("folder_unwatched", folder=name, error=error[1])
             self._request_catch_up(name, "reload")
-        ignored = [k for k in ("workers",) if getattr(new, k) != getattr(self.config, k)]
-        self.config = new
         self.log.info("config_reloaded", config=str(new.path), added=added, removed=removed, changed=changed,
+                      **({"unusable": sorted(self.unusable)} if self.unusable else {}),
                       **({"needs_restart": ignored} if ignored else {}))
         self.notifier.ready(self._status_text())
 

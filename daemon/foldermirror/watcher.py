@@ -6,6 +6,7 @@ never lets an exception reach watchdog, which would kill the observer thread (#3
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -169,7 +170,7 @@ class Watcher:
                                                   recursive=True, event_filter=EVENT_FILTER)
         except OSError as exc:
             entry.lost = True
-            return (folder.name, f"cannot watch {folder.source}: {exc.strerror or exc}")
+            return (folder.name, f"cannot watch {folder.source}: {_watch_error(exc)}")
         return None
 
     def add(self, folder: FolderConfig) -> tuple[str, str] | None:
@@ -246,6 +247,15 @@ class Watcher:
                 self._observer.join(timeout=5)
                 self._observer = None
         logging.getLogger("watchdog").removeHandler(self._bridge)
+
+
+def _watch_error(exc: OSError) -> str:
+    # inotify reports its per-user limits as ENOSPC and EMFILE, which read like a full disk.
+    if exc.errno == errno.ENOSPC:
+        return "the inotify watch limit is reached: raise fs.inotify.max_user_watches"
+    if exc.errno == errno.EMFILE:
+        return "the inotify instance limit is reached: raise fs.inotify.max_user_instances"
+    return exc.strerror or str(exc)
 
 
 def _identity(path: str) -> tuple[int, int] | None:
