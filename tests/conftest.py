@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import pytest
 import yaml
@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 # Import this checkout's package even when another checkout is pip-installed in editable mode.
 sys.path.insert(0, str(REPO / "daemon"))
 TEMP_MARK = ".foldermirror-"
+SYSTEMD_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "INVOCATION_ID")
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, describe: Callable[[], str] | str = "") -> Any:
@@ -51,15 +52,18 @@ def pair(tmp_path: Path, name: str = "data", **opts: Any) -> tuple[Path, Path, d
 class Daemon:
     """A `python -m foldermirror run` process whose stderr JSON lines are collected."""
 
-    def __init__(self, config: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, config: Path, *args: str, env: dict[str, str] | None = None,
+                 prefix: Sequence[str] = ()) -> None:
         self.config = config
         self.records: list[dict[str, Any]] = []
         self.other_lines: list[str] = []
         self._cond = threading.Condition()
-        full_env = {**os.environ, **(env or {})}
+        # What systemd may have set for the process running the tests is not the daemon's.
+        full_env = {k: v for k, v in os.environ.items() if k not in SYSTEMD_ENV}
+        full_env.update(env or {})
         full_env["PYTHONPATH"] = str(REPO / "daemon") + os.pathsep + full_env.get("PYTHONPATH", "")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "foldermirror", "run", "--config", str(config), "--log-format", "json", *args],
+            [*prefix, sys.executable, "-m", "foldermirror", "run", "--config", str(config), "--log-format", "json", *args],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env,
         )
         self._readers = [threading.Thread(target=self._read, args=(s,), daemon=True)
@@ -145,8 +149,8 @@ def _children(pid: int) -> list[int]:
 def daemon_factory() -> Iterator[Callable[..., Daemon]]:
     started: list[Daemon] = []
 
-    def start(config: Path, *args: str, env: dict[str, str] | None = None) -> Daemon:
-        d = Daemon(config, *args, env=env)
+    def start(config: Path, *args: str, env: dict[str, str] | None = None, prefix: Sequence[str] = ()) -> Daemon:
+        d = Daemon(config, *args, env=env, prefix=prefix)
         started.append(d)
         return d
 
