@@ -225,6 +225,24 @@ def inotify_watches(pid: int) -> int:
     return total
 
 
+def datagram_sockets(pid: int) -> int:
+    """AF_UNIX datagram sockets open in `pid` (the kind sd_notify sends with)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
+    count = 0
+    for line in Path(f"/proc/{pid}/net/unix").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[6] in inodes and fields[4] == "0002":  # Type column: SOCK_DGRAM
+            count += 1
+    return count
+
+
 def test_ready_after_the_watches_then_status_then_stopping(tmp_path, daemon_factory, listener):
     src, dst, spec = pair(tmp_path, delete=True)
     dirs = 1
@@ -249,6 +267,7 @@ def test_ready_after_the_watches_then_status_then_stopping(tmp_path, daemon_fact
     d = daemon_factory(write_config(tmp_path, [spec]), env=notify_env(listener))
     pid.append(d.proc.pid)
     ready = listener.wait("READY=1")
+    assert datagram_sockets(d.proc.pid) == 1
     assert at_ready and at_ready[0] >= dirs, f"{at_ready} watches at READY=1, {dirs} directories"
     assert ready == 0, listener.messages  # nothing before READY=1
     assert any(f.startswith("STATUS=") for f in listener.message(ready)), listener.message(ready)
@@ -376,6 +395,8 @@ def test_without_a_notify_socket_nothing_fails(tmp_path, daemon_factory, notify_
     env = {"WATCHDOG_USEC": "200000", **({"NOTIFY_SOCKET": notify_socket} if notify_socket else {})}
     d = daemon_factory(write_config(tmp_path, [spec]), env=env)
     d.wait_ready()
+    if notify_socket is None:
+        assert datagram_sockets(d.proc.pid) == 0  # nothing to send with
     (src / "f").write_bytes(b"mirrored all the same")
     wait_mirrored(src, dst)
     d.send(signal.SIGHUP)
@@ -540,6 +561,8 @@ def test_watch_shortage_names_the_need_with_headroom(tmp_path):
     short = checks.watch_shortage(folders, 9)
     assert short is not None and short.needed == 10 and short.limit == 9 and short.suggested >= 13
     assert checks.watch_shortage(folders, None) is None
+    if "FOLDERMIRROR_FAULTS" not in os.environ:  # the real limit, as the kernel states it
+        assert checks.max_user_watches() == int(Path("/proc/sys/fs/inotify/max_user_watches").read_text())
 
 
 def test_too_few_inotify_watches_warns_and_keeps_running(tmp_path, daemon_factory):
