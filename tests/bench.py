@@ -1,0 +1,409 @@
+"""foldermirror benchmark: the real daemon beside `cp -a` and `rsync -a`, same data, same run.
+
+    python3 -m tests.bench                       # all scenarios, 3 runs each
+    python3 -m tests.bench --quick               # small sizes, 1 run: a smoke test of the script
+    python3 -m tests.bench --only burst,latency --runs 5 --json bench.json
+
+Prints medians and ranges and writes JSON. Not a pytest test: numbers, not pass/fail.
+Finished trees are moved aside and deleted at the end (deleting a big tree slows file
+creation for minutes on these machines, PITFALLS #18); the cost of creating a file is
+recorded at the start and end of each run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import platform
+import select
+import shutil
+import signal
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+REPO = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "PYTHONPATH": str(REPO / "daemon")}
+KIB = 1024
+
+
+# -- helpers ---------------------------------------------------------------------------
+class Daemon:
+    """The real daemon; counts distinct mirrored paths from its JSON log lines."""
+
+    def __init__(self, config: Path) -> None:
+        self.mirrored: set[str] = set()
+        self.copies: dict[str, int] = {}
+        self.events: list[dict[str, Any]] = []
+        self.cond = threading.Condition()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "foldermirror", "run", "--config", str(config), "--log-format", "json"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for raw in self.proc.stderr:
+            try:
+                rec = json.loads(raw)
+            except ValueError:
+                continue
+            with self.cond:
+                ev = rec.get("event")
+                if ev == "file_mirrored":
+                    self.mirrored.add(rec["path"])
+                    self.copies[rec["path"]] = self.copies.get(rec["path"], 0) + 1
+                else:
+                    self.events.append(rec)
+                self.cond.notify_all()
+
+    def wait(self, predicate: Callable[["Daemon"], bool], timeout: float) -> float:
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while not predicate(self):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("daemon did not get there in time")
+                self.cond.wait(min(left, 0.5))
+        return time.monotonic()
+
+    def has(self, event: str, **match: Any) -> bool:
+        return any(e.get("event") == event and all(e.get(k) == v for k, v in match.items()) for e in self.events)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def write_config(base: Path, src: Path, dst: Path, **opts: Any) -> Path:
+    import yaml
+    cfg = base / "bench.yaml"
+    cfg.write_text(yaml.safe_dump({"folders": [{"name": "bench", "source": str(src), "target": str(dst), **opts}]}))
+    return cfg
+
+
+def file_create_cost(base: Path, n: int = 200) -> float:
+    """Microseconds to create, write and close one small file here (PITFALLS #18)."""
+    d = Path(tempfile.mkdtemp(dir=base, prefix="probe-"))
+    t = time.perf_counter()
+    for i in range(n):
+        fd = os.open(d / f"p{i}", os.O_WRONLY | os.O_CREAT, 0o644)
+        os.write(fd, b"x")
+        os.close(fd)
+    cost = (time.perf_counter() - t) / n * 1e6
+    shutil.rmtree(d)
+    return round(cost, 1)
+
+
+def make_tree(root: Path, files: int, size: int, folders: int) -> None:
+    payload = os.urandom(size)
+    for d in range(folders):
+        (root / f"d{d:03}").mkdir(parents=True, exist_ok=True)
+    for i in range(files):
+        fd = os.open(root / f"d{i % folders:03}" / f"f{i:06}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.write(fd, payload)
+        os.close(fd)
+
+
+def timed(cmd: list[str]) -> float:
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t
+
+
+def sync_caches() -> None:
+    os.sync()
+
+
+class Trash:
+    """Trees are moved here during the run and deleted at the very end."""
+
+    def __init__(self, base: Path) -> None:
+        self.dir = base / "trash"
+        self.dir.mkdir(exist_ok=True)
+        self.n = 0
+
+    def put(self, *paths: Path) -> None:
+        for p in paths:
+            if p.exists():
+                self.n += 1
+                os.rename(p, self.dir / f"{self.n}")
+
+
+# -- inotify on the target, to time "visible" without a polling floor (PITFALLS #19) -------
+class TargetWatch:
+    IN_MOVED_TO = 0x80
+    IN_CLOSE_WRITE = 0x8
+    IN_CREATE = 0x100
+
+    def __init__(self, path: Path) -> None:
+        self.libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        self.fd = self.libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        mask = self.IN_MOVED_TO | self.IN_CLOSE_WRITE | self.IN_CREATE
+        if self.fd < 0 or self.libc.inotify_add_watch(self.fd, str(path).encode(), mask) < 0:
+            raise OSError(ctypes.get_errno(), "inotify")
+
+    def wait_for(self, name: str, timeout: float) -> float:
+        deadline = time.perf_counter() + timeout
+        want = name.encode()
+        while True:
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                raise TimeoutError(name)
+            r, _, _ = select.select([self.fd], [], [], left)
+            if not r:
+                continue
+            now = time.perf_counter()
+            data = os.read(self.fd, 65536)
+            off = 0
+            while off < len(data):
+                _, mask, _, length = struct.unpack_from("iIII", data, off)
+                fname = data[off + 16: off + 16 + length].rstrip(b"\0")
+                off += 16 + length
+                if fname == want and mask & self.IN_MOVED_TO:
+                    return now
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def process_tree(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                data = Path(f"/proc/{entry}/stat").read_bytes()
+            except OSError:
+                continue
+            ppid = int(data[data.rindex(b")") + 2:].split()[1])
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def tree_memory(pid: int) -> tuple[float, float, int]:
+    """(RSS MiB, PSS MiB, processes) of a process and all its descendants."""
+    rss = pss = 0
+    pids = process_tree(pid)
+    for p in pids:
+        try:
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Rss:"):
+                    rss += int(line.split()[1])
+                elif line.startswith("Pss:"):
+                    pss += int(line.split()[1])
+        except OSError:
+            pass
+    return rss / 1024, pss / 1024, len(pids)
+
+
+def tree_cpu(pid: int) -> float:
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in process_tree(pid):
+        try:
+            data = Path(f"/proc/{p}/stat").read_bytes()
+        except OSError:
+            continue
+        fields = data[data.rindex(b")") + 2:].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
+# -- scenarios --------------------------------------------------------------------------
+def scenario_burst(base: Path, trash: Trash, files: int, folders: int) -> dict[str, Any]:
+    src, dst = base / "burst-src", base / "burst-dst"
+    src.mkdir()
+    d = Daemon(write_config(base, src, dst))
+    d.wait(lambda s: s.has("sync_finished", reason="startup"), 60)
+    t0 = time.monotonic()
+    make_tree(src, files, 4 * KIB, folders)
+    t_written = time.monotonic()
+    t_done = d.wait(lambda s: len(s.mirrored) >= files + folders, 600)
+    overflow = d.has("overflow_rescan")
+    d.stop()
+    lost = _compare_count(src, dst)
+    cp_dst, rs_dst = base / "burst-cp", base / "burst-rsync"
+    sync_caches()
+    cp = timed(["cp", "-a", str(src), str(cp_dst)])
+    rs = timed(["rsync", "-a", f"{src}/", f"{rs_dst}/"]) if shutil.which("rsync") else None
+    trash.put(src, dst, cp_dst, rs_dst)
+    return {"daemon_s": t_done - t0, "daemon_after_writes_s": t_done - t_written, "write_s": t_written - t0,
+            "cp_s": cp, "rsync_s": rs, "ratio_vs_cp": (t_done - t0) / cp, "overflow": overflow, "missing": lost}
+
+
+def _compare_count(src: Path, dst: Path) -> int:
+    missing = 0
+    for dirpath, _, names in os.walk(src):
+        rel = os.path.relpath(dirpath, src)
+        for n in names:
+            if not os.path.exists(os.path.join(dst, rel, n)):
+                missing += 1
+    return missing
+
+
+def scenario_bigfile(base: Path, trash: Trash, size_mib: int) -> dict[str, Any]:
+    src, dst = base / "big-src", base / "big-dst"
+    src.mkdir()
+    d = Daemon(write_config(base, src, dst))
+    d.wait(lambda s: s.has("sync_finished", reason="startup"), 60)
+    chunk = os.urandom(1 << 20)
+    with open(src / "big.bin", "wb") as f:
+        for _ in range(size_mib):
+            f.write(chunk)
+    t_closed = time.monotonic()
+    t_done = d.wait(lambda s: "big.bin" in s.mirrored and os.path.exists(dst / "big.bin")
+                    and os.path.getsize(dst / "big.bin") == size_mib << 20, 600)
+    copies = d.copies.get("big.bin", 0)
+    d.stop()
+    size = size_mib << 20
+    cp_dst = base / "big-cp.bin"
+    cp = timed(["cp", "--reflink=never", str(src / "big.bin"), str(cp_dst)])
+    trash.put(src, dst, cp_dst)
+    mbps = size / (t_done - t_closed) / 1e6
+    return {"daemon_MBps": mbps, "cp_MBps": size / cp / 1e6, "ratio_vs_cp": mbps / (size / cp / 1e6),
+            "copies": copies, "close_to_done_s": t_done - t_closed}
+
+
+def scenario_latency(base: Path, trash: Trash, writes: int) -> dict[str, Any]:
+    src, dst = base / "lat-src", base / "lat-dst"
+    src.mkdir()
+    dst.mkdir()
+    d = Daemon(write_config(base, src, dst))
+    d.wait(lambda s: s.has("sync_finished", reason="startup"), 60)
+    watch = TargetWatch(dst)
+    samples = []
+    payload = os.urandom(4 * KIB)
+    for i in range(writes):
+        name = f"l{i:04}"
+        fd = os.open(src / name, os.O_WRONLY | os.O_CREAT, 0o644)
+        os.write(fd, payload)
+        os.close(fd)
+        t_close = time.perf_counter()
+        t_seen = watch.wait_for(name, 10)
+        samples.append((t_seen - t_close) * 1000)
+    watch.close()
+    d.stop()
+    trash.put(src, dst)
+    q = statistics.quantiles(samples, n=100)
+    return {"p50_ms": statistics.median(samples), "p90_ms": q[89], "p99_ms": q[98], "max_ms": max(samples)}
+
+
+def scenario_catchup(base: Path, trash: Trash, files: int, folders: int) -> dict[str, Any]:
+    src = base / "cu-src"
+    make_tree(src, files, 4 * KIB, folders)
+    sync_caches()
+    cp_dst, rs_dst, dst = base / "cu-cp", base / "cu-rsync", base / "cu-dst"
+    cp = timed(["cp", "-a", str(src), str(cp_dst)])
+    rs = timed(["rsync", "-a", f"{src}/", f"{rs_dst}/"]) if shutil.which("rsync") else None
+    cfg = write_config(base, src, dst)
+    t0 = time.monotonic()
+    d = Daemon(cfg)
+    t_done = d.wait(lambda s: s.has("sync_finished", reason="startup"), 900)
+    d.stop()
+    # a second start with everything in sync: the cost of the comparison alone
+    t1 = time.monotonic()
+    d2 = Daemon(cfg)
+    t_idle = d2.wait(lambda s: s.has("sync_finished", reason="startup"), 300)
+    copied_again = len(d2.mirrored)
+    d2.stop()
+    trash.put(src, dst, cp_dst, rs_dst)
+    return {"daemon_s": t_done - t0, "cp_s": cp, "rsync_s": rs,
+            "ratio_vs_rsync": (t_done - t0) / rs if rs else None,
+            "in_sync_start_s": t_idle - t1, "copied_when_in_sync": copied_again}
+
+
+def scenario_idle(base: Path, trash: Trash, folders: int, per_folder: int, seconds: float) -> dict[str, Any]:
+    src, dst = base / "idle-src", base / "idle-dst"
+    make_tree(src, folders * per_folder, 64, folders)
+    d = Daemon(write_config(base, src, dst))
+    d.wait(lambda s: s.has("sync_finished", reason="startup"), 900)
+    cpu0 = tree_cpu(d.proc.pid)
+    time.sleep(seconds)  # the idle period being measured
+    cpu = tree_cpu(d.proc.pid) - cpu0
+    rss, pss, procs = tree_memory(d.proc.pid)
+    d.stop()
+    trash.put(src, dst)
+    return {"cpu_s": cpu, "rss_MiB": rss, "pss_MiB": pss, "processes": procs, "folders": folders}
+
+
+# -- driver -----------------------------------------------------------------------------
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in runs[0]:
+        values = [r[key] for r in runs if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)]
+        if values:
+            out[key] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
+        else:
+            out[key] = [r.get(key) for r in runs]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--only", default="burst,bigfile,latency,catchup,idle")
+    p.add_argument("--quick", action="store_true", help="small sizes and one run: checks the script works")
+    p.add_argument("--json", default="bench-results.json", help="where to write the results")
+    p.add_argument("--dir", default=None, help="work folder (default: a temp folder under /var/tmp)")
+    args = p.parse_args(argv)
+    q = args.quick
+    runs = 1 if q else args.runs
+    sizes = {
+        "burst": dict(files=2000 if q else 20000, folders=50),
+        "bigfile": dict(size_mib=64 if q else 2048),
+        "latency": dict(writes=50 if q else 200),
+        "catchup": dict(files=5000 if q else 100000, folders=100),
+        "idle": dict(folders=500 if q else 10000, per_folder=10, seconds=3 if q else 10),
+    }
+    fns = {"burst": scenario_burst, "bigfile": scenario_bigfile, "latency": scenario_latency,
+           "catchup": scenario_catchup, "idle": scenario_idle}
+    base = Path(args.dir or tempfile.mkdtemp(prefix="fm-bench-", dir="/var/tmp"))
+    base.mkdir(parents=True, exist_ok=True)
+    trash = Trash(base)
+    results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
+                                           "python": platform.python_version()},
+                               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    try:
+        for name in [s for s in args.only.split(",") if s]:
+            per_run = []
+            for i in range(runs):
+                before = file_create_cost(base)
+                r = fns[name](base, trash, **sizes[name])
+                r["create_us_before"], r["create_us_after"] = before, file_create_cost(base)
+                per_run.append(r)
+                print(f"{name} run {i + 1}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in r.items()), flush=True)
+            results[name] = {"params": sizes[name], "runs": per_run, "summary": summarise(per_run)}
+            print(f"== {name}: " + ", ".join(
+                f"{k}={_fmt(v['median'])} [{_fmt(v['min'])}..{_fmt(v['max'])}]"
+                for k, v in results[name]["summary"].items() if isinstance(v, dict)), flush=True)
+    finally:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+        print(f"results written to {args.json}")
+        shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
