@@ -52,6 +52,8 @@ class ChangeQueue:
     _seq: itertools.count = field(default_factory=itertools.count)
     _cond: threading.Condition = field(default_factory=threading.Condition)
     _closed: bool = False
+    # Debug hook, called under the lock with ("event" | "ready" | "dispatched", key); must be cheap.
+    tracer: Callable[[str, Key], None] | None = None
 
     # -- producers -------------------------------------------------------------
     def touch(self, folder: str, path: str, *, settle: float, ready: bool = False,
@@ -60,6 +62,8 @@ class ChangeQueue:
         with self._cond:
             now = self.clock()
             key = (folder, path)
+            if self.tracer is not None:
+                self.tracer("event", key)
             e = self._entries.get(key)
             if e is None:
                 e = self._entries[key] = _Entry(first_seen=now, last_event=now, settle=settle)
@@ -75,6 +79,8 @@ class ChangeQueue:
         with self._cond:
             now = self.clock()
             skey, dkey = (folder, src), (folder, dst)
+            if self.tracer is not None:
+                self.tracer("event", dkey)
             if skey in self._in_flight or dkey in self._in_flight:
                 self._touch_locked(skey, settle, now)
                 self._touch_locked(dkey, settle, now)
@@ -117,6 +123,8 @@ class ChangeQueue:
                 e.queued = True
                 self._ready.append(key)
                 self._cond.notify()
+                if self.tracer is not None:
+                    self.tracer("ready", key)
         elif e.timer is None or e.timer > at:
             e.timer = at
             heapq.heappush(self._timers, (at, next(self._seq), key))
@@ -178,6 +186,8 @@ class ChangeQueue:
             del self._entries[key]
             self._in_flight.add(key)
             items.append(Item(folder=key[0], path=key[1], origin=origin, first_seen=e.first_seen))
+            if self.tracer is not None:
+                self.tracer("dispatched", key)
         return items
 
     def done(self, item: Item) -> None:
@@ -220,6 +230,12 @@ class ChangeQueue:
             if any(k[0] == folder for k in self._in_flight):
                 return False
             return all(e.not_before > now for k, e in self._entries.items() if k[0] == folder)
+
+    def oldest_age(self, folder: str) -> float:
+        """Seconds since the oldest change still pending in one folder was first seen (0 when none)."""
+        with self._cond:
+            oldest = min((e.first_seen for k, e in self._entries.items() if k[0] == folder), default=None)
+            return 0.0 if oldest is None else max(0.0, self.clock() - oldest)
 
     def oldest_pending_age(self) -> float:
         with self._cond:
