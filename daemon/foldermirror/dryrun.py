@@ -2,8 +2,9 @@
 
 The same comparison as the real catch-up (reconcile.diff_tree), with stale temp files
 counted instead of removed. A catch-up never replays renames (only live watching sees
-them), so a file that looks renamed — an extra target file with the size and mtime of a
-missing one — is listed as a probable rename but counted as the copy and delete it will be.
+them), so a file that looks renamed — an extra target file with the size, mtime and first
+64 KiB of a missing one — is listed as a probable rename but counted as the copy and
+delete it will be.
 """
 
 from __future__ import annotations
@@ -90,19 +91,36 @@ def _action(f: FolderConfig, path: str, reason: str) -> Action:
 
 
 def _probable_renames(f: FolderConfig, actions: list[Action]) -> list[tuple[str, str]]:
-    extras: dict[tuple[int, int], list[str]] = {}
+    extras: dict[tuple[int, int, bytes], list[str]] = {}
     for a in actions:
         if a.verb in ("delete", "keep"):
-            st = _lstat(os.path.join(f.target, a.path))
-            if st is not None and stat.S_ISREG(st.st_mode):
-                extras.setdefault((st.st_size, st.st_mtime_ns), []).append(a.path)
+            key = _fingerprint(os.path.join(f.target, a.path))
+            if key is not None:
+                extras.setdefault(key, []).append(a.path)
     out = []
     for a in actions:
-        if a.verb == "copy":
-            st = _lstat(os.path.join(f.source, a.path))
-            if st is not None and stat.S_ISREG(st.st_mode) and extras.get((st.st_size, st.st_mtime_ns)):
-                out.append((extras[(st.st_size, st.st_mtime_ns)].pop(0), a.path))
+        if a.verb == "copy" and extras:
+            key = _fingerprint(os.path.join(f.source, a.path))
+            if key is not None and extras.get(key):
+                out.append((extras[key].pop(0), a.path))
     return out
+
+
+def _fingerprint(path: str) -> tuple[int, int, bytes] | None:
+    """Size, mtime and first 64 KiB of a regular file (mtimes alone collide within a clock tick)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        return (st.st_size, st.st_mtime_ns, os.read(fd, 65536))
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def _lstat(path: str) -> os.stat_result | None:
@@ -156,7 +174,7 @@ def render(plans: list[Plan]) -> str:
         for a in p.actions:
             out.append(f"  {a.verb.ljust(width)}  {_show(a.path)}" + (f"  ({a.detail})" if a.detail else ""))
         for old, new in p.renames:
-            out.append(f"  probable rename: {_show(old)} → {_show(new)} (same size and mtime; "
+            out.append(f"  probable rename: {_show(old)} → {_show(new)} (same size, mtime and first bytes; "
                        f"copied anew{' and the old name deleted' if f.delete else ''})")
         for rel in p.unreadable:
             out.append(f"  unreadable: {_show(rel or '.')} (cannot be listed, so it is not compared)")

@@ -441,13 +441,14 @@ class Service:
     # -- shutdown -------------------------------------------------------------------------
     def _shutdown(self) -> None:
         self.notifier.stopping()
+        self._stop_operator_view()
         if self.watcher is not None:
             self.watcher.stop()
         self.reconciler.stop()
         self._running = False
         self.changes.close()
         abandoned = self.pool.stop(self.config.stop_grace) if self.pool is not None else 0
-        self._stop_operator_view()
+        self._log_repeats(flush=True)
         self.log.info("daemon_stopped", files_mirrored=self.counters.mirrored, bytes=self.counters.bytes,
                       deleted=self.counters.deleted, failed=self.counters.failed, abandoned=abandoned)
         self.notifier.close()
@@ -489,7 +490,8 @@ class Service:
         else:
             self.control = control
             control.start()
-            self.log.info("control_socket_listening", path=str(control.path), **({"skipped": skipped} if skipped else {}))
+            self.log.info("control_socket_listening", path=str(control.path),
+                          **({"skipped": skipped} if skipped else {}))
         if self.config.metrics is not None:
             from foldermirror.metrics import Metrics
 
@@ -506,7 +508,6 @@ class Service:
                 self.log.info("metrics_listening", listen=address)
 
     def _stop_operator_view(self) -> None:
-        self._log_repeats(flush=True)
         if self.control is not None:
             self.control.stop()
         if self.metrics is not None:

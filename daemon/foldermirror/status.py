@@ -129,7 +129,8 @@ def render(snap: dict[str, Any]) -> str:
         if c is not None:
             total = max(c["differences"], c["files"])
             walk = "" if c["walk_done"] else ", still comparing"
-            notes.append(f"{f['name']}: catching up ({c['reason']}): {c['files']:,} of {total:,} done{walk}")
+            done = f"{c['files']:,} of {total:,} paths done{walk}"
+            notes.append(f"{f['name']}: catching up ({c['reason']}): {done}")
         for problem in f["problems"]:
             notes.append(f"{f['name']}: {problem}")
         e = f["last_error"]
