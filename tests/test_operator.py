@@ -166,6 +166,25 @@ def test_status_without_a_daemon(tmp_path):
 
 
 # -- the control socket -------------------------------------------------------------------------
+def test_default_sockets_keep_daemons_of_different_configs_apart(tmp_path, daemon_factory):
+    daemons = {}
+    for name in ("one", "two"):
+        base = tmp_path / name
+        base.mkdir()
+        src, dst, spec = pair(base, name)
+        cfg = write_config(base, [spec])  # no control_socket: the default location
+        daemons[name] = (cfg, daemon_factory(cfg))
+    for name, (cfg, d) in daemons.items():
+        d.wait_ready()
+        where = d.wait_for("control_socket_listening")[0]["path"]
+        assert os.path.basename(where).startswith("control-"), where
+        snap = status(cfg)
+        assert snap["pid"] == d.proc.pid and [f["name"] for f in snap["folders"]] == [name], snap
+    for cfg, d in daemons.values():
+        assert d.stop() == 0
+        assert d.events("control_socket_unavailable") == []
+
+
 def test_control_socket_answers_only_status_and_rescan(tmp_path, daemon_factory):
     src, dst, spec = pair(tmp_path)
     sock = tmp_path / "ctl.sock"
@@ -401,3 +420,10 @@ def test_operator_config_keys_parse(tmp_path):
                      f"folders: [{{source: {src}, target: {tmp_path / 'dst'}}}]\n", str(tmp_path / "c.yaml"))
     assert c.control_socket == tmp_path / "ctl.sock" and c.log.trace == ("*.jpg",)
     assert (c.metrics.host, c.metrics.port, c.metrics.listen) == ("::1", 0, "[::1]:0")
+
+
+@pytest.mark.parametrize("command", ["status", "rescan"])
+def test_new_commands_explain_themselves(command):
+    r = fm(command, "--help")
+    assert r.returncode == 0 and "--config" in r.stdout, r.stdout
+    assert "3 when no daemon is running" in " ".join(r.stdout.split()), r.stdout

@@ -10,6 +10,7 @@ hostile client costs the daemon at most CLIENT_TIMEOUT seconds of this one threa
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import socket
@@ -23,6 +24,7 @@ from foldermirror.config import Config
 from foldermirror.errors import FoldermirrorError, NotRunningError
 
 SOCKET_NAME = "control.sock"
+RUN_DIR = Path("/run/foldermirror")
 MAX_REQUEST = 4096
 MAX_REPLY = 16 * 1024 * 1024
 CLIENT_TIMEOUT = 2.0
@@ -34,10 +36,11 @@ class ControlError(Exception):
 
 
 def socket_paths(config: Config) -> list[Path]:
-    """Where this config's daemon listens, in the order it tries them (and `status` looks).
+    """Where this config's daemon may listen, in the order it tries them.
 
-    An explicit `control_socket:` is the only place. Otherwise systemd's RuntimeDirectory,
-    then /run/foldermirror, then a per-user folder for a daemon run by hand.
+    An explicit `control_socket:` is the only place. Under systemd, RuntimeDirectory= gives
+    the daemon a folder of its own. Otherwise the name carries a hash of the config's path,
+    so daemons run by hand with different configs never contend for one path.
     """
     if config.control_socket is not None:
         return [config.control_socket]
@@ -45,12 +48,31 @@ def socket_paths(config: Config) -> list[Path]:
     runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
     if runtime:
         out.append(Path(runtime) / SOCKET_NAME)
-    out.append(Path("/run/foldermirror") / SOCKET_NAME)
+    name = f"control-{hashlib.sha256(os.fsencode(os.path.realpath(config.path))).hexdigest()[:12]}.sock"
+    out.extend(folder / name for folder in _fallback_folders())
+    return list(dict.fromkeys(out))
+
+
+def lookup_paths(config: Config) -> list[Path]:
+    """Where `status` looks: the daemon's own candidates, then the sockets systemd units make
+    (RuntimeDirectory=foldermirror or foldermirror/INSTANCE), which `status` run from a shell
+    cannot know from its environment. Each answer is checked against the config."""
+    if config.control_socket is not None:
+        return [config.control_socket]
+    try:
+        units = [RUN_DIR / SOCKET_NAME, *sorted(RUN_DIR.glob(f"*/{SOCKET_NAME}"))]
+    except OSError:
+        units = [RUN_DIR / SOCKET_NAME]
+    return list(dict.fromkeys([*socket_paths(config), *units]))
+
+
+def _fallback_folders() -> list[Path]:
+    out = [RUN_DIR]
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     if xdg:
-        out.append(Path(xdg) / "foldermirror" / SOCKET_NAME)
-    out.append(Path(tempfile.gettempdir()) / f"foldermirror-{os.geteuid()}" / SOCKET_NAME)
-    return list(dict.fromkeys(out))
+        out.append(Path(xdg) / "foldermirror")
+    out.append(Path(tempfile.gettempdir()) / f"foldermirror-{os.geteuid()}")
+    return out
 
 
 class ControlServer:
@@ -237,7 +259,8 @@ def ask_daemon(config: Config, request: dict[str, Any]) -> dict[str, Any]:
     """
     own = os.path.realpath(config.path)
     tried: list[str] = []
-    for path in socket_paths(config):
+    denied: list[str] = []
+    for path in lookup_paths(config):
         try:
             status = ask(path, {"request": "status"})
         except FileNotFoundError:
@@ -247,8 +270,8 @@ def ask_daemon(config: Config, request: dict[str, Any]) -> dict[str, Any]:
             tried.append(f"{path} (nobody listening)")
             continue
         except PermissionError:
-            raise FoldermirrorError(f"permission denied on the control socket {path}: run this as the "
-                                    "service user or as a member of its group") from None
+            denied.append(str(path))
+            continue
         except (OSError, ControlError) as exc:
             tried.append(f"{path} ({exc})")
             continue
@@ -257,5 +280,8 @@ def ask_daemon(config: Config, request: dict[str, Any]) -> dict[str, Any]:
             tried.append(f"{path} (a daemon for another config, {running})")
             continue
         return status if request == {"request": "status"} else ask(path, request)
+    if denied:
+        raise FoldermirrorError(f"permission denied on the control socket {', '.join(denied)}: run this as "
+                                "the service user or as a member of its group")
     raise NotRunningError(f"no foldermirror daemon is running for {config.path}; looked for its control "
                           f"socket at: {', '.join(tried)}")
