@@ -115,7 +115,7 @@ class ControlServer:
             sock.bind(str(temp))
             os.chmod(temp, 0o660)
             sock.listen(8)
-            os.rename(temp, path)
+            _publish(temp, path)
         except OSError:
             sock.close()
             if os.path.lexists(temp):
@@ -210,6 +210,18 @@ def _private_dir(path: Path) -> None:
         raise OSError(errno.ENOTDIR, f"{path} is not a directory")
     if st.st_uid != os.geteuid() and path.parent == Path(tempfile.gettempdir()):
         raise OSError(errno.EPERM, f"{path} belongs to uid {st.st_uid}, not to this user")
+
+
+def _publish(temp: Path, path: Path) -> None:
+    """Give the socket its real name unless a daemon started meanwhile has taken it."""
+    try:
+        os.link(temp, path)  # unlike rename, never replaces what is there
+    except FileExistsError:
+        raise OSError(errno.EADDRINUSE, "another daemon is listening there") from None
+    except OSError:
+        os.rename(temp, path)  # a file system without hard links
+        return
+    os.unlink(temp)
 
 
 def _clear_stale(path: Path) -> None:

@@ -27,6 +27,7 @@ from foldermirror.paths import Excluder
 from foldermirror.pool import FolderSpec, WorkerPool, process_alive, run_dispatcher
 from foldermirror.reconcile import Reconciler, Request, WalkStats, diff_tree
 from foldermirror.stats import FolderStats
+from foldermirror.status import snapshot
 from foldermirror.watcher import Watcher
 
 TICK = 0.2
@@ -461,20 +462,17 @@ class Service:
         self.repeats = Repeats()
         self.tracer: Tracer | None = None
         self.control: ControlServer | None = None
-        self.metrics: Any = None
+        self.metrics: Any = None  # metrics.Metrics when configured (prometheus-client is imported only then)
         if self.log.is_enabled_for(logging.DEBUG):
             self.tracer = Tracer(self.log, self.config.log.trace)
             self.changes.tracer = self.tracer.queue_hook
 
     def folder_stats(self, name: str) -> FolderStats:
+        """Counters of one folder since start (kept across a reload that changes the folder)."""
         stats = self._folder_stats.get(name)
-        if stats is None:
-            stats = self._folder_stats.setdefault(name, FolderStats())
-        return stats
+        return stats if stats is not None else self._folder_stats.setdefault(name, FolderStats())
 
     def _start_operator_view(self) -> None:
-        from foldermirror.status import snapshot
-
         # The socket answers before the start-up walks are requested: say "catching up" from the start.
         with self._lock:
             for state in self.folders.values():
