@@ -103,6 +103,7 @@ class ControlServer:
     def _bind(self, path: Path, create_parent: bool) -> None:
         if create_parent:
             _private_dir(path.parent)
+            _sweep(path.parent)
         _clear_stale(path)
         # Bound and listening under a temporary name, then renamed into place: a client never
         # finds the path without a listener behind it.
@@ -222,6 +223,19 @@ def _publish(temp: Path, path: Path) -> None:
         os.rename(temp, path)  # a file system without hard links
         return
     os.unlink(temp)
+
+
+def _sweep(folder: Path) -> None:
+    """Remove sockets that daemons killed without a chance to clean up left in a shared folder."""
+    try:
+        names = [n for n in os.listdir(folder) if n.startswith("control-") and n.endswith(".sock")]
+    except OSError:
+        return
+    for name in names:
+        try:
+            _clear_stale(folder / name)
+        except OSError:
+            pass  # alive, or not ours to judge
 
 
 def _clear_stale(path: Path) -> None:
