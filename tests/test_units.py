@@ -52,6 +52,7 @@ def test_path_in_flight_is_not_handed_out_twice_and_dirty_comes_back(q, clock):
     q.touch("f", "a", settle=0.25, ready=True)
     assert q.take(10, timeout=0) == []
     q.done(item)
+    clock.now += 0.3  # changed during its flight: a hot path, copied again once quiet
     assert paths(q.take(10, timeout=0)) == ["a"]
 
 
@@ -86,12 +87,13 @@ def test_rename_chain_moves_the_first_mirror_and_rechecks_the_middle(q):
     assert items == {"c": "a", "b": None}
 
 
-def test_rename_while_origin_in_flight_falls_back_to_copy(q):
+def test_rename_while_origin_in_flight_falls_back_to_copy(q, clock):
     q.touch("f", "a", settle=0.25, ready=True)
     [flying] = q.take(10, timeout=0)
     q.moved("f", "a", "b", settle=0.25)
     assert [(i.path, i.origin) for i in q.take(10, timeout=0)] == [("b", None)]
     q.done(flying)
+    clock.now += 0.3
     assert paths(q.take(10, timeout=0)) == ["a"]
 
 
@@ -124,3 +126,26 @@ def test_relative():
 ])
 def test_excluder(patterns, path, excluded):
     assert Excluder(patterns)(path) is excluded
+
+
+def test_a_hot_path_waits_for_quiet_even_after_a_close(q, clock):
+    q.touch("f", "a", settle=0.25, ready=True)
+    [item] = q.take(10, timeout=0)          # the first close is copied at once
+    q.done(item)
+    clock.now += 0.05
+    q.touch("f", "a", settle=0.25, ready=True)  # closed again right after: a busy file
+    assert q.take(10, timeout=0) == []
+    clock.now += 0.1
+    q.touch("f", "a", settle=0.25, ready=True)
+    clock.now += 0.2
+    assert q.take(10, timeout=0) == []      # only 0.2 s of quiet so far
+    clock.now += 0.06
+    assert paths(q.take(10, timeout=0)) == ["a"]
+
+
+def test_a_path_closed_again_after_quiet_is_ready_at_once(q, clock):
+    q.touch("f", "a", settle=0.25, ready=True)
+    q.done(q.take(10, timeout=0)[0])
+    clock.now += 1.0
+    q.touch("f", "a", settle=0.25, ready=True)
+    assert paths(q.take(10, timeout=0)) == ["a"]

@@ -1,7 +1,10 @@
 """Coalescing of changes per path, settle timers, in-flight and dirty tracking. No I/O.
 
 A path is handed out when it is *ready*: a close-after-write or deletion says so at once;
-any other event makes it ready after `settle` seconds without further events. A path in
+any other event makes it ready after `settle` seconds without further events. A path that
+was handed out less than `settle` ago is *hot* (rewritten again and again): it waits for
+`settle` seconds of quiet even after a close, so a busy file is copied a few times, not
+once per write. A path in
 flight is never handed out twice: an event for it during flight leaves a pending entry
 that becomes eligible again when the flight is done ("dirty").
 """
@@ -52,6 +55,10 @@ class ChangeQueue:
     _seq: itertools.count = field(default_factory=itertools.count)
     _cond: threading.Condition = field(default_factory=threading.Condition)
     _closed: bool = False
+    _handed_out: dict[Key, float] = field(default_factory=dict)  # hot-path memory, pruned
+    _max_settle: float = 0.0
+    # Debug hook, called under the lock with ("event" | "ready" | "dispatched", key); must be cheap.
+    tracer: Callable[[str, Key], None] | None = None
 
     # -- producers -------------------------------------------------------------
     def touch(self, folder: str, path: str, *, settle: float, ready: bool = False,
@@ -60,6 +67,8 @@ class ChangeQueue:
         with self._cond:
             now = self.clock()
             key = (folder, path)
+            if self.tracer is not None:
+                self.tracer("event", key)
             e = self._entries.get(key)
             if e is None:
                 e = self._entries[key] = _Entry(first_seen=now, last_event=now, settle=settle)
@@ -75,6 +84,8 @@ class ChangeQueue:
         with self._cond:
             now = self.clock()
             skey, dkey = (folder, src), (folder, dst)
+            if self.tracer is not None:
+                self.tracer("event", dkey)
             if skey in self._in_flight or dkey in self._in_flight:
                 self._touch_locked(skey, settle, now)
                 self._touch_locked(dkey, settle, now)
@@ -105,18 +116,25 @@ class ChangeQueue:
         e.ready = True
         self._schedule(key, e, now)
 
-    def _eligible_at(self, e: _Entry) -> float:
-        return max(e.not_before, e.first_seen if e.ready else e.last_event + e.settle)
+    def _eligible_at(self, key: Key, e: _Entry) -> float:
+        quiet = e.last_event + e.settle
+        if e.ready:
+            last = self._handed_out.get(key)
+            hot = last is not None and e.last_event - last < e.settle
+            return max(e.not_before, quiet if hot else e.first_seen)
+        return max(e.not_before, quiet)
 
     def _schedule(self, key: Key, e: _Entry, now: float) -> None:
         if key in self._in_flight:
             return  # done() reschedules it
-        at = self._eligible_at(e)
+        at = self._eligible_at(key, e)
         if at <= now:
             if not e.queued:
                 e.queued = True
                 self._ready.append(key)
                 self._cond.notify()
+                if self.tracer is not None:
+                    self.tracer("ready", key)
         elif e.timer is None or e.timer > at:
             e.timer = at
             heapq.heappush(self._timers, (at, next(self._seq), key))
@@ -155,6 +173,8 @@ class ChangeQueue:
                 self._cond.wait(wait)
 
     def _pop_ready(self, limit: int, now: float) -> list[Item]:
+        if len(self._handed_out) > 4096:
+            self._handed_out = {k: t for k, t in self._handed_out.items() if now - t < self._max_settle}
         items: list[Item] = []
         while self._ready and len(items) < limit:
             key = self._ready.popleft()
@@ -164,7 +184,7 @@ class ChangeQueue:
             e.queued = False
             if key in self._in_flight:
                 continue
-            if self._eligible_at(e) > now:
+            if self._eligible_at(key, e) > now:
                 self._schedule(key, e, now)
                 continue
             origin = e.origin
@@ -177,7 +197,11 @@ class ChangeQueue:
                     self._in_flight.add(okey)
             del self._entries[key]
             self._in_flight.add(key)
+            self._handed_out[key] = now
+            self._max_settle = max(self._max_settle, e.settle)
             items.append(Item(folder=key[0], path=key[1], origin=origin, first_seen=e.first_seen))
+            if self.tracer is not None:
+                self.tracer("dispatched", key)
         return items
 
     def done(self, item: Item) -> None:
@@ -220,6 +244,12 @@ class ChangeQueue:
             if any(k[0] == folder for k in self._in_flight):
                 return False
             return all(e.not_before > now for k, e in self._entries.items() if k[0] == folder)
+
+    def oldest_age(self, folder: str) -> float:
+        """Seconds since the oldest change still pending in one folder was first seen (0 when none)."""
+        with self._cond:
+            oldest = min((e.first_seen for k, e in self._entries.items() if k[0] == folder), default=None)
+            return 0.0 if oldest is None else max(0.0, self.clock() - oldest)
 
     def oldest_pending_age(self) -> float:
         with self._cond:

@@ -1,8 +1,9 @@
-"""Command line: `run`, `check` and `sync`; maps errors to exit codes."""
+"""Command line: `run`, `check`, `sync`, `status` and `rescan`; maps errors to exit codes."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from typing import Sequence
 
@@ -44,6 +45,18 @@ def build_parser() -> argparse.ArgumentParser:
                "everything was mirrored, 1 when some files failed, 78 on a configuration error.")
     sync.add_argument("--log-format", choices=("auto", "json", "console"),
                       help="override log.format from the config")
+    sync.add_argument("--dry-run", "-n", action="store_true",
+                      help="only list what would be copied, replaced and deleted (with counts); change nothing")
+    status = add("status", "show what the running daemon is doing, per folder",
+                 "Ask the daemon running this config (over its control socket) how each folder is doing: "
+                 "state (in sync, catching up, degraded), files pending and in flight, lag (age of the oldest "
+                 "pending change), files and bytes mirrored since start, the last error and whether its "
+                 "watches are complete. Exit 0 with an answer, 3 when no daemon is running for this config.")
+    status.add_argument("--json", action="store_true", help="print the answer as one JSON document")
+    rescan = add("rescan", "ask the running daemon to compare folders with their targets now",
+                 "Ask the daemon running this config to compare a folder (or every folder) with its target "
+                 "now, as at start-up. Exit 0 when the request was taken, 3 when no daemon is running.")
+    rescan.add_argument("--folder", metavar="NAME", help="only this folder (default: every folder)")
     return parser
 
 
@@ -60,12 +73,40 @@ def describe(config: Config) -> str:
     return "\n".join(lines)
 
 
+def ask(config: Config, args: argparse.Namespace) -> int:
+    """`status` and `rescan`: one request to the running daemon's control socket."""
+    from foldermirror import control
+    from foldermirror.status import render
+
+    if args.command == "status":
+        reply = control.ask_daemon(config, {"request": "status"})
+    else:
+        request = {"request": "rescan", **({"folder": args.folder} if args.folder else {})}
+        reply = control.ask_daemon(config, request)
+    if not reply.get("ok"):
+        raise FoldermirrorError(f"the daemon refused: {reply.get('error', 'no reason given')}")
+    if args.command == "rescan":
+        print(f"rescan requested: {', '.join(reply['rescan'])}")
+    elif args.json:
+        print(json.dumps(reply["status"], indent=2))
+    else:
+        print(render(reply["status"]))
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = load_config(args.config)
         if args.command == "check":
             print(describe(config))
+            return EXIT_OK
+        if args.command in ("status", "rescan"):
+            return ask(config, args)
+        if args.command == "sync" and args.dry_run:
+            from foldermirror import dryrun
+
+            print(dryrun.render(dryrun.plan(config)))
             return EXIT_OK
         from foldermirror.service import Service
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 import stat
@@ -20,6 +21,7 @@ DEFAULT_STOP_GRACE = 10.0
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "json", "console")
 PRIVATE_TMP_DIRS = ("/tmp", "/var/tmp")
+SOCKET_PATH_MAX = 100  # sun_path holds 107 bytes; the socket is bound under a temporary name of up to 7 first
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -43,6 +45,17 @@ class FolderConfig:
 class LogConfig:
     level: str = "info"
     format: str = "auto"
+    trace: tuple[str, ...] = ()   # globs of paths whose pipeline is logged at debug level
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    host: str
+    port: int
+
+    @property
+    def listen(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -53,6 +66,8 @@ class Config:
     rescan_interval: float = DEFAULT_RESCAN
     stop_grace: float = DEFAULT_STOP_GRACE
     log: LogConfig = LogConfig()
+    control_socket: Path | None = None   # None: $RUNTIME_DIRECTORY or /run/foldermirror (control.py)
+    metrics: MetricsConfig | None = None
 
     def folder(self, name: str) -> FolderConfig:
         for f in self.folders:
@@ -170,8 +185,40 @@ def _one_of(choices: tuple[str, ...]) -> Callable[[Any], str]:
     return convert
 
 
-_TOP_KEYS = ("workers", "rescan_interval", "stop_grace", "log", "folders")
-_LOG_KEYS = ("level", "format")
+def _as_listen(value: Any) -> MetricsConfig:
+    """host:port, [v6-address]:port; port 0 asks the kernel for a free one."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected host:port such as 127.0.0.1:9108, got {value!r}")
+    host, sep, port = value.strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} in brackets is not an IPv6 address") from None
+    elif ":" in host:
+        raise ValueError(f"write an IPv6 address in brackets, e.g. [::1]:9108, got {value!r}")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"expected host:port such as 127.0.0.1:9108, got {value!r}")
+    if not 0 <= int(port) <= 65535:
+        raise ValueError(f"port must be between 0 and 65535, got {port}")
+    return MetricsConfig(host, int(port))
+
+
+def _as_socket_path(base: Path) -> Callable[[Any], Path]:
+    def convert(value: Any) -> Path:
+        path = Path(os.path.expanduser(_as_str(value)))
+        path = path if path.is_absolute() else base / path
+        size = len(os.fsencode(str(path)))
+        if size > SOCKET_PATH_MAX:
+            raise ValueError(f"{path} is {size} bytes long; a UNIX socket path can have at most {SOCKET_PATH_MAX}")
+        return path
+    return convert
+
+
+_TOP_KEYS = ("workers", "rescan_interval", "stop_grace", "log", "control_socket", "metrics", "folders")
+_LOG_KEYS = ("level", "format", "trace")
+_METRICS_KEYS = ("listen",)
 _FOLDER_KEYS = ("name", "source", "target", "delete", "exclude", "settle", "durable", "create")
 
 
@@ -225,7 +272,16 @@ def parse_config(text: str, file: str) -> Config:
         values["log"] = LogConfig(
             level=reader.typed(log["level"][1], "log.level", "", _one_of(LOG_LEVELS)) if "level" in log else "info",
             format=reader.typed(log["format"][1], "log.format", "", _one_of(LOG_FORMATS)) if "format" in log else "auto",
+            trace=_globs(reader, log["trace"][1], "log.trace") if "trace" in log else (),
         )
+    if "control_socket" in top:
+        values["control_socket"] = reader.typed(top["control_socket"][1], "control_socket", "",
+                                                _as_socket_path(base))
+    if "metrics" in top:
+        metrics = reader.mapping(top["metrics"][1], "metrics", _METRICS_KEYS)
+        if "listen" not in metrics:
+            raise reader.error(top["metrics"][1], "metrics.listen", "missing: give host:port, e.g. 127.0.0.1:9108")
+        values["metrics"] = reader.typed(metrics["listen"][1], "metrics.listen", "", _as_listen)
     if "folders" not in top:
         raise reader.error(root, "folders", "missing: list at least one source/target pair")
     fnode = top["folders"][1]
@@ -234,6 +290,13 @@ def parse_config(text: str, file: str) -> Config:
     folders = [_folder(reader, node, f"folders[{i}]", base) for i, node in enumerate(fnode.value)]
     _check_pairs(reader, folders, fnode.value)
     return Config(path=Path(os.path.abspath(file)), folders=tuple(f for f, _ in folders), **values)
+
+
+def _globs(reader: _Reader, node: yaml.Node, key: str) -> tuple[str, ...]:
+    """One glob or a list of them."""
+    if isinstance(node, yaml.SequenceNode):
+        return tuple(reader.typed(p, f"{key}[{i}]", "", _as_str) for i, p in enumerate(node.value))
+    return (reader.typed(node, key, "", _as_str),)
 
 
 def _folder(reader: _Reader, node: yaml.Node, key: str, base: Path) -> tuple[FolderConfig, dict[str, tuple[yaml.Node, yaml.Node]]]:

@@ -5,9 +5,13 @@ Exit codes live here and nowhere else.
 
 from __future__ import annotations
 
+import errno
+import os
+
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG = 78  # EX_CONFIG; the unit's RestartPreventExitStatus=78 relies on it
+EXIT_NOT_RUNNING = 3  # `status`: no daemon answers (the LSB code for "program is not running")
 
 
 class FoldermirrorError(Exception):
@@ -39,3 +43,35 @@ class ConfigError(FoldermirrorError):
 
 class StartupError(FoldermirrorError):
     """The daemon could not start for a reason other than the config's shape."""
+
+
+class NotRunningError(FoldermirrorError):
+    """`status` or `rescan` found no daemon answering for this config."""
+
+    exit_code = EXIT_NOT_RUNNING
+
+
+def error_kind(err_no: int) -> str:
+    """A short, stable name for a failure's cause: the errno name, or "other"."""
+    return errno.errorcode.get(err_no, "other") if err_no else "other"
+
+
+def fix_for(err_no: int) -> str | None:
+    """What the operator can do about a copy that failed with `err_no`, when there is something."""
+    if err_no in (errno.EACCES, errno.EPERM):
+        return (f"give the service user (uid {os.geteuid()}) read access to the source path and write "
+                "access to its folder in the target (check chmod/chown, ACLs, chattr +i); retried with backoff")
+    return _FIXES.get(err_no)
+
+
+_FIXES = {
+    errno.ENOSPC: "free space on the target's file system (df -h on the target); the copy is retried with backoff",
+    errno.EDQUOT: "raise the service user's disk quota on the target's file system, or free space there",
+    errno.EROFS: "remount the target file system read-write; the copy is retried with backoff",
+    errno.EEXIST: "remove or rename what stands at that path in the target, or set delete: true for this folder",
+    errno.ENAMETOOLONG: "shorten the name in the source: the target file system does not accept it",
+    errno.EILSEQ: "rename the file in the source: the target file system does not accept the bytes of its name",
+    errno.EIO: "check the disk and the kernel log (journalctl -k): an I/O error is a device or file-system fault",
+    errno.EMFILE: "raise the service's open-file limit (LimitNOFILE= in the unit)",
+    errno.ENFILE: "raise the system's open-file limit (fs.file-max)",
+}

@@ -1,26 +1,71 @@
-"""structlog set-up: JSON lines off a TTY (journald), a readable console on a TTY."""
+"""structlog set-up: JSON lines off a TTY (journald), a readable console on a TTY.
+
+Also what makes a log line something to act on: a `fix` for every warning and error
+(`FIXES`, unless the call gave one), repeated failures folded into one line with a count
+(`Repeats`), and debug lines that follow single paths through the pipeline (`Tracer`).
+"""
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import sys
-from typing import Any, TextIO
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable, TextIO
 
 import structlog
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+# What to do about each warning and error that has one fix whatever its cause. Lines whose
+# fix depends on the cause (mirror_failed: the errno) pass `fix=` themselves.
+FIXES: dict[str, str] = {
+    "folder_unwatched": "make the source folder exist and readable by the service user; it is watched again "
+                        "as soon as it is back",
+    "source_missing": "restore or re-mount the source folder; mirroring resumes by itself when it is back",
+    "source_unreadable": "give the service user read and execute permission on that directory (chmod, chown "
+                         "or an ACL); the next rescan mirrors it",
+    "reconcile_failed": "check that the source and target folders are readable by the service user; the next "
+                        "rescan tries again",
+    "file_skipped": "nothing to do: FIFOs, sockets and devices are not mirrored",
+    "watcher_restarted": "nothing to do: every folder is compared again; report it if it happens often",
+    "watch_handler_error": "nothing to do: the folder is compared again; please report this bug with this line",
+    "watch_warning": "nothing to do unless it repeats; a periodic rescan covers what the watch missed",
+    "worker_lost": "nothing to do if it is rare; if it repeats, look for the OOM killer in journalctl -k and "
+                   "lower workers",
+    "config_invalid": "correct the file (foldermirror check --config FILE shows the error), then reload again",
+    "mirror_failed": "see the error: the path in the source or in the target needs attention; the copy is "
+                     "retried with backoff when will_retry is true",
+    "mirror_failed_repeated": "see the error: the paths in the source or in the target need attention",
+    "observer_unstable": "nothing to do under systemd: it restarts the service; otherwise restart it and "
+                         "report this bug with the watch_handler_error or watcher_restarted lines before it",
+    "overflow_rescan": "nothing to do: every folder is compared again; raise fs.inotify.max_queued_events if "
+                       "this happens often",
+}
+
+
+def _advise(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    if method in ("warning", "error", "critical") and "fix" not in event:
+        fix = FIXES.get(event.get("event", ""))
+        if fix:
+            event["fix"] = fix
+    return event
 
 
 def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     """Route structlog to `stream` (stderr by default) as JSON or console lines."""
     out = stream or sys.stderr
     use_console = fmt == "console" or (fmt == "auto" and out.isatty())
-    renderer: Any = (structlog.dev.ConsoleRenderer(colors=out.isatty()) if use_console
+    # The console renderer pads event names into a column and colours the level on a TTY.
+    renderer: Any = (structlog.dev.ConsoleRenderer(colors=out.isatty(), sort_keys=False) if use_console
                      else structlog.processors.JSONRenderer(sort_keys=False))
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _advise,
             structlog.processors.format_exc_info,
             renderer,
         ],
@@ -32,3 +77,126 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
 
 def get_logger() -> Any:
     return structlog.get_logger("foldermirror")
+
+
+# -- repeated failures ---------------------------------------------------------------
+@dataclass
+class Repeat:
+    """A run of identical failures after the first one of its window was logged."""
+
+    key: Hashable
+    fields: dict[str, Any]
+    started: float
+    count: int = 0
+    paths: list[str] = field(default_factory=list)
+    last_path: str = ""
+
+
+class Repeats:
+    """Folds failures with the same key (folder and error) within `window` seconds.
+
+    The first of a window is logged in full; the rest are only counted, and `due()` hands
+    back one summary per window that saw more (then logged as `…_repeated` with a count).
+    """
+
+    SAMPLE = 5
+
+    def __init__(self, window: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.window = window
+        self.clock = clock
+        self._open: dict[Hashable, Repeat] = {}
+        self._due: list[Repeat] = []
+        self._lock = threading.Lock()
+
+    def admit(self, key: Hashable, path: str, **fields: Any) -> bool:
+        """True: log this one in full. False: it was counted into the running window."""
+        now = self.clock()
+        with self._lock:
+            run = self._open.get(key)
+            if run is None or now - run.started >= self.window:
+                if run is not None and run.count:
+                    self._due.append(run)
+                self._open[key] = Repeat(key, fields, now)
+                return True
+            run.count += 1
+            run.last_path = path
+            if len(run.paths) < self.SAMPLE and path not in run.paths:
+                run.paths.append(path)
+            return False
+
+    def due(self, flush: bool = False) -> list[Repeat]:
+        """Windows that ended (all of them with `flush`) and folded at least one failure."""
+        now = self.clock()
+        with self._lock:
+            out, self._due = self._due, []
+            for key, run in list(self._open.items()):
+                if flush or now - run.started >= self.window:
+                    del self._open[key]
+                    if run.count:
+                        out.append(run)
+        return out
+
+
+# -- following one path through the pipeline -------------------------------------------
+class Tracer:
+    """Debug lines (`pipeline_step`) for a path's way: event → ready → dispatched → done.
+
+    With `globs` (log.trace): every path that matches one of them. Without: one path at a
+    time — the first one seen is followed until it is done, and the next one is picked at
+    most once per `every` seconds — so a busy folder at debug level does not flood the log.
+    """
+
+    GIVE_UP = 60.0  # a followed path that never reports done (coalesced, folder removed) is dropped
+
+    def __init__(self, log: Any, globs: tuple[str, ...] = (), every: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.log = log
+        self.globs = globs
+        self.every = every
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._followed: dict[tuple[str, str], _Follow] = {}
+        self._next_pick = 0.0
+
+    def _matches(self, path: str) -> bool:
+        name = path.rsplit("/", 1)[-1]
+        return any(fnmatch.fnmatchcase(path, g) or fnmatch.fnmatchcase(name, g) for g in self.globs)
+
+    def step(self, stage: str, folder: str, path: str, **fields: Any) -> None:
+        """Record that (folder, path) reached `stage`; logs only for followed paths."""
+        key = (folder, path)
+        now = self.clock()
+        with self._lock:
+            f = self._followed.get(key)
+            if f is None:
+                if stage != "event" or not self._pick(path, now):
+                    return
+                f = self._followed[key] = _Follow(now)
+            elif stage == "event":
+                f.events += 1  # coalesced into the pending change: counted, not logged
+                return
+            if stage == "done":
+                del self._followed[key]
+                if not self.globs:
+                    self._next_pick = now + self.every
+        self.log.debug("pipeline_step", stage=stage, folder=folder, path=path,
+                       since_ms=round((now - f.since) * 1000, 3), events=f.events, **fields)
+
+    def _pick(self, path: str, now: float) -> bool:
+        if self.globs:
+            return self._matches(path)
+        for key, f in list(self._followed.items()):
+            if now - f.since > self.GIVE_UP:
+                del self._followed[key]
+        return not self._followed and now >= self._next_pick
+
+    def queue_hook(self, stage: str, key: tuple[str, str]) -> None:
+        """For ChangeQueue.tracer (called under its lock): nearly free for paths not followed."""
+        if stage == "event" or key in self._followed:
+            self.step(stage, key[0], key[1])
+
+
+@dataclass
+class _Follow:
+    since: float
+    events: int = 1

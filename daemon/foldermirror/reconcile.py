@@ -35,6 +35,7 @@ class WalkStats:
     entries: int = 0
     differences: int = 0
     stale_temps: int = 0
+    directories: int = 0     # source directories walked, the root included: what inotify must watch
     unreadable: list[str] | None = None
 
 
@@ -62,11 +63,13 @@ def _scan(path: str, unreadable: list[str] | None, rel: str) -> dict[str, _Entry
 
 def diff_tree(source: str, target: str, excluded: Excluder, delete: bool, instance: str,
               sub: str = "", stats: WalkStats | None = None,
-              writer_alive: Callable[[int], bool] = lambda pid: True) -> Iterator[Difference]:
+              writer_alive: Callable[[int], bool] = lambda pid: True,
+              clean_temps: bool = True) -> Iterator[Difference]:
     """Yield every path under `sub` whose mirror is missing, differs, or (with delete) is extra.
 
     Temp files are removed on the way when their writer is gone: another daemon instance
     (a crash or a kill) or one of our workers that died; live workers' are left alone.
+    With `clean_temps=False` (a dry run) they are only counted.
     """
     stats = stats if stats is not None else WalkStats()
     if stats.unreadable is None:
@@ -81,6 +84,8 @@ def diff_tree(source: str, target: str, excluded: Excluder, delete: bool, instan
             if rel == "":
                 return  # a missing source root is never a reason to delete anything
             s_entries = {}
+        else:
+            stats.directories += 1
         t_entries = _scan(tdir, None, rel) or {}
         for name, s in s_entries.items():
             path = f"{rel}/{name}" if rel else name
@@ -106,7 +111,10 @@ def diff_tree(source: str, target: str, excluded: Excluder, delete: bool, instan
         for name, t in t_entries.items():
             if is_temp_name(name):
                 owner, pid = temp_owner(name)
-                if owner != instance or not writer_alive(pid):
+                stale = owner != instance or not writer_alive(pid)
+                if stale and not clean_temps:
+                    stats.stale_temps += 1
+                elif stale:
                     try:
                         os.unlink(os.path.join(tdir, name))
                         stats.stale_temps += 1

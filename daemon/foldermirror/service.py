@@ -6,6 +6,7 @@ Signal handlers only record the signal; the main loop acts on it (as gunicorn's 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import queue
 import signal
@@ -19,12 +20,15 @@ from typing import Any
 from foldermirror import checks, copier
 from foldermirror.changes import ChangeQueue, Item
 from foldermirror.config import DEFAULT_RESCAN, Config, FolderConfig, load_config
-from foldermirror.errors import EXIT_FAILURE, EXIT_OK, ConfigError, StartupError
-from foldermirror.logs import get_logger
+from foldermirror.control import ControlError, ControlServer, socket_paths
+from foldermirror.errors import EXIT_FAILURE, EXIT_OK, ConfigError, StartupError, error_kind, fix_for
+from foldermirror.logs import Repeats, Tracer, get_logger
 from foldermirror.notify import Notifier, watchdog_interval
 from foldermirror.paths import Excluder
 from foldermirror.pool import FolderSpec, WorkerPool, process_alive, run_dispatcher
 from foldermirror.reconcile import Reconciler, Request, WalkStats, diff_tree
+from foldermirror.stats import FolderStats
+from foldermirror.status import snapshot
 from foldermirror.watcher import Watcher
 
 TICK = 0.2
@@ -56,6 +60,7 @@ class Counters:
     bytes: int = 0
     deleted: int = 0
     failed: int = 0
+    overflows: int = 0
 
 
 @dataclass
@@ -96,6 +101,7 @@ class Service:
         self.pool: WorkerPool | None = None
         self.watcher: Watcher | None = None
         self.reconciler = Reconciler(self._walk)
+        self._init_operator_view()
 
     # -- start-up --------------------------------------------------------------
     def _admit(self, folders: tuple[FolderConfig, ...]) -> list[str]:
@@ -160,6 +166,8 @@ class Service:
             self._check_watch_limit()
         # The Pool (and its fork server) comes before any watcher thread (PITFALLS #8, #12).
         self.pool = WorkerPool(cfg.workers, self._on_result, self._spec, self._on_worker_lost, self.instance)
+        if not self.once:
+            self._start_operator_view()
         dispatcher = threading.Thread(target=run_dispatcher, args=(self.changes, self.pool, lambda: self._running),
                                       name="dispatcher", daemon=True)
         dispatcher.start()
@@ -228,6 +236,7 @@ class Service:
                 self._last_root_check = now
                 self._check_roots()
         self._finish_catch_ups(now)
+        self._log_repeats()
         if self._rescan_every and now >= self._next_rescan and not self.once:
             self._next_rescan = now + self._rescan_every
             for name in self.folders:
@@ -346,6 +355,9 @@ class Service:
         for rel in stats.unreadable or ():
             self.log.warning("source_unreadable", folder=f.name, path=rel,
                              error="permission denied listing this directory; its files are not mirrored")
+        if req.sub == "":
+            fs = self.folder_stats(f.name)
+            fs.directories, fs.unreadable = stats.directories, len(stats.unreadable or ())
         if stats.stale_temps:
             self.log.info("stale_temps_removed", folder=f.name, count=stats.stale_temps)
         self.log.debug("reconcile_walked", folder=f.name, path=req.sub, reason=req.reason,
@@ -376,6 +388,7 @@ class Service:
         f = state.config
         latency_ms = round((time.monotonic() - item.first_seen) * 1000, 3)
         for path, status, kind, nbytes, error, err_no in outcomes:
+            self._observe(f.name, path, status, kind, nbytes, error, err_no, latency_ms)
             key = (item.folder, path)
             c = state.catch_up
             if status in ("copied", "renamed"):
@@ -421,8 +434,12 @@ class Service:
             self.changes.touch(f.name, path, settle=f.settle, ready=True, not_before=time.monotonic() + delay)
         else:
             self._attempts.pop(key, None)
-        self.log.error("mirror_failed", folder=f.name, path=path, error=error, will_retry=will_retry,
-                       attempt=attempt, **extra)
+        fix = fix_for(err_no)
+        if fix:
+            extra["fix"] = fix
+        if self.repeats.admit((f.name, error), path, error=error, errno=error_kind(err_no), **extra):
+            self.log.error("mirror_failed", folder=f.name, path=path, error=error, errno=error_kind(err_no),
+                           will_retry=will_retry, attempt=attempt, **extra)
 
     def _on_worker_lost(self, pids: list[int], resubmitted: int) -> None:
         self.log.error("worker_lost", pids=pids, resubmitted=resubmitted,
@@ -448,6 +465,7 @@ class Service:
         self.log.warning("overflow_rescan", error="the kernel's inotify queue overflowed and events were lost",
                          fix="nothing to do: every folder is compared again; raise fs.inotify.max_queued_events "
                              "if this happens often")
+        self.counters.overflows += 1
         for name in list(self.folders):
             self._request_catch_up(name, "overflow")
 
@@ -487,7 +505,7 @@ class Service:
             self.changes.forget(name)
         self.unusable.clear()
         admitted = self._admit(tuple(fresh[n] for n in added + changed))
-        ignored = [k for k in ("workers",) if getattr(new, k) != getattr(self.config, k)]
+        ignored = [k for k in ("workers", "control_socket", "metrics") if getattr(new, k) != getattr(self.config, k)]
         if new.rescan_interval != self.config.rescan_interval:
             self._next_rescan = time.monotonic() + new.rescan_interval
         self.config = new
@@ -506,12 +524,98 @@ class Service:
     # -- shutdown -------------------------------------------------------------------------
     def _shutdown(self) -> None:
         self.notifier.stopping()
+        self._stop_operator_view()
         if self.watcher is not None:
             self.watcher.stop()
         self.reconciler.stop()
         self._running = False
         self.changes.close()
         abandoned = self.pool.stop(self.config.stop_grace) if self.pool is not None else 0
+        self._log_repeats(flush=True)
         self.log.info("daemon_stopped", files_mirrored=self.counters.mirrored, bytes=self.counters.bytes,
                       deleted=self.counters.deleted, failed=self.counters.failed, abandoned=abandoned)
         self.notifier.close()
+
+    # -- the operator's view: status socket, metrics, folded failures, traces ----------------
+    def _init_operator_view(self) -> None:
+        self.started = time.monotonic()
+        self.started_wall = time.time()
+        self._folder_stats: dict[str, FolderStats] = {}
+        self.repeats = Repeats()
+        self.tracer: Tracer | None = None
+        self.control: ControlServer | None = None
+        self.metrics: Any = None  # metrics.Metrics when configured (prometheus-client is imported only then)
+        if self.log.is_enabled_for(logging.DEBUG):
+            self.tracer = Tracer(self.log, self.config.log.trace)
+            self.changes.tracer = self.tracer.queue_hook
+
+    def folder_stats(self, name: str) -> FolderStats:
+        """Counters of one folder since start (kept across a reload that changes the folder)."""
+        stats = self._folder_stats.get(name)
+        return stats if stats is not None else self._folder_stats.setdefault(name, FolderStats())
+
+    def _start_operator_view(self) -> None:
+        # The socket answers before the start-up walks are requested: say "catching up" from the start.
+        with self._lock:
+            for state in self.folders.values():
+                state.catch_up = state.catch_up or _CatchUp("startup", time.monotonic())
+        control = ControlServer({"status": lambda req: {"status": snapshot(self)}, "rescan": self._rescan_request})
+        explicit = self.config.control_socket is not None
+        try:
+            skipped = control.bind(socket_paths(self.config), explicit)
+        except OSError as exc:
+            self.log.error("control_socket_unavailable", error=exc.strerror or str(exc),
+                           fix="set control_socket: to a path in a folder the service user can write (with "
+                               "systemd: RuntimeDirectory=foldermirror); mirroring goes on without it")
+        else:
+            self.control = control
+            control.start()
+            self.log.info("control_socket_listening", path=str(control.path),
+                          **({"skipped": skipped} if skipped else {}))
+        if self.config.metrics is not None:
+            from foldermirror.metrics import Metrics
+
+            metrics = Metrics(self)
+            try:
+                address = metrics.start(self.config.metrics)
+            except OSError as exc:
+                self.log.error("metrics_unavailable", listen=self.config.metrics.listen,
+                               error=copier._describe(exc),
+                               fix="choose a free port in metrics.listen (or stop what uses it), then restart; "
+                                   "mirroring goes on without metrics")
+            else:
+                self.metrics = metrics
+                self.log.info("metrics_listening", listen=address)
+
+    def _stop_operator_view(self) -> None:
+        if self.control is not None:
+            self.control.stop()
+        if self.metrics is not None:
+            self.metrics.stop()
+
+    def _rescan_request(self, req: dict[str, Any]) -> dict[str, Any]:
+        """A `rescan` on the control socket: compare one folder (or all) with its target now."""
+        name = req.get("folder")
+        if name is not None and name not in self.folders:
+            raise ControlError(f"no folder named {name!r}; folders: {', '.join(self.folders)}")
+        names = [name] if name is not None else list(self.folders)
+        for n in names:
+            self._request_catch_up(n, "requested")
+        self.log.info("rescan_requested", folders=names)
+        return {"rescan": names}
+
+    def _observe(self, folder: str, path: str, status: str, kind: str, nbytes: int, error: str, err_no: int,
+                 latency_ms: float) -> None:
+        self.folder_stats(folder).record(path, status, kind, nbytes, error, err_no)
+        if self.metrics is not None and status in ("copied", "renamed", "deleted"):
+            self.metrics.observe(folder, latency_ms / 1000)
+        if self.tracer is not None:
+            self.tracer.step("done", folder, path, status=status, latency_ms=latency_ms)
+
+    def _log_repeats(self, flush: bool = False) -> None:
+        for run in self.repeats.due(flush):
+            folder, error = run.key
+            self.log.error("mirror_failed_repeated", folder=folder, error=error, count=run.count,
+                           paths=run.paths, last_path=run.last_path,
+                           window_s=round(self.repeats.clock() - run.started, 1),
+                           **{k: v for k, v in run.fields.items() if k in ("errno", "fix")})

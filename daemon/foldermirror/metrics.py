@@ -1,0 +1,96 @@
+"""Prometheus metrics, opt-in (`metrics: {listen: host:port}`), served by prometheus-client.
+
+Counters and gauges are read from the service at scrape time (one source of truth, shared
+with `status`); only the latency histogram is recorded as results come in. A registry of
+our own, not the library's global one, keeps reloads and tests independent.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import start_http_server
+
+from foldermirror.config import MetricsConfig
+from foldermirror.status import STATES, snapshot
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
+
+
+class Metrics:
+    def __init__(self, service: Any) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.latency = Histogram("foldermirror_mirror_latency_seconds",
+                                 "Time from a change being seen to its mirror being done", ["folder"],
+                                 buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.registry.register(_ServiceCollector(service))
+        self._server: Any = None
+        self.address: str | None = None
+
+    def observe(self, folder: str, seconds: float) -> None:
+        self.latency.labels(folder).observe(seconds)
+
+    def start(self, listen: MetricsConfig) -> str:
+        """Serve /metrics; returns host:port actually bound (port 0 picks a free one)."""
+        self._server, _ = start_http_server(listen.port, listen.host, registry=self.registry)
+        port = self._server.server_port
+        self.address = f"[{listen.host}]:{port}" if ":" in listen.host else f"{listen.host}:{port}"
+        return self.address
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+class _ServiceCollector:
+    def __init__(self, service: Any) -> None:
+        self.service = service
+
+    def describe(self) -> list[Metric]:
+        return []  # families are only known at collect time
+
+    def collect(self) -> Iterator[Metric]:
+        snap = snapshot(self.service)
+        folders = snap["folders"]
+
+        def per_folder(cls: Any, name: str, doc: str, key: str) -> Metric:
+            m = cls(name, doc, labels=["folder"])
+            for f in folders:
+                m.add_metric([f["name"]], f[key] if f[key] is not None else 0)
+            return m
+
+        yield per_folder(CounterMetricFamily, "foldermirror_files_mirrored",
+                         "Files and symlinks mirrored since start (directories are not counted)", "files")
+        yield per_folder(CounterMetricFamily, "foldermirror_bytes_mirrored", "Bytes copied since start", "bytes")
+        yield per_folder(CounterMetricFamily, "foldermirror_deletions", "Paths deleted from the target since start",
+                         "deleted")
+        failures = CounterMetricFamily("foldermirror_failures", "Failed mirror attempts by error kind (errno name)",
+                                       labels=["folder", "kind"])
+        for f in folders:
+            for kind, count in sorted(f["failures"].items()):
+                failures.add_metric([f["name"], kind], count)
+        yield failures
+        yield CounterMetricFamily("foldermirror_overflow_rescans",
+                                  "Full rescans after the kernel's inotify queue overflowed",
+                                  value=snap["overflow_rescans"])
+        yield CounterMetricFamily("foldermirror_worker_restarts",
+                                  "Times the worker pool was replaced after a worker died",
+                                  value=snap["worker_restarts"])
+        yield per_folder(GaugeMetricFamily, "foldermirror_pending", "Changed paths waiting to be mirrored", "pending")
+        yield per_folder(GaugeMetricFamily, "foldermirror_in_flight", "Paths being mirrored by a worker now",
+                         "in_flight")
+        yield per_folder(GaugeMetricFamily, "foldermirror_lag_seconds",
+                         "Age of the oldest change not yet mirrored (0 when none is pending)", "lag_s")
+        yield per_folder(GaugeMetricFamily, "foldermirror_watched_directories",
+                         "Source directories found by the last full comparison (each needs an inotify watch)",
+                         "watched_directories")
+        state = GaugeMetricFamily("foldermirror_folder_state", "1 for the folder's current state, 0 for the others",
+                                  labels=["folder", "state"])
+        for f in folders:
+            for s in STATES:
+                state.add_metric([f["name"], s], 1 if f["state"] == s else 0)
+        yield state

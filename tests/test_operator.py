@@ -1,0 +1,429 @@
+"""The operator's view against a real daemon: status, metrics, dry run, the control socket, logs."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import socket
+import stat
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import REPO, TEMP_MARK, pair, snapshot, wait_mirrored, wait_until, write_config
+from foldermirror import logs
+from foldermirror.logs import Repeats, Tracer
+
+ENV = {**os.environ, "PYTHONPATH": str(REPO / "daemon")}
+
+
+def fm(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "foldermirror", *args], capture_output=True, text=True,
+                          env=ENV, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def status(config: Path) -> dict[str, Any]:
+    r = fm("status", "--config", str(config), "--json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def live(sock: Path, name: str = "data") -> dict[str, Any]:
+    """One folder's status straight from the socket (no CLI start-up per poll)."""
+    return folder(ask(sock, b'{"request": "status"}\n')["status"], name)
+
+
+def folder(snap: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(f for f in snap["folders"] if f["name"] == name)
+
+
+def ask(sock_path: Path, payload: bytes, timeout: float = 10) -> dict[str, Any]:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(str(sock_path))
+        s.sendall(payload)
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return json.loads(data)
+
+
+def entries(root: Path) -> tuple[int, int, int]:
+    """(files below root, directories including root, bytes of files); no temp files."""
+    count, dirs, size = 0, 1, 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        names = [n for n in filenames if not n.startswith(TEMP_MARK)]
+        count += len(names)
+        dirs += len(dirnames)
+        for n in names:
+            try:
+                size += os.lstat(os.path.join(dirpath, n)).st_size
+            except FileNotFoundError:
+                pass
+    return count, dirs, size
+
+
+# -- status ------------------------------------------------------------------------------------
+def test_status_during_catch_up_and_in_sync(tmp_path, daemon_factory):
+    src, dst, spec = pair(tmp_path)
+    for d in range(40):
+        sub = src / f"d{d:02}"
+        sub.mkdir()
+        for i in range(150):
+            (sub / f"f{i}").write_bytes(b"x" * (i % 17))
+    count, dirs, size = entries(src)
+    spec["settle"] = "30s"  # below: a file written without close stays pending, so its lag can be seen
+    cfg = write_config(tmp_path, [spec], control_socket=str(tmp_path / "ctl.sock"))
+    d = daemon_factory(cfg)
+    wait_until(lambda: (tmp_path / "ctl.sock").exists(), 30, "control socket never appeared")
+    early = live(tmp_path / "ctl.sock")
+    # Read the target after the snapshot: what the daemon counted as done is there by then.
+    in_target = entries(dst)[0] if dst.exists() else 0
+    assert early["state"] == "catching_up", (early["problems"], early)
+    assert early["files"] <= in_target <= count, (early, in_target, count)
+    assert early["catch_up"]["reason"] == "startup"
+    assert early["watches_complete"] in (True, False)  # present; its truth is checked once in sync
+    d.wait_ready()
+    snap = status(cfg)
+    f = folder(snap, "data")
+    assert f["state"] == "in_sync" and f["problems"] == [], f
+    assert (f["files"], f["bytes"], f["watched_directories"]) == (count, size, dirs), (f, count, size, dirs)
+    assert (f["pending"], f["in_flight"], f["lag_s"], f["failed"], f["last_error"]) == (0, 0, 0, 0, None)
+    assert f["watches_complete"] is True and f["catch_up"] is None
+    assert snap["pid"] == d.proc.pid and snap["config"] == str(cfg)
+    text = fm("status", "--config", str(cfg))
+    assert text.returncode == 0, text.stderr
+    row = next(line for line in text.stdout.splitlines() if line.startswith("data "))
+    assert row.split()[:3] == ["data", "in", "sync"] and f"{count:,}" in row and "complete" in row, text.stdout
+    # A live change still being written (no close yet): pending, and the lag is its age.
+    with open(src / "late.txt", "wb") as late:
+        late.write(b"late")
+        late.flush()
+        sock = tmp_path / "ctl.sock"
+        first = wait_until(lambda: (s := live(sock))["pending"] == 1 and s, 30, "not pending")
+        second = wait_until(lambda: (s := live(sock))["lag_s"] > first["lag_s"] + 0.2 and s, 30, "no lag growth")
+        assert second["state"] == "in_sync" and second["files"] == count
+        assert "late.txt" not in os.listdir(dst)
+    wait_until(lambda: live(sock)["files"] == count + 1, 30, "late.txt not counted")
+    assert (dst / "late.txt").read_bytes() == b"late"
+    assert d.stop() == 0
+    assert not (tmp_path / "ctl.sock").exists(), "the socket is removed on a clean stop"
+
+
+def test_status_shows_the_last_error_and_folds_repeats(tmp_path, daemon_factory):
+    src, dst, spec = pair(tmp_path)  # delete: false: a file where the source has a folder stays, and fails
+    dst.mkdir()
+    for n in range(3):
+        (src / f"sub{n}").mkdir()
+        (src / f"sub{n}" / "f").write_bytes(b"x")
+        (dst / f"sub{n}").write_bytes(b"a file where the source has a folder")
+    (src / "fine").write_bytes(b"fine")
+    cfg = write_config(tmp_path, [spec], control_socket=str(tmp_path / "ctl.sock"))
+    d = daemon_factory(cfg)
+    d.wait_ready()
+    f = folder(status(cfg), "data")
+    assert f["state"] == "degraded", f
+    assert f["failed"] == 6 and f["failures"] == {"EEXIST": 6} and f["failing"] == 6, f
+    e = f["last_error"]
+    assert re.fullmatch(r"sub\d(/f)?", e["path"]) and "EEXIST" in e["error"] and e["kind"] == "EEXIST", e
+    assert abs(time.mktime(time.strptime(e["time"], "%Y-%m-%dT%H:%M:%SZ")) - time.mktime(time.gmtime())) < 120
+    text = fm("status", "--config", str(cfg)).stdout
+    assert f"data: last error {e['time']} {e['path']}: {e['error']}" in text, text
+    assert "data: 6 paths failing" in text and "degraded" in text, text
+    # One full line for the first failure, with its cause and fix; the other five are folded.
+    failed = d.events("mirror_failed")
+    assert len(failed) == 1, failed
+    assert failed[0]["errno"] == "EEXIST" and "delete: true" in failed[0]["fix"] and failed[0]["folder"] == "data"
+    assert d.stop() == 0
+    folded = d.events("mirror_failed_repeated")
+    assert len(folded) == 1 and folded[0]["count"] == 5, folded
+    assert folded[0]["folder"] == "data" and folded[0]["fix"] == failed[0]["fix"] and folded[0]["paths"], folded
+
+
+def test_status_without_a_daemon(tmp_path):
+    src, dst, spec = pair(tmp_path)
+    cfg = write_config(tmp_path, [spec], control_socket=str(tmp_path / "ctl.sock"))
+    r = fm("status", "--config", str(cfg))
+    assert r.returncode == 3, r
+    assert "no foldermirror daemon is running" in r.stderr and str(tmp_path / "ctl.sock") in r.stderr
+    # A socket file left by a daemon that was killed: still "not running", not a hang or a traceback.
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(tmp_path / "ctl.sock"))
+    stale.close()
+    r = fm("status", "--config", str(cfg))
+    assert r.returncode == 3 and "nobody listening" in r.stderr and "Traceback" not in r.stderr, r
+
+
+# -- the control socket -------------------------------------------------------------------------
+def test_default_sockets_keep_daemons_of_different_configs_apart(tmp_path, daemon_factory):
+    daemons = {}
+    for name in ("one", "two"):
+        base = tmp_path / name
+        base.mkdir()
+        src, dst, spec = pair(base, name)
+        cfg = write_config(base, [spec])  # no control_socket: the default location
+        daemons[name] = (cfg, daemon_factory(cfg))
+    for name, (cfg, d) in daemons.items():
+        d.wait_ready()
+        where = d.wait_for("control_socket_listening")[0]["path"]
+        assert os.path.basename(where).startswith("control-"), where
+        snap = status(cfg)
+        assert snap["pid"] == d.proc.pid and [f["name"] for f in snap["folders"]] == [name], snap
+    for cfg, d in daemons.values():
+        assert d.stop() == 0
+        assert d.events("control_socket_unavailable") == []
+
+
+def test_control_socket_answers_only_status_and_rescan(tmp_path, daemon_factory):
+    src, dst, spec = pair(tmp_path)
+    sock = tmp_path / "ctl.sock"
+    cfg = write_config(tmp_path, [spec], control_socket=str(sock))
+    d = daemon_factory(cfg)
+    d.wait_ready()
+    assert stat.S_IMODE(os.stat(sock).st_mode) == 0o660
+    for payload in (b'{"request": "read", "path": "/etc/passwd"}\n', b'{"request": "shutdown"}\n'):
+        reply = ask(sock, payload)
+        assert reply["ok"] is False and "only rescan and status" in reply["error"], reply
+        assert "root:" not in json.dumps(reply)
+    assert ask(sock, b"GET / HTTP/1.0\r\n\r\n")["ok"] is False
+    assert ask(sock, b'["status"]\n')["ok"] is False
+    assert "too long" in ask(sock, b'{"request": "' + b"a" * 10000 + b'"}\n')["error"]
+    # A client that connects and says nothing does not stop the next one from being answered.
+    stuck = socket.socket(socket.AF_UNIX)
+    stuck.connect(str(sock))
+    started = time.monotonic()
+    assert ask(sock, b'{"request": "status"}\n')["ok"] is True
+    assert time.monotonic() - started < 10
+    stuck.close()
+    assert "no folder named" in ask(sock, b'{"request": "rescan", "folder": "nope"}\n')["error"]
+    (src / "quiet").write_bytes(b"q")
+    wait_mirrored(src, dst, delete=False)
+    os.unlink(dst / "quiet")  # behind the daemon's back: no event, only a comparison notices
+    r = fm("rescan", "--config", str(cfg), "--folder", "data")
+    assert r.returncode == 0 and "rescan requested: data" in r.stdout, r
+    d.wait_for("sync_finished", reason="requested")
+    assert (dst / "quiet").read_bytes() == b"q"
+    assert d.stop() == 0
+
+
+# -- metrics -----------------------------------------------------------------------------------
+def scrape(address: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return out
+
+
+def test_metrics_are_scraped_and_match_what_was_mirrored(tmp_path, daemon_factory):
+    src, dst, spec = pair(tmp_path, delete=True)
+    bsrc, bdst, bspec = pair(tmp_path, "bad")
+    (bsrc / "sub").mkdir()
+    bdst.mkdir()
+    (bdst / "sub").write_bytes(b"conflict")
+    cfg = write_config(tmp_path, [spec, bspec], control_socket=str(tmp_path / "ctl.sock"),
+                       metrics={"listen": "127.0.0.1:0"})
+    d = daemon_factory(cfg)
+    d.wait_ready()
+    address = d.wait_for("metrics_listening")[0]["listen"]
+    assert address.startswith("127.0.0.1:")
+    sizes = [0, 1, 100, 5000, 70000]
+    for i, n in enumerate(sizes):
+        (src / f"f{i}").write_bytes(os.urandom(n))
+    (src / "dir").mkdir()
+    wait_mirrored(src, dst)
+    os.unlink(src / "f0")
+    wait_mirrored(src, dst)
+    key = (("folder", "data"),)
+
+    def settled() -> dict[str, Any] | None:
+        m = scrape(address)
+        done = (m["foldermirror_files_mirrored_total"].get(key), m["foldermirror_deletions_total"].get(key))
+        return m if done == (len(sizes), 1) else None
+    m = wait_until(settled, 30, "counters never reached the files mirrored")
+    assert m["foldermirror_bytes_mirrored_total"][key] == sum(sizes)
+    # Latency is observed for every path done: the files, the directory and the deletion.
+    assert m["foldermirror_mirror_latency_seconds_count"][key] == len(sizes) + 2
+    assert m["foldermirror_mirror_latency_seconds_bucket"][(("folder", "data"), ("le", "+Inf"))] == len(sizes) + 2
+    assert m["foldermirror_pending"][key] == 0 and m["foldermirror_in_flight"][key] == 0
+    assert m["foldermirror_lag_seconds"][key] == 0
+    assert m["foldermirror_watched_directories"][key] == 1  # the walk at start saw only the root
+    assert m["foldermirror_worker_restarts_total"][()] == 0 and m["foldermirror_overflow_rescans_total"][()] == 0
+    assert m["foldermirror_failures_total"][(("folder", "bad"), ("kind", "EEXIST"))] >= 1
+    assert m["foldermirror_folder_state"][(("folder", "bad"), ("state", "degraded"))] == 1
+    assert m["foldermirror_folder_state"][(("folder", "data"), ("state", "in_sync"))] == 1
+    assert d.stop() == 0
+
+
+# -- dry run -----------------------------------------------------------------------------------
+def test_sync_dry_run_lists_exactly_the_difference_and_changes_nothing(tmp_path):
+    src, dst, spec = pair(tmp_path, delete=True)
+    kept_src, kept_dst, kept_spec = pair(tmp_path, "kept")  # delete: false
+    for root in (src, dst, kept_src, kept_dst):
+        root.mkdir(exist_ok=True)
+        (root / "same").write_bytes(b"same")
+        os.utime(root / "same", ns=(10**18, 10**18))
+        (root / "sub").mkdir()
+    (src / "new file").write_bytes(b"new")
+    (src / "sub" / "nested").write_bytes(b"nested")
+    (src / "changed").write_bytes(b"version 2")
+    (dst / "changed").write_bytes(b"version 1")
+    (dst / "gone").write_bytes(b"only in the target")
+    (dst / "olddir" / "inner").mkdir(parents=True)
+    (dst / ".foldermirror-deadbeef-1-abcdef.tmp").write_bytes(b"stale")
+    os.mkfifo(src / "pipe")
+    (kept_dst / "extra").write_bytes(b"kept")
+    (kept_src / "sub" / "x").write_bytes(b"x")
+    before = (snapshot(src), snapshot(dst), snapshot(kept_src), snapshot(kept_dst))
+    cfg = write_config(tmp_path, [spec, kept_spec])
+    r = fm("sync", "--dry-run", "--config", str(cfg))
+    assert r.returncode == 0, r.stderr
+    assert (snapshot(src), snapshot(dst), snapshot(kept_src), snapshot(kept_dst)) == before
+    action = re.compile(r"^  (copy|replace|update|conflict|delete|keep|skip) +(.+?)(  \(.*\))?$")
+    sections = {s.splitlines()[0].split(":")[0]: s.splitlines()[1:] for s in r.stdout.split("\n\n")}
+    actions = {name: [m.group(1, 2) for ln in body if (m := action.match(ln))] for name, body in sections.items()}
+    assert actions["folder data"] == [("replace", "changed"), ("delete", "gone"), ("copy", "new file"),
+                                      ("delete", "olddir"), ("skip", "pipe"), ("copy", "sub/nested")], r.stdout
+    assert "  2 to copy, 1 to replace, 2 to delete, 1 skipped" in sections["folder data"], r.stdout
+    assert "  stale temp files: 1 (removed by the catch-up)" in sections["folder data"], r.stdout
+    assert actions["folder kept"] == [("keep", "extra"), ("copy", "sub/x")], r.stdout
+    assert "total: 3 to copy, 1 to replace, 2 to delete, 1 kept (delete: false), 1 skipped" in r.stdout
+    assert "Renames cannot be known offline" in r.stdout and "nothing was changed" in r.stdout
+
+
+# -- logs ---------------------------------------------------------------------------------------
+def test_debug_trace_follows_one_file_through_the_pipeline(tmp_path, daemon_factory):
+    src, dst, spec = pair(tmp_path)
+    cfg = write_config(tmp_path, [spec], log={"level": "debug", "trace": "watch-me*"},
+                       control_socket=str(tmp_path / "ctl.sock"))
+    d = daemon_factory(cfg)
+    d.wait_ready()
+    for i in range(20):
+        (src / f"other{i}").write_bytes(b"o")
+    (src / "watch-me.txt").write_bytes(b"followed")
+    wait_mirrored(src, dst, delete=False)
+    steps = d.wait_for("pipeline_step", stage="done", path="watch-me.txt")
+    assert steps[0]["status"] == "copied"
+    traced = d.events("pipeline_step")
+    assert {r["path"] for r in traced} == {"watch-me.txt"}, traced
+    assert [r["stage"] for r in traced] == ["event", "ready", "dispatched", "done"], traced
+    assert all(r["level"] == "debug" and r["folder"] == "data" and "since_ms" in r for r in traced)
+    assert d.stop() == 0
+
+
+def test_tracer_follows_one_path_at_a_time_without_globs():
+    now = [0.0]
+    out = io.StringIO()
+    logs.configure_logging("debug", "json", out)
+    t = Tracer(logs.get_logger(), clock=lambda: now[0])
+    for i in range(50):
+        t.step("event", "f", f"p{i}")
+    t.step("ready", "f", "p0")
+    t.step("ready", "f", "p1")
+    t.step("done", "f", "p0", status="copied")
+    t.step("event", "f", "p2")           # within a second of the last: not picked
+    now[0] = 1.5
+    t.step("event", "f", "p3")
+    records = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(r["path"], r["stage"]) for r in records] == [("p0", "event"), ("p0", "ready"), ("p0", "done"),
+                                                          ("p3", "event")], records
+
+
+def test_repeats_fold_identical_failures_within_the_window():
+    now = [0.0]
+    r = Repeats(window=60, clock=lambda: now[0])
+    assert r.admit(("f", "ENOSPC"), "a") is True
+    assert [r.admit(("f", "ENOSPC"), p) for p in "bcb"] == [False, False, False]
+    assert r.admit(("f", "EACCES"), "a") is True       # another error is its own line
+    assert r.due() == []
+    now[0] = 61
+    (run,) = r.due()
+    assert (run.key, run.count, run.paths, run.last_path) == (("f", "ENOSPC"), 3, ["b", "c"], "b")
+    assert r.admit(("f", "ENOSPC"), "d") is True       # a new window starts with a full line
+    assert r.due(flush=True) == []
+
+
+def test_every_warning_and_error_says_what_to_do():
+    events = []
+    for path in (REPO / "daemon" / "foldermirror").glob("*.py"):
+        source = path.read_text()
+        for m in re.finditer(r"log\.(warning|error)\(\s*\"(\w+)\"(.*?)\)\n", source, re.S):
+            events.append((path.name, m.group(2), "fix=" in m.group(3)))
+    assert len(events) >= 10
+    missing = [(file, name) for file, name, inline in events if not inline and name not in logs.FIXES]
+    assert missing == []
+
+
+def test_console_format_on_a_tty_is_aligned_and_coloured():
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+    out = Tty()
+    logs.configure_logging("info", "auto", out)
+    logs.get_logger().warning("source_missing", folder="photos", path="/srv/photos")
+    logs.get_logger().info("file_mirrored", folder="photos", path="a")
+    first, second = out.getvalue().splitlines()
+    plain = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in (first, second)]
+    assert "\x1b[" in first and "[warning" in plain[0] and "fix=" in plain[0]
+    assert plain[0].index("folder=") < plain[0].index("fix=")  # in the order given, the fix last
+    # Level and event name are padded, so the key=value pairs start in one column.
+    assert plain[0].index("source_missing") == plain[1].index("file_mirrored")
+    assert re.search(r" \w+=", plain[0]).start() == re.search(r" \w+=", plain[1]).start(), plain
+    piped = io.StringIO()
+    logs.configure_logging("info", "auto", piped)
+    logs.get_logger().info("file_mirrored", folder="photos")
+    assert json.loads(piped.getvalue())["event"] == "file_mirrored"
+
+
+@pytest.mark.parametrize("top, message", [
+    ("metrics: {listen: localhost}", "1:19: metrics.listen: expected host:port such as 127.0.0.1:9108"),
+    ("metrics: {listen: '127.0.0.1:70000'}", "metrics.listen: port must be between 0 and 65535, got 70000"),
+    ("metrics: {listen: '::1:9108'}", "metrics.listen: write an IPv6 address in brackets"),
+    ("metrics: {}", "metrics.listen: missing: give host:port"),
+    ("control_socket: /" + "s" * 120, "1:17: control_socket: /sss"),
+    ("log: {trace: []}", ""),
+])
+def test_operator_config_keys_are_validated(tmp_path, top, message):
+    from foldermirror.config import parse_config
+    from foldermirror.errors import ConfigError
+
+    src = tmp_path / "src"
+    src.mkdir()
+    text = f"{top}\nfolders: [{{source: {src}, target: {tmp_path / 'dst'}}}]\n"
+    if not message:
+        assert parse_config(text, "c.yaml").log.trace == ()
+        return
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, "c.yaml")
+    assert message in str(err.value), str(err.value)
+
+
+def test_operator_config_keys_parse(tmp_path):
+    from foldermirror.config import parse_config
+
+    src = tmp_path / "src"
+    src.mkdir()
+    c = parse_config(f"control_socket: ctl.sock\nmetrics: {{listen: '[::1]:0'}}\nlog: {{trace: '*.jpg'}}\n"
+                     f"folders: [{{source: {src}, target: {tmp_path / 'dst'}}}]\n", str(tmp_path / "c.yaml"))
+    assert c.control_socket == tmp_path / "ctl.sock" and c.log.trace == ("*.jpg",)
+    assert (c.metrics.host, c.metrics.port, c.metrics.listen) == ("::1", 0, "[::1]:0")
+
+
+@pytest.mark.parametrize("command", ["status", "rescan"])
+def test_new_commands_explain_themselves(command):
+    r = fm(command, "--help")
+    assert r.returncode == 0 and "--config" in r.stdout, r.stdout
+    assert "3 when no daemon is running" in " ".join(r.stdout.split()), r.stdout
