@@ -110,10 +110,11 @@ def test_units_set_what_the_service_relies_on(unit):
     assert "/bin/kill" not in s["ExecReload"]
 
 
-def test_template_differs_only_in_the_config_file():
+def test_template_differs_only_in_the_config_file_and_runtime_directory():
     a = [line for line in UNIT.read_text().splitlines() if not line.startswith("#")]
     b = [line for line in TEMPLATE.read_text().splitlines() if not line.startswith("#")]
-    assert [x.replace("/etc/foldermirror/config.yaml", "/etc/foldermirror/%i.yaml") for x in a] == b
+    assert [x.replace("/etc/foldermirror/config.yaml", "/etc/foldermirror/%i.yaml")
+             .replace("RuntimeDirectory=foldermirror", "RuntimeDirectory=foldermirror/%i") for x in a] == b
 
 
 def exec_reload(pid: int) -> None:
