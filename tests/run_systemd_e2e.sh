@@ -34,8 +34,7 @@ trap cleanup EXIT
 # 1. qemu and the guest image. build.sh installs the host packages itself; a first build takes
 #    about 2 minutes, later calls return the cached image at once.
 say "guest image (sdvm build.sh; installs qemu and builds the image if needed)"
-if ! "$SDVM/build.sh" > "$WORK/build.out" 2> "$WORK/build.err"; then
-  tail -20 "$WORK/build.err" >&2
+if ! "$SDVM/build.sh" > "$WORK/build.out"; then   # its progress and errors go to stderr as they come
   die "sdvm build.sh failed: qemu/debootstrap could not be installed or the image could not be built"
 fi
 command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 is still missing after build.sh"
@@ -63,14 +62,13 @@ mkdir -p "$WORK/extra/config" && cp -a "$ROOT/config/example.yaml" "$WORK/extra/
 # 4. Boot, test, power off.
 say "booting the VM (limit ${TIMEOUT}s)"
 SDVM_RUNDIR=$RUNDIR SDVM_EXTRA_DIR=$WORK/extra SDVM_TIMEOUT=$TIMEOUT SDVM_GUEST_TIMEOUT=$((TIMEOUT - 40)) \
-  "$SDVM/run.sh" "$WORK/wheelhouse" "$ROOT/tests/systemd_e2e.sh" 2> "$WORK/run.err"
+  "$SDVM/run.sh" "$WORK/wheelhouse" "$ROOT/tests/systemd_e2e.sh"
 rc=$?
-grep -E '^\[sdvm' "$WORK/run.err" >&2
 say "VM part done in $(( $(date +%s) - T0 ))s, sdvm exit status $rc"
 if [ "$rc" != 0 ]; then
   echo "--- guest test output (tail) ---" >&2
   tail -40 "$RUNDIR/out/test-output.txt" >&2 2>/dev/null || tail -40 "$RUNDIR/serial.log" >&2
   [ -n "${E2E_KEEP:-}" ] || { E2E_KEEP=1; echo "kept $RUNDIR (serial.log, out/journal.txt)" >&2; }
-  [ "$rc" = 2 ] && die "sdvm could not start the VM (usage or image error): $(tail -3 "$WORK/run.err")"
+  [ "$rc" = 2 ] && die "sdvm could not start the VM (usage or image error, see above)"
   die "some checks failed (see the FAIL lines above)"
 fi

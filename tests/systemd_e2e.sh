@@ -83,6 +83,8 @@ for raw in sys.stdin:
 print(f"{n} daemon lines in the journal, {len(bad)} not JSON {bad[:2]}")
 sys.exit(1 if bad or not n else 0)'
 }
+# A MainPID of 0 (no main process) must never reach kill: `kill -9 0` kills this script's group.
+main_pid_ok() { [ "$1" -gt 1 ] 2>/dev/null || why "no main process (MainPID=$1, $(prop $U ActiveState)/$(prop $U SubState))"; }
 edit_config() { cp "$1" "$CFG.new" && mv "$CFG.new" "$CFG"; }   # the operator's edit (sudoedit)
 
 # readme_block LABEL [OLD=>NEW]...: the first ```sh block after the paragraph that starts with
@@ -159,11 +161,11 @@ check_start() {
   run_readme "Start it" || return
   local log=$WORK/readme-Start.log
   [ "$(systemctl is-active $U)" = active ] || why "is-active=$(systemctl is-active $U): $(unit_tail $U)" || return
-  [ "$(prop $U Type)" = notify ] || why "Type=$(prop $U Type)" || return
   [ "$(systemctl is-enabled $U)" = enabled ] || why "not enabled" || return
   # systemd marked the unit active no earlier than the daemon logged daemon_ready (it sends
   # READY=1 right after), and the process was running before that: Type=simple would fail this.
   local ready started times
+  wait_eval 30 'has_event $U event=daemon_ready'   # already there, unless systemd did not wait for it
   ready=$(journal $U | jsel event=daemon_ready | tail -1)
   started=$(journal $U | jsel event=daemon_started | tail -1)
   [ -n "$ready" ] && [ -n "$started" ] || why "no daemon_started/daemon_ready line: $(unit_tail $U)" || return
@@ -184,6 +186,7 @@ print(f"exec→daemon_started {(started - exec_start).total_seconds():.2f}s, "
 sys.exit(0 if ok else 1)
 PY
   ) || why "out of order: $times" || return
+  [ "$(prop $U Type)" = notify ] || why "Type=$(prop $U Type)" || return
   local st; st=$(prop $U StatusText)
   [[ $st == "watching 2 folders, "*" pending, "*" files mirrored" ]] || why "StatusText='$st'" || return
   grep -qF "Status: \"$st\"" "$log" || grep -qF 'Status: "watching 2 folders' "$log" \
@@ -258,11 +261,12 @@ check_reload() {
 
 # ---- 5. hardening: targets writable, a target outside ReadWritePaths is refused clearly ---------
 check_sandbox() {
-  # /srv/elsewhere belongs to foldermirror, so only the sandbox (ProtectSystem=strict without
-  # ReadWritePaths=) can stop the service from writing there.
-  install -d -o foldermirror -g foldermirror -m 0755 /srv/elsewhere
-  runuser -u foldermirror -- touch /srv/elsewhere/probe && rm /srv/elsewhere/probe \
-    || why "foldermirror cannot write /srv/elsewhere even outside the sandbox" || return
+  # The target exists and belongs to foldermirror, so only the sandbox (ProtectSystem=strict
+  # without ReadWritePaths=) can stop the service from writing there, and only the daemon's
+  # trial write (README: "a real write is tried") can notice.
+  install -d -o foldermirror -g foldermirror -m 0755 /srv/elsewhere /srv/elsewhere/outside
+  runuser -u foldermirror -- touch /srv/elsewhere/outside/probe && rm /srv/elsewhere/outside/probe \
+    || why "foldermirror cannot write /srv/elsewhere/outside even outside the sandbox" || return
   install -d -m 0755 /srv/inbox/outside
   echo "must not be lost silently" > /srv/inbox/outside/x.txt
   local n; n=$(count_events $U event=config_reloaded)
@@ -278,7 +282,7 @@ check_sandbox() {
   for want in /srv/elsewhere/outside "Read-only file system" ReadWritePaths; do
     grep -qF "$want" <<<"$line" || why "folder_unusable does not say '$want': $line" || return
   done
-  [ ! -e /srv/elsewhere/outside ] || why "/srv/elsewhere/outside was created despite the sandbox" || return
+  [ -z "$(ls -A /srv/elsewhere/outside)" ] || why "written despite the sandbox: $(ls -A /srv/elsewhere/outside)" || return
   wait_eval 10 '[[ "$(prop $U StatusText)" == *"1 unusable (outside)"* ]]' \
     || why "STATUS does not show the unusable folder: $(prop $U StatusText)" || return
   local status; status=$(prop $U StatusText)
@@ -296,6 +300,7 @@ check_sandbox() {
 check_kill9() {
   local pid n0 cur newpid t0
   pid=$(prop $U MainPID); n0=$(prop $U NRestarts); cur=$(mark $U)
+  main_pid_ok "$pid" || return
   t0=$(date +%s.%N)
   kill -9 "$pid"
   wait_eval 15 '[ "$(prop $U SubState)" = auto-restart ]' \
@@ -333,6 +338,7 @@ check_watchdog() {
   [ "$(prop $U WatchdogUSec)" = "${WD}s" ] || why "WatchdogUSec=$(prop $U WatchdogUSec)" || return
   [ "$(systemctl is-active $U)" = active ] || why "not active: $(unit_tail $U)" || return
   local pid n0 cur up; pid=$(prop $U MainPID); n0=$(prop $U NRestarts)
+  main_pid_ok "$pid" || return
   # Positive control: healthy, the daemon's pings keep it alive well past WatchdogSec.
   up=$(awk -v e="$(prop $U ActiveEnterTimestampMonotonic)" '{printf "%d", $1 - e / 1e6}' /proc/uptime)
   [ "$up" -ge $((WD + 5)) ] || sleep $((WD + 5 - up))  # sleep-ok: the watchdog must NOT fire while healthy
@@ -394,7 +400,7 @@ check_stop() {
   [ "$(prop $U Result)" = success ] && [ "$(prop $U ExecMainStatus)" = 0 ] && [ "$(prop $U ExecMainCode)" = 1 ] \
     || why "Result=$(prop $U Result) ExecMainCode=$(prop $U ExecMainCode) ExecMainStatus=$(prop $U ExecMainStatus)" || return
   since "$cur" $U | jsel event=daemon_stopped >/dev/null || why "no daemon_stopped line: $(unit_tail $U)" || return
-  ! since "$cur" $U | grep -E 'SIGKILL|Killing process' || why "systemd had to kill leftovers: $(since "$cur" $U | grep -E 'SIGKILL|Killing' | head -2)" || return
+  ! since "$cur" $U | grep -qE 'SIGKILL|Killing process' || why "systemd had to kill leftovers: $(since "$cur" $U | grep -E 'SIGKILL|Killing' | head -2)" || return
   systemctl stop foldermirror@docs || why "stopping foldermirror@docs failed" || return
   [ "$(prop foldermirror@docs Result)" = success ] || why "foldermirror@docs Result=$(prop foldermirror@docs Result)" || return
   [ -z "$(temp_files)" ] || why "temp files left: $(temp_files | head -3)" || return
