@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator
 import pytest
 import yaml
 
-from conftest import REPO, pair, wait_mirrored, wait_until, write_config
+from conftest import REPO, _children, pair, wait_mirrored, wait_until, write_config
 
 from foldermirror import checks
 from foldermirror.config import DEFAULT_STOP_GRACE, load_config
@@ -282,6 +282,34 @@ def test_ready_after_the_watches_then_status_then_stopping(tmp_path, daemon_fact
     stopping = listener.wait("STOPPING=1")
     assert stopping == len(listener.messages) - 1, listener.messages
     assert "READY=1" not in listener.fields()[listener.fields().index("STOPPING=1"):]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:120]
+    except OSError:
+        return "(gone)"
+
+
+def test_no_helper_process_outlives_the_main_process(tmp_path, daemon_factory):
+    # KillMode=mixed: the moment the main process exits, systemd SIGKILLs whatever is left in
+    # the unit's cgroup. The fork server and the resource tracker used to exit only after the
+    # main process (on EOF of their pipes), so every clean stop under systemd ended with
+    # "Killing process … (python) with signal SIGKILL" (seen in tests/systemd_e2e.sh).
+    src, dst, spec = pair(tmp_path)
+    d = daemon_factory(write_config(tmp_path, [spec]))
+    d.wait_ready()
+    (src / "f").write_bytes(b"x")
+    wait_mirrored(src, dst)
+    helpers = {pid: _cmdline(pid) for pid in _children(d.proc.pid)}
+    assert len(helpers) == 2, helpers  # the fork server and the resource tracker (workers are below)
+    d.send(signal.SIGTERM)
+    assert d.proc.wait(30) == 0
+    # Checked at once, as systemd does. Reaped by the daemon, they have no /proc entry left;
+    # orphans exiting on their own are still running or zombies waiting for init.
+    left = {pid: cmd for pid, cmd in helpers.items() if os.path.exists(f"/proc/{pid}")}
+    assert not left, left
+    assert d.stop() == 0
 
 
 def test_reload_valid_config_watches_added_and_drops_removed(tmp_path, daemon_factory, path_listener):

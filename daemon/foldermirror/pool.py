@@ -11,12 +11,14 @@ item that had in fact finished is harmless.
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.util
 import os
 import queue
 import signal
 import threading
 import time
 from dataclasses import dataclass, field
+from multiprocessing import forkserver, resource_tracker
 from typing import Any, Callable
 
 from foldermirror import copier
@@ -201,6 +203,7 @@ class WorkerPool:
             gen.pool.close()
             _join_with_timeout(gen.pool, 5.0)
         _retire(gen)
+        _stop_helpers(5.0)
         return abandoned
 
 
@@ -240,6 +243,34 @@ def _retire(gen: _Generation) -> None:
     for pid in pids:
         if process_alive(pid):
             _signal(pid, signal.SIGKILL)
+
+
+def _stop_helpers(timeout: float) -> None:
+    """Stop and reap the fork server and the resource tracker before the main process exits.
+
+    Left alone they exit only once the main process is gone (EOF on their pipes), and under
+    systemd's KillMode=mixed that is too late: whatever is still in the unit's cgroup when the
+    main process exits is SIGKILLed. First multiprocessing's own exit hook runs (as it would at
+    interpreter exit): it unlinks the named semaphores of the pools and queues and unregisters
+    them, so the tracker, stopped next, has nothing left to clean up or warn about. These
+    functions are private (CPython's tests use them) and may block, hence the getattr and the
+    threads with a timeout.
+    """
+    steps = [getattr(multiprocessing.util, "_exit_function", None),
+             getattr(getattr(forkserver, "_forkserver", None), "_stop", None),
+             getattr(getattr(resource_tracker, "_resource_tracker", None), "_stop", None)]
+    for step in steps:
+        if callable(step):
+            t = threading.Thread(target=_quietly, args=(step,), name="stop-helper", daemon=True)
+            t.start()
+            t.join(timeout)
+
+
+def _quietly(fn: Callable[[], Any]) -> None:
+    try:
+        fn()
+    except Exception:  # noqa: BLE001 - at shutdown a helper that is already gone is fine
+        pass
 
 
 def _join_with_timeout(pool: Any, timeout: float) -> None:

@@ -1,0 +1,447 @@
+#!/bin/bash
+# The service end to end under a real systemd: runs as root INSIDE the sdvm guest (Debian 12,
+# systemd 252 as PID 1; see ../shared/sdvm/README.md). tests/run_systemd_e2e.sh builds the
+# wheelhouse and hands this checkout's README.md, systemd/ and config/ over as $SDVM_DIR/extra.
+#
+# It installs foldermirror by running the shell blocks of README.md's "Run as a service" section
+# (only `sudo` is a shim, and the venv/pip lines use the fast offline form), then checks the ten
+# items of issue 7, one `SDVM-RESULT: PASS|FAIL` line each.
+. "$SDVM_LIB"
+CHECKOUT=$SDVM_DIR/extra
+U=foldermirror
+CFG=/etc/foldermirror/config.yaml
+BIN=/opt/foldermirror/bin/foldermirror
+WORK=/root/e2e
+mkdir -p "$WORK"
+
+# ---- helpers ---------------------------------------------------------------------------------
+REASON=
+why() { REASON="$*"; return 1; }               # usage: CONDITION || why "what went wrong" || return
+DETAIL=
+run_check() {                                  # run_check NAME FUNCTION
+  local name=$1 t0 t1; REASON= DETAIL=; t0=$(date +%s.%N)
+  log_step "--- $name"
+  if "$2"; then t1=$(date +%s.%N); pass "$name ($(elapsed "$t0" "$t1")s)${DETAIL:+: $DETAIL}"
+  else fail "$name" "${REASON:-$2 returned non-zero}"; return 1; fi
+}
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.1f", b-a}'; }
+journal() { journalctl -b -u "$1" -o cat --no-pager; }
+# The unit's last journal entry, and the unit's messages after it. The cursor must be one of the
+# unit's own entries: journalctl 252 with -u and --after-cursor on another unit's entry skips
+# the first matching entry after it (a check once missed "Watchdog timeout" that way).
+mark() { journalctl -b -u "$1" -n 1 --show-cursor -o cat --no-pager | sed -n 's/^-- cursor: //p'; }
+since() { journalctl -b -u "$2" -o cat --no-pager --after-cursor="$1"; }
+# jsel KEY=VALUE...: the JSON lines on stdin whose fields equal VALUE (lists and numbers as JSON);
+# exit 1 when none. The guest has no jq, so this stands in for the README's jq filters.
+cat > "$WORK/jsel.py" <<'PY'
+import json, sys
+want = [a.split("=", 1) for a in sys.argv[1:]]
+hits = 0
+for line in sys.stdin:
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        continue
+    if isinstance(rec, dict) and all(
+            (v if isinstance(v, str) else json.dumps(v)) == w
+            for k, w in want for v in [rec.get(k)]):
+        print(json.dumps(rec))
+        hits += 1
+sys.exit(0 if hits else 1)
+PY
+jsel() { python3 "$WORK/jsel.py" "$@"; }
+has_event() { local u=$1; shift; journal "$u" | jsel "$@" >/dev/null; }
+count_events() { local u=$1; shift; journal "$u" | jsel "$@" | wc -l; }
+# same SRC DST: bytes, mode and mtime_ns equal (the pytest oracle, for one file)
+same() {
+  python3 - "$1" "$2" <<'PY' 2>/dev/null
+import os, sys
+a, b = (os.stat(p) for p in sys.argv[1:])
+same = open(sys.argv[1], "rb").read() == open(sys.argv[2], "rb").read()
+sys.exit(0 if same and a.st_mode == b.st_mode and a.st_mtime_ns == b.st_mtime_ns else 1)
+PY
+}
+temp_files() { find /srv/mirror /srv/elsewhere -name '.foldermirror-*' 2>/dev/null; }
+unit_tail() { journal "$1" | tail -"${2:-4}" | cut -c1-300 | tr '\n' ' '; }
+# all_json UNIT: every line the unit's processes wrote (journald's stdout transport: stdout and
+# stderr) is one whole JSON object with an event, not split or merged by journald.
+all_json() {
+  journalctl -b -u "$1" -o json --no-pager | python3 -c '
+import json, sys
+n, bad = 0, []
+for raw in sys.stdin:
+    e = json.loads(raw)
+    if e.get("_TRANSPORT") != "stdout":
+        continue
+    m = e.get("MESSAGE")
+    m = bytes(m).decode("utf-8", "replace") if isinstance(m, list) else m
+    n += 1
+    try:
+        assert "event" in json.loads(m)
+    except Exception:
+        bad.append(m[:160])
+print(f"{n} daemon lines in the journal, {len(bad)} not JSON {bad[:2]}")
+sys.exit(1 if bad or not n else 0)'
+}
+# A MainPID of 0 (no main process) must never reach kill: `kill -9 0` kills this script's group.
+main_pid_ok() { [ "$1" -gt 1 ] 2>/dev/null || why "no main process (MainPID=$1, $(prop $U ActiveState)/$(prop $U SubState))"; }
+edit_config() { cp "$1" "$CFG.new" && mv "$CFG.new" "$CFG"; }   # the operator's edit (sudoedit)
+
+# readme_block LABEL [OLD=>NEW]...: the first ```sh block after the paragraph that starts with
+# **LABEL in README.md's "Run as a service" section; each OLD must be a whole line of it.
+readme_block() {
+  python3 - "$CHECKOUT/README.md" "$@" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+try:
+    sec = text.split("\n## Run as a service\n", 1)[1].split("\n## ", 1)[0]
+    start = sec.index("**" + sys.argv[2])
+    block = re.compile(r"```sh\n(.*?)```", re.S).search(sec, start).group(1)
+except (IndexError, ValueError, AttributeError):
+    sys.exit(f"README.md: no sh block after **{sys.argv[2]} in 'Run as a service'")
+lines = block.splitlines()
+for pair in sys.argv[3:]:
+    old, new = pair.split("=>", 1)
+    hit = [i for i, l in enumerate(lines) if l.split("#", 1)[0].strip() == old]
+    if not hit:
+        sys.exit(f"README.md: the **{sys.argv[2]} block has no line `{old}`")
+    for i in hit:
+        lines[i] = new
+print("\n".join(lines))
+PY
+}
+# run_readme LABEL [OLD=>NEW]...: run that block with bash -e from the checkout; log in $WORK.
+run_readme() {
+  local label=$1 log=$WORK/readme-${1%% *}.log
+  readme_block "$@" > "$WORK/block.sh" 2>"$log" || { why "$(cat "$log")"; return; }
+  log_step "README block **$label: $(grep -vc '^\s*#' "$WORK/block.sh") lines"
+  (cd "$CHECKOUT" && bash -e -x "$WORK/block.sh") >>"$log" 2>&1 \
+    || why "README block **$label failed: $(tail -4 "$log" | tr '\n' ' ')"
+}
+
+# The guest runs everything as root and has no sudo: a shim keeps the README's lines as written.
+cat > /usr/local/bin/sudo <<'SH'
+#!/bin/sh
+if [ "$1" = -u ]; then user=$2; shift 2; exec runuser -u "$user" -- "$@"; fi
+exec "$@"
+SH
+chmod 755 /usr/local/bin/sudo
+PIPWHL=$(ls /usr/share/python-wheels/pip-*.whl | tail -1)
+export PIPWHL
+
+# ---- 1. install as the README says; systemd-analyze verify prints nothing ----------------------
+check_install() {
+  # Offline and fast (sdvm README): a venv without ensurepip, pip run from Debian's pip wheel,
+  # the wheels from the wheelhouse instead of `pip install .` of a checkout.
+  run_readme "Install" \
+    "sudo python3 -m venv /opt/foldermirror=>python3 -m venv --without-pip /opt/foldermirror" \
+    "sudo /opt/foldermirror/bin/pip install .=>/opt/foldermirror/bin/python \"\$PIPWHL/pip\" install -q --no-index --find-links \"\$SDVM_WHEELHOUSE\" foldermirror" \
+    || return
+  run_readme "Create the user" || return
+  run_readme "Make the targets writable" || return
+  "$BIN" --version >/dev/null 2>&1 || why "$BIN --version failed" || return
+  [ -f /opt/foldermirror/README.md ] || why "README.md not installed beside the venv" || return
+  local pw; pw=$(getent passwd foldermirror) || why "no user foldermirror" || return
+  local uid; uid=$(cut -d: -f3 <<<"$pw")
+  [ "$uid" -lt 1000 ] && [ "$(cut -d: -f7 <<<"$pw")" = /usr/sbin/nologin ] \
+    || why "foldermirror is not a system user with nologin: $pw" || return
+  [ "$(stat -c %U /srv/mirror)" = foldermirror ] || why "/srv/mirror not owned by foldermirror" || return
+  grep -qx 'ReadWritePaths=/srv/mirror' /etc/systemd/system/foldermirror.service.d/targets.conf \
+    || why "targets.conf drop-in missing" || return
+  local out
+  out=$(systemd-analyze verify /etc/systemd/system/foldermirror.service /etc/systemd/system/foldermirror@.service 2>&1)
+  [ $? = 0 ] && [ -z "$out" ] || why "systemd-analyze verify printed: $out" || return
+  DETAIL="uid $uid; $(ls "$SDVM_WHEELHOUSE" | tr '\n' ' ')"
+}
+
+# ---- 2. active only after READY=1; systemctl status shows STATUS= ------------------------------
+check_start() {
+  # "then edit it": the example config's sources are /srv/inbox/{photos,documents}; create them.
+  install -d -m 0755 /srv/inbox/photos /srv/inbox/documents
+  run_readme "Start it" || return
+  local log=$WORK/readme-Start.log
+  [ "$(systemctl is-active $U)" = active ] || why "is-active=$(systemctl is-active $U): $(unit_tail $U)" || return
+  [ "$(systemctl is-enabled $U)" = enabled ] || why "not enabled" || return
+  # systemd marked the unit active no earlier than the daemon logged daemon_ready (it sends
+  # READY=1 right after), and the process was running before that: Type=simple would fail this.
+  local ready started times
+  wait_eval 30 'has_event $U event=daemon_ready'   # already there, unless systemd did not wait for it
+  ready=$(journal $U | jsel event=daemon_ready | tail -1)
+  started=$(journal $U | jsel event=daemon_started | tail -1)
+  [ -n "$ready" ] && [ -n "$started" ] || why "no daemon_started/daemon_ready line: $(unit_tail $U)" || return
+  times=$(python3 - "$started" "$ready" \
+      "$(systemctl show -p ExecMainStartTimestamp --value --timestamp=us+utc $U)" \
+      "$(systemctl show -p ActiveEnterTimestamp --value --timestamp=us+utc $U)" <<'PY'
+import datetime as dt, json, sys
+def log_ts(line):
+    return dt.datetime.fromisoformat(json.loads(line)["timestamp"].replace("Z", "+00:00"))
+def unit_ts(text):
+    return dt.datetime.strptime(text, "%a %Y-%m-%d %H:%M:%S.%f %Z").replace(tzinfo=dt.timezone.utc)
+started, ready = log_ts(sys.argv[1]), log_ts(sys.argv[2])
+exec_start, active = unit_ts(sys.argv[3]), unit_ts(sys.argv[4])
+ok = exec_start <= started <= ready <= active
+print(f"exec→daemon_started {(started - exec_start).total_seconds():.2f}s, "
+      f"→daemon_ready {(ready - exec_start).total_seconds():.2f}s, "
+      f"→active {(active - exec_start).total_seconds():.2f}s")
+sys.exit(0 if ok else 1)
+PY
+  ) || why "out of order: $times" || return
+  [ "$(prop $U Type)" = notify ] || why "Type=$(prop $U Type)" || return
+  local st; st=$(prop $U StatusText)
+  [[ $st == "watching 2 folders, "*" pending, "*" files mirrored" ]] || why "StatusText='$st'" || return
+  grep -qF "Status: \"$st\"" "$log" || grep -qF 'Status: "watching 2 folders' "$log" \
+    || why "systemctl status did not show the STATUS= text: $(grep -A8 'systemctl status' "$log" | tr '\n' ' ')" || return
+  DETAIL="$times; status \"$st\""
+}
+
+# ---- 3. a file is mirrored; its file_mirrored line is in the journal as JSON -------------------
+check_mirror() {
+  printf 'hello from the guest %s\n' "$(date +%s.%N)" > /srv/inbox/photos/hello.txt
+  chmod 640 /srv/inbox/photos/hello.txt; chgrp foldermirror /srv/inbox/photos/hello.txt
+  wait_until 30 same /srv/inbox/photos/hello.txt /srv/mirror/photos/hello.txt \
+    || why "hello.txt not mirrored (bytes, mode, mtime): $(ls -l /srv/mirror/photos/ | tr '\n' ' ') $(unit_tail $U)" || return
+  [ "$(stat -c %U /srv/mirror/photos/hello.txt)" = foldermirror ] || why "mirror not owned by foldermirror" || return
+  local line
+  wait_eval 15 'journal $U | jsel event=file_mirrored folder=photos path=hello.txt >/dev/null' \
+    || why "no file_mirrored line for hello.txt in journalctl -u $U -o cat: $(unit_tail $U)" || return
+  line=$(journal $U | grep -F '"file_mirrored"' | grep -F '"hello.txt"' | tail -1)
+  python3 -c 'import json,sys; r=json.loads(sys.argv[1]); assert r["event"]=="file_mirrored" and r["bytes"]>0' "$line" \
+    || why "not JSON: $line" || return
+  local res; res=$(all_json $U) || why "$res" || return
+  DETAIL="$res; $line"
+}
+
+# ---- 4. reload adds a folder; a broken YAML is logged and the service stays -------------------
+check_reload() {
+  local pid n_ok n_bad
+  pid=$(prop $U MainPID)
+  n_ok=$(count_events $U event=config_reloaded)
+  n_bad=$(count_events $U event=config_invalid)
+  install -d -m 0755 /srv/inbox/added
+  echo "written before the reload" > /srv/inbox/added/before.txt
+  cp "$CFG" "$WORK/original.yaml"
+  { cat "$WORK/original.yaml"; printf '\n  - name: added\n    source: /srv/inbox/added\n    target: /srv/mirror/added\n'; } \
+    > "$WORK/added.yaml"
+  edit_config "$WORK/added.yaml"
+  # The README's "Add a folder" block: check as the service's user, then reload (no sudoedit, no jq).
+  readme_block "Add a folder" > "$WORK/add.sh" || why "$(cat "$WORK/add.sh")" || return
+  grep -E 'foldermirror check|systemctl reload' "$WORK/add.sh" > "$WORK/add-run.sh"
+  [ "$(wc -l < "$WORK/add-run.sh")" = 2 ] || why "README 'Add a folder' lacks the check/reload lines" || return
+  (cd "$CHECKOUT" && bash -e -x "$WORK/add-run.sh") > "$WORK/add.log" 2>&1 \
+    || why "README 'Add a folder' commands failed: $(tail -3 "$WORK/add.log" | tr '\n' ' ')" || return
+  wait_eval 30 '[ "$(count_events $U event=config_reloaded "added=[\"added\"]")" -ge 1 ]' \
+    || why "no config_reloaded with added=[added]: $(unit_tail $U)" || return
+  wait_until 30 same /srv/inbox/added/before.txt /srv/mirror/added/before.txt \
+    || why "the added folder was not caught up" || return
+  echo "written after the reload" > /srv/inbox/added/after.txt
+  wait_until 30 same /srv/inbox/added/after.txt /srv/mirror/added/after.txt \
+    || why "the added folder is not watched" || return
+  # A broken edit: YAML that does not parse.
+  { cat "$WORK/added.yaml"; printf '  - name: oops\n   source: /srv/inbox/oops\n'; } > "$WORK/broken.yaml"
+  edit_config "$WORK/broken.yaml"
+  runuser -u foldermirror -- "$BIN" check --config "$CFG" > "$WORK/check-broken.log" 2>&1
+  [ $? = 78 ] || why "foldermirror check of the broken YAML did not exit 78: $(cat "$WORK/check-broken.log")" || return
+  systemctl reload $U || why "systemctl reload with a broken YAML failed: $(unit_tail $U)" || return
+  wait_eval 30 '[ "$(count_events $U event=config_invalid)" -gt '"$n_bad"' ]' \
+    || why "no config_invalid after a broken reload: $(unit_tail $U)" || return
+  local invalid; invalid=$(journal $U | jsel event=config_invalid | tail -1)
+  grep -qF "$CFG:" <<<"$invalid" || why "config_invalid does not name $CFG with a line: $invalid" || return
+  [ "$(systemctl is-active $U)" = active ] && [ "$(prop $U MainPID)" = "$pid" ] \
+    || why "service not active with the same pid after a broken reload" || return
+  echo "the old configuration still serves" > /srv/inbox/added/still.txt
+  wait_until 30 same /srv/inbox/added/still.txt /srv/mirror/added/still.txt \
+    || why "nothing mirrored after the broken reload" || return
+  edit_config "$WORK/added.yaml"
+  systemctl reload $U
+  wait_eval 30 '[ "$(count_events $U event=config_reloaded)" -ge '"$((n_ok + 2))"' ]' \
+    || why "the fixed config was not reloaded: $(unit_tail $U)" || return
+  wait_eval 10 '[ "$(systemctl show -p SubState --value $U)" = running ]' || why "not back to running" || return
+  DETAIL="config_invalid: $(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["error"][:140])' "$invalid")"
+}
+
+# ---- 5. hardening: targets writable, a target outside ReadWritePaths is refused clearly ---------
+check_sandbox() {
+  # The target exists and belongs to foldermirror, so only the sandbox (ProtectSystem=strict
+  # without ReadWritePaths=) can stop the service from writing there, and only the daemon's
+  # trial write (README: "a real write is tried") can notice.
+  install -d -o foldermirror -g foldermirror -m 0755 /srv/elsewhere /srv/elsewhere/outside
+  runuser -u foldermirror -- touch /srv/elsewhere/outside/probe && rm /srv/elsewhere/outside/probe \
+    || why "foldermirror cannot write /srv/elsewhere/outside even outside the sandbox" || return
+  install -d -m 0755 /srv/inbox/outside
+  echo "must not be lost silently" > /srv/inbox/outside/x.txt
+  local n; n=$(count_events $U event=config_reloaded)
+  { cat "$WORK/added.yaml"; printf '  - name: outside\n    source: /srv/inbox/outside\n    target: /srv/elsewhere/outside\n'; } \
+    > "$WORK/outside.yaml"
+  edit_config "$WORK/outside.yaml"
+  systemctl reload $U || why "reload failed" || return
+  wait_eval 30 '[ "$(count_events $U event=config_reloaded)" -gt '"$n"' ]' || why "no config_reloaded: $(unit_tail $U)" || return
+  journal $U | jsel event=config_reloaded | tail -1 | jsel 'unusable=["outside"]' >/dev/null \
+    || why "config_reloaded does not list outside as unusable: $(journal $U | jsel event=config_reloaded | tail -1)" || return
+  local line; line=$(journal $U | jsel event=folder_unusable folder=outside | tail -1)
+  [ -n "$line" ] || why "no folder_unusable line for outside: $(unit_tail $U)" || return
+  for want in /srv/elsewhere/outside "Read-only file system" ReadWritePaths; do
+    grep -qF "$want" <<<"$line" || why "folder_unusable does not say '$want': $line" || return
+  done
+  [ -z "$(ls -A /srv/elsewhere/outside)" ] || why "written despite the sandbox: $(ls -A /srv/elsewhere/outside)" || return
+  wait_eval 10 '[[ "$(prop $U StatusText)" == *"1 unusable (outside)"* ]]' \
+    || why "STATUS does not show the unusable folder: $(prop $U StatusText)" || return
+  local status; status=$(prop $U StatusText)
+  echo "still served" > /srv/inbox/photos/sandbox.txt
+  wait_until 30 same /srv/inbox/photos/sandbox.txt /srv/mirror/photos/sandbox.txt \
+    || why "the other folders stopped being served" || return
+  edit_config "$WORK/added.yaml"
+  n=$(count_events $U event=config_reloaded)
+  systemctl reload $U
+  wait_eval 30 '[ "$(count_events $U event=config_reloaded)" -gt '"$n"' ]' || why "restoring reload not seen" || return
+  DETAIL="status \"$status\"; $(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["error"])' "$line")"
+}
+
+# ---- 6. kill -9: systemd restarts it and it catches up what was written meanwhile ------------
+check_kill9() {
+  local pid n0 cur newpid t0
+  pid=$(prop $U MainPID); n0=$(prop $U NRestarts); cur=$(mark $U)
+  main_pid_ok "$pid" || return
+  t0=$(date +%s.%N)
+  kill -9 "$pid"
+  wait_eval 15 '[ "$(prop $U SubState)" = auto-restart ]' \
+    || why "not in auto-restart after kill -9: $(prop $U ActiveState)/$(prop $U SubState)" || return
+  echo "written while the service was down" > /srv/inbox/photos/while-down.txt
+  [ "$(prop $U SubState)" = auto-restart ] || why "restarted before the file was written; cannot prove catch-up" || return
+  wait_eval 60 '[ "$(systemctl is-active $U)" = active ] && [ "$(prop $U NRestarts)" -gt '"$n0"' ]' \
+    || why "not restarted: $(prop $U ActiveState)/$(prop $U SubState) NRestarts=$(prop $U NRestarts)" || return
+  newpid=$(prop $U MainPID)
+  local up; up=$(elapsed "$t0" "$(date +%s.%N)")
+  [ "$newpid" != "$pid" ] || why "same MainPID" || return
+  since "$cur" $U | grep -q 'code=killed, status=9/KILL' || why "journal lacks status=9/KILL" || return
+  wait_until 30 same /srv/inbox/photos/while-down.txt /srv/mirror/photos/while-down.txt \
+    || why "while-down.txt not caught up: $(unit_tail $U)" || return
+  wait_eval 30 'since "$cur" $U | jsel event=sync_finished folder=photos reason=startup >/dev/null' \
+    || why "no sync_finished after the restart" || return
+  local sync; sync=$(since "$cur" $U | jsel event=sync_finished folder=photos reason=startup | tail -1)
+  python3 -c 'import json,sys; sys.exit(0 if json.loads(sys.argv[1])["files"] >= 1 else 1)' "$sync" \
+    || why "the start-up catch-up copied nothing: $sync" || return
+  [ -z "$(temp_files)" ] || why "temp files left: $(temp_files)" || return
+  DETAIL="active again ${up}s after kill -9 (RestartSec=5s); $sync"
+}
+
+# ---- 8. watchdog: a stopped main loop is killed and restarted -----------------------------------
+# A runtime drop-in shortens WatchdogSec to WD for the whole run (TCG is slow: leave slack). It
+# is written before the README's daemon-reload in check 2: changed later, systemd would apply
+# the shorter limit at once to a daemon still pinging at half the old one. So every check runs
+# with a daemon that has to keep pinging every WD/2 seconds, under load too.
+WD=10
+watchdog_dropin() {
+  mkdir -p /run/systemd/system/$U.service.d
+  printf '[Service]\nWatchdogSec=%ss\n' $WD > /run/systemd/system/$U.service.d/watchdog.conf
+}
+check_watchdog() {
+  [ "$(prop $U WatchdogUSec)" = "${WD}s" ] || why "WatchdogUSec=$(prop $U WatchdogUSec)" || return
+  [ "$(systemctl is-active $U)" = active ] || why "not active: $(unit_tail $U)" || return
+  local pid n0 cur up; pid=$(prop $U MainPID); n0=$(prop $U NRestarts)
+  main_pid_ok "$pid" || return
+  # Positive control: healthy, the daemon's pings keep it alive well past WatchdogSec.
+  up=$(awk -v e="$(prop $U ActiveEnterTimestampMonotonic)" '{printf "%d", $1 - e / 1e6}' /proc/uptime)
+  [ "$up" -ge $((WD + 5)) ] || sleep $((WD + 5 - up))  # sleep-ok: the watchdog must NOT fire while healthy
+  [ "$(prop $U MainPID)" = "$pid" ] && [ "$(prop $U NRestarts)" = "$n0" ] && [ "$(systemctl is-active $U)" = active ] \
+    || why "killed although healthy: $(unit_tail $U 6)" || return
+  up=$(awk -v e="$(prop $U ActiveEnterTimestampMonotonic)" '{printf "%d", $1 - e / 1e6}' /proc/uptime)
+  cur=$(mark $U)
+  local t0; t0=$(date +%s.%N)
+  kill -STOP "$pid"
+  wait_eval $((WD * 4)) 'since "$cur" $U | grep -q "Watchdog timeout"' \
+    || { kill -CONT "$pid"; why "no watchdog timeout $((WD * 4))s after SIGSTOP: $(unit_tail $U)"; return; }
+  local t_wd after
+  t_wd=$(journalctl -b -u $U -o short-unix --no-pager --after-cursor="$cur" | grep 'Watchdog timeout' | head -1 | cut -d' ' -f1)
+  after=$(elapsed "$t0" "$t_wd")
+  awk -v a="$after" -v w=$WD 'BEGIN{exit !(a <= w + 8)}' || why "watchdog fired ${after}s after SIGSTOP (WatchdogSec=${WD}s + 8s slack)" || return
+  wait_eval 60 '[ "$(systemctl is-active $U)" = active ] && [ "$(prop $U NRestarts)" -gt '"$n0"' ]' \
+    || why "not restarted after the watchdog kill: $(unit_tail $U)" || return
+  since "$cur" $U | grep -q "Failed with result 'watchdog'" || why "no Failed with result 'watchdog'" || return
+  ! kill -0 "$pid" 2>/dev/null || why "the stopped process $pid is still there" || return
+  [ "$(prop $U MainPID)" != "$pid" ] || why "same MainPID" || return
+  DETAIL="healthy for ${up}s with WatchdogSec=${WD}s, then SIGSTOP: Watchdog timeout after ${after}s, restarted as pid $(prop $U MainPID)"
+}
+
+# ---- 9. foldermirror@docs beside foldermirror ------------------------------------------------
+check_instance() {
+  install -d -m 0755 /srv/inbox/docs
+  printf 'folders:\n  - name: docs\n    source: /srv/inbox/docs\n    target: /srv/mirror/docs\n' > /etc/foldermirror/docs.yaml
+  # README: "foldermirror@.service.d applies to every instance"
+  mkdir -p /etc/systemd/system/foldermirror@.service.d
+  cp /etc/systemd/system/foldermirror.service.d/targets.conf /etc/systemd/system/foldermirror@.service.d/
+  systemctl daemon-reload
+  systemctl start foldermirror@docs || why "start failed: $(unit_tail foldermirror@docs)" || return
+  [ "$(systemctl is-active foldermirror@docs)" = active ] && [ "$(systemctl is-active $U)" = active ] \
+    || why "not both active" || return
+  [ "$(prop foldermirror@docs MainPID)" != "$(prop $U MainPID)" ] || why "same MainPID" || return
+  prop foldermirror@docs ExecStart | grep -q -- '--config /etc/foldermirror/docs.yaml' || why "ExecStart lacks docs.yaml" || return
+  [[ "$(prop foldermirror@docs StatusText)" == "watching 1 folder, "* ]] || why "StatusText=$(prop foldermirror@docs StatusText)" || return
+  echo "a document" > /srv/inbox/docs/d.txt
+  echo "a photo" > /srv/inbox/photos/p2.txt
+  wait_until 30 same /srv/inbox/docs/d.txt /srv/mirror/docs/d.txt || why "docs/d.txt not mirrored" || return
+  wait_until 30 same /srv/inbox/photos/p2.txt /srv/mirror/photos/p2.txt || why "photos/p2.txt not mirrored" || return
+  wait_eval 15 'has_event foldermirror@docs event=file_mirrored folder=docs path=d.txt' || why "no file_mirrored in foldermirror@docs's journal" || return
+  ! has_event $U event=file_mirrored folder=docs || why "docs logged by the main unit" || return
+  DETAIL="pids $(prop $U MainPID) and $(prop foldermirror@docs MainPID); status \"$(prop foldermirror@docs StatusText)\""
+}
+
+# ---- 10. stop: within TimeoutStopSec, exit 0, no temp files ----------------------------------
+check_stop() {
+  local pid cur t0 t1 took tss
+  tss=$(prop $U TimeoutStopUSec)
+  # Work pending and in flight when the stop comes: a burst of small files, then a big one.
+  for i in $(seq 1 200); do echo "$i" > /srv/inbox/documents/small-$i.txt; done
+  head -c 24M /dev/urandom > /srv/inbox/photos/big.bin
+  pid=$(prop $U MainPID); cur=$(mark $U)
+  t0=$(date +%s.%N)
+  systemctl stop $U || why "systemctl stop failed" || return
+  t1=$(date +%s.%N); took=$(elapsed "$t0" "$t1")
+  awk -v a="$took" 'BEGIN{exit !(a < 30)}' || why "stop took ${took}s (TimeoutStopSec=$tss)" || return
+  [ "$(prop $U Result)" = success ] && [ "$(prop $U ExecMainStatus)" = 0 ] && [ "$(prop $U ExecMainCode)" = 1 ] \
+    || why "Result=$(prop $U Result) ExecMainCode=$(prop $U ExecMainCode) ExecMainStatus=$(prop $U ExecMainStatus)" || return
+  since "$cur" $U | jsel event=daemon_stopped >/dev/null || why "no daemon_stopped line: $(unit_tail $U)" || return
+  ! since "$cur" $U | grep -qE 'SIGKILL|Killing process' || why "systemd had to kill leftovers: $(since "$cur" $U | grep -E 'SIGKILL|Killing' | head -2)" || return
+  systemctl stop foldermirror@docs || why "stopping foldermirror@docs failed" || return
+  [ "$(prop foldermirror@docs Result)" = success ] || why "foldermirror@docs Result=$(prop foldermirror@docs Result)" || return
+  [ -z "$(temp_files)" ] || why "temp files left: $(temp_files | head -3)" || return
+  ! pgrep -u foldermirror >/dev/null || why "processes left: $(pgrep -a -u foldermirror | head -3)" || return
+  local res; res=$(all_json $U) || why "$res" || return   # the whole run so far, kills included
+  DETAIL="stopped in ${took}s (TimeoutStopSec=$tss); $(since "$cur" $U | jsel event=daemon_stopped | cut -c1-220); $res"
+}
+
+# ---- 7. broken config at start: exit 78 once, no restart -------------------------------------
+check_broken_start() {
+  local cur; cur=$(mark $U)
+  printf 'folders:\n  - name: photos\n    source: /srv/inbox/photos\n    target: [unclosed\n' > "$WORK/bad-start.yaml"
+  edit_config "$WORK/bad-start.yaml"
+  ! systemctl start $U 2>/dev/null || why "systemctl start succeeded with a broken config" || return
+  wait_eval 15 '[ "$(prop $U ActiveState)" = failed ]' || why "ActiveState=$(prop $U ActiveState)" || return
+  sleep 8  # sleep-ok: RestartSec=5s plus slack; a restart would show up in NRestarts and the journal
+  [ "$(prop $U ActiveState)" = failed ] && [ "$(prop $U NRestarts)" = 0 ] \
+    || why "ActiveState=$(prop $U ActiveState) NRestarts=$(prop $U NRestarts)" || return
+  [ "$(prop $U Result)" = exit-code ] && [ "$(prop $U ExecMainStatus)" = 78 ] \
+    || why "Result=$(prop $U Result) ExecMainStatus=$(prop $U ExecMainStatus)" || return
+  local exits; exits=$(since "$cur" $U | grep -c 'status=78/CONFIG')
+  [ "$exits" = 1 ] || why "$exits exits with status 78 in the journal" || return
+  ! since "$cur" $U | grep -q 'Scheduled restart job' || why "a restart was scheduled" || return
+  local msg; msg=$(since "$cur" $U | grep -m1 'foldermirror: error:')
+  grep -qF "$CFG:" <<<"$msg" || why "the error does not name $CFG:LINE: '$msg'" || return
+  DETAIL="$msg"
+}
+
+log_step "foldermirror e2e: $(systemctl --version | head -1), $(python3 --version)"
+run_check 01-install-as-readme-and-verify check_install || exit 1
+watchdog_dropin
+run_check 02-notify-ready-and-status check_start
+run_check 03-mirror-and-journal-json check_mirror
+run_check 04-reload-add-folder-and-broken-yaml check_reload
+run_check 05-sandbox-targets-and-readwritepaths check_sandbox
+run_check 06-kill9-restart-and-catch-up check_kill9
+run_check 09-instance-docs-beside-main check_instance
+run_check 08-watchdog-kill-and-restart check_watchdog
+run_check 10-stop-clean-no-temp-files check_stop
+run_check 07-broken-config-exit-78-no-restart check_broken_start
+journal $U > "$SDVM_OUT/foldermirror-journal.txt"
+journal foldermirror@docs > "$SDVM_OUT/foldermirror-docs-journal.txt"
+cp "$WORK"/*.log "$SDVM_OUT/" 2>/dev/null
+exit 0
