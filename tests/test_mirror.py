@@ -257,8 +257,11 @@ def test_worker_killed_mid_burst_loses_nothing(tmp_path, daemon_factory):
             os.kill(d.worker_pids()[0], signal.SIGKILL)
     wait_mirrored(src, dst, timeout=60)
     d.wait_for("worker_lost")
-    # killing an idle worker must not wedge the pool either
-    os.kill(d.worker_pids()[0], signal.SIGKILL)
+    # killing an idle worker must not wedge the pool either: pick one of the new pool's
+    # workers by the file it just mirrored (a retired worker's death is no news)
+    (src / "probe").write_bytes(b"which worker?")
+    worker = d.wait_for("file_mirrored", path="probe")[0]["worker_pid"]
+    os.kill(worker, signal.SIGKILL)
     d.wait_for("worker_lost", count=2)
     (src / "after").write_bytes(b"after the kill")
     wait_mirrored(src, dst)
