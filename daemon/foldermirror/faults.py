@@ -4,6 +4,8 @@ FOLDERMIRROR_FAULTS is a comma-separated list of `kind:name` entries:
   handler_error:NAME   the event handler raises for a path whose last part is NAME
                        (inside its guard: the daemon logs and reconciles)
   observer_crash:NAME  the observer thread itself dies on such an event (a watchdog bug)
+  slow_copy:NAME       a worker copies such a file 1 MiB at a time, 50 ms apart, so a
+                       test can act while the copy is in progress
 """
 
 from __future__ import annotations
@@ -32,3 +34,12 @@ def trip(kind: str, path: str) -> None:
     names = _FAULTS.get(kind)
     if names and os.path.basename(path) in names:
         raise InjectedFault(f"injected {kind} for {path}")
+
+
+SLOW_COPY_PAUSE = 0.05
+
+
+def delay(kind: str, path: str) -> float:
+    """Seconds to pause per step when fault `kind` (slow_copy) is configured for this path."""
+    names = _FAULTS.get(kind)
+    return SLOW_COPY_PAUSE if names and os.path.basename(path) in names else 0.0

@@ -23,11 +23,12 @@ from foldermirror.logs import get_logger
 from foldermirror.notify import Notifier, watchdog_interval
 from foldermirror.paths import Excluder
 from foldermirror.pool import FolderSpec, WorkerPool, process_alive, run_dispatcher
-from foldermirror.reconcile import Reconciler, Request, WalkStats, diff_tree
+from foldermirror.reconcile import Reconciler, Request, WalkStats, diff_tree, hold_deletions
 from foldermirror.watcher import Watcher
 
 TICK = 0.2
 ROOT_CHECK_INTERVAL = 1.0
+REWATCH_QUIET = 2.0       # seconds without suspect directory events before watches are rebuilt
 PROGRESS_INTERVAL = 1.0
 RETRY_MAX_DELAY = 300.0
 PERMANENT_ERRNOS = {errno.ENAMETOOLONG, errno.EILSEQ, errno.EEXIST}
@@ -58,6 +59,10 @@ class _FolderState:
     excluder: Excluder
     catch_up: _CatchUp | None = None
     missing: bool = False
+    root_id: copier.RootId | None = None  # the source root being watched: (st_dev, st_ino)
+    suspect: bool = False                 # a worker found the root gone or replaced
+    rewatch_at: float = 0.0               # rebuild the watches then (0: no need)
+    rewatch_paths: int = 0                # suspect directory events since the last rebuild
 
 
 @dataclass
@@ -107,7 +112,7 @@ class Service:
         if state is None:
             return None
         f = state.config
-        return (str(f.source), str(f.target), f.delete, f.durable)
+        return (str(f.source), str(f.target), f.delete, f.durable, state.root_id, self.changes.epoch(name))
 
     def run(self) -> int:
         cfg = self.config
@@ -117,7 +122,7 @@ class Service:
         self.log.info("daemon_started", pid=os.getpid(), config=str(cfg.path), workers=cfg.workers,
                       folders=[f.name for f in cfg.folders], mode="sync" if self.once else "run")
         for f in cfg.folders:
-            self.folders[f.name] = _FolderState(f, Excluder(f.exclude))
+            self.folders[f.name] = _FolderState(f, Excluder(f.exclude), root_id=_root_id(f))
         # The Pool (and its fork server) comes before any watcher thread (PITFALLS #8, #12).
         self.pool = WorkerPool(cfg.workers, self._on_result, self._spec, self._on_worker_lost, self.instance)
         dispatcher = threading.Thread(target=run_dispatcher, args=(self.changes, self.pool, lambda: self._running),
@@ -129,6 +134,8 @@ class Service:
             for name, error in self.watcher.start(cfg.folders):
                 self.folders[name].missing = True
                 self.log.error("folder_unwatched", folder=name, error=error)
+            for name, state in self.folders.items():
+                state.root_id = self.watcher.identity(name)
             self.log.info("daemon_ready", folders=len(cfg.folders))
             self.notifier.ready(self._status_text())
         for f in cfg.folders:
@@ -183,6 +190,7 @@ class Service:
             if now - self._last_root_check >= ROOT_CHECK_INTERVAL:
                 self._last_root_check = now
                 self._check_roots()
+        self._rewatch(now)
         self._finish_catch_ups(now)
         if self.config.rescan_interval and now >= self._next_rescan and not self.once:
             self._next_rescan = now + self.config.rescan_interval
@@ -191,18 +199,49 @@ class Service:
         self._report(now)
 
     def _check_roots(self) -> None:
+        assert self.watcher is not None
         for name, state in self.watcher.check_roots():
             folder = self.folders.get(name)
             if folder is None:
                 continue
+            # Pending paths were seen in a folder that is no longer there: drop them, the
+            # comparison once it is back (under the mass-delete guard) decides instead.
+            self.changes.forget(name)
             if state == "missing":
                 folder.missing = True
                 self.log.error("source_missing", folder=name, path=str(folder.config.source),
-                               error="the source folder is gone; nothing is deleted from the target until it is back")
+                               error="the source folder is gone or unreadable; nothing is deleted from the "
+                                     "target until it is back")
             else:
                 folder.missing = False
-                self.log.info("source_restored", folder=name, path=str(folder.config.source))
+                folder.suspect = False
+                folder.root_id = self.watcher.identity(name)
+                # "replaced": another directory now stands at the path (a new folder, or the
+                # empty mount point of an unmounted file system; the guard judges that).
+                self.log.info("source_restored", folder=name, path=str(folder.config.source),
+                              same_folder=state == "restored")
                 self._request_catch_up(name, "watch_restored")
+        for name, folder in self.folders.items():
+            # A worker saw the root gone or replaced but nothing changed by the time we
+            # looked (a brief outage): compare again what it set aside.
+            if folder.suspect and self.watcher.watched(name):
+                folder.suspect = False
+                self._request_catch_up(name, "source_recheck")
+
+    def _rewatch(self, now: float) -> None:
+        if self.watcher is None:
+            return
+        for name, state in self.folders.items():
+            if not state.rewatch_at or now < state.rewatch_at:
+                continue
+            count, state.rewatch_at, state.rewatch_paths = state.rewatch_paths, 0.0, 0
+            error = self.watcher.rewatch(name)
+            if error is not None:
+                self.log.error("folder_unwatched", folder=name, error=error)
+                continue
+            self.log.info("watch_rebuilt", folder=name, suspect_events=count,
+                          reason="directories moved before their watches were set up")
+            self._request_catch_up(name, "watch_rebuilt")
 
     def _report(self, now: float) -> None:
         healthy = self.pool is not None and self.pool.healthy() and (self.watcher is None or self.watcher.alive())
@@ -257,10 +296,20 @@ class Service:
             return
         f = state.config
         stats = WalkStats()
+        extras: list[str] = []
         try:
             for diff in diff_tree(str(f.source), str(f.target), state.excluder, f.delete, self.instance,
                                   sub=req.sub, stats=stats, writer_alive=process_alive):
-                self.changes.touch(f.name, diff.path, settle=f.settle, ready=req.ready)
+                if diff.reason == "extra":
+                    extras.append(diff.path)  # judged once the walk has seen everything
+                else:
+                    self.changes.touch(f.name, diff.path, settle=f.settle, ready=req.ready)
+            if extras and req.sub == "" and hold_deletions(stats, f.max_delete_fraction):
+                self._hold_deletions(f, req, stats)
+                stats.differences -= len(extras)
+                extras = []
+            for path in extras:
+                self.changes.touch(f.name, path, settle=f.settle, ready=req.ready)
         except OSError as exc:
             self.log.error("reconcile_failed", folder=f.name, path=req.sub, error=copier._describe(exc))
         except Exception as exc:  # noqa: BLE001 - a bug here must not stop later walks
@@ -278,6 +327,16 @@ class Service:
                 if c is not None:
                     c.walk_done = True
                     c.differences += stats.differences
+
+    def _hold_deletions(self, f: FolderConfig, req: Request, stats: WalkStats) -> None:
+        looks = "looks empty" if stats.entries == 0 else "lost most of what its target holds"
+        self.log.error("mass_delete_held", folder=f.name, path=str(f.source), reason=req.reason,
+                       source_entries=stats.entries, target_entries=stats.target_entries,
+                       would_delete=stats.doomed, max_delete_fraction=f.max_delete_fraction,
+                       error=f"the source {looks} (a failed mount or a wrong path?); "
+                             f"deletions in the target are held back, copies go on",
+                       fix=f"if the deletions are intended, set max_delete_fraction: 1 for folder {f.name} "
+                           f"and reload (systemctl reload foldermirror), then set it back")
 
     def _finish_catch_ups(self, now: float) -> None:
         for name, state in self.folders.items():
@@ -297,6 +356,8 @@ class Service:
             return
         f = state.config
         latency_ms = round((time.monotonic() - item.first_seen) * 1000, 3)
+        if item.walk:  # a directory moved here: its contents, however the move was replayed
+            self.reconciler.request(Request(f.name, item.path, "subtree", ready=True))
         for path, status, kind, nbytes, error, err_no in outcomes:
             key = (item.folder, path)
             c = state.catch_up
@@ -310,7 +371,7 @@ class Service:
                 extra = {"renamed_from": error} if status == "renamed" else {}
                 self.log.info("file_mirrored", folder=f.name, path=path, kind=kind, bytes=nbytes,
                               duration_ms=round(duration_ms, 3), latency_ms=latency_ms, worker_pid=pid, **extra)
-                if status == "renamed" and kind == "dir":
+                if status == "renamed" and kind == "dir" and not item.walk:
                     self.reconciler.request(Request(f.name, path, "subtree", ready=True))
             elif status == "deleted":
                 self._attempts.pop(key, None)
@@ -323,6 +384,10 @@ class Service:
                 self.log.warning("file_skipped", folder=f.name, path=path, kind=kind, error=error)
             elif status == "failed":
                 self._failed(state, path, error, err_no)
+            elif status == "root_changed":
+                self._root_changed(state, path, error, err_no)
+            elif status == "stale":  # the comparison after the change that made it stale covers it
+                self.log.debug("file_set_aside", folder=f.name, path=path, error="seen before the folder changed")
             else:
                 self._attempts.pop(key, None)
                 self.log.debug("file_checked", folder=f.name, path=path, status=status)
@@ -346,6 +411,15 @@ class Service:
         self.log.error("mirror_failed", folder=f.name, path=path, error=error, will_retry=will_retry,
                        attempt=attempt, **extra)
 
+    def _root_changed(self, state: _FolderState, path: str, error: str, err_no: int) -> None:
+        """Nothing was done for `path`: the source root is gone or another folder stands there."""
+        if self.once:
+            self._failed(state, path, error, err_no)
+            return
+        self.log.debug("file_set_aside", folder=state.config.name, path=path, error=error)
+        state.suspect = True
+        self._last_root_check = 0.0  # the main loop looks at the root on its next pass
+
     def _on_worker_lost(self, pids: list[int], resubmitted: int) -> None:
         self.log.error("worker_lost", pids=pids, resubmitted=resubmitted,
                        error="a worker process died; the pool was replaced and its work resubmitted")
@@ -355,13 +429,13 @@ class Service:
     # -- watcher sink (called on the observer thread) ---------------------------------
     def changed(self, folder: str, path: str, ready: bool) -> None:
         state = self.folders.get(folder)
-        if state is not None:
-            self.changes.touch(folder, path, settle=state.config.settle, ready=ready)
+        if state is not None:  # a fresh event ends a retry backoff: its cause may be fixed
+            self.changes.touch(folder, path, settle=state.config.settle, ready=ready, not_before=0.0)
 
     def moved(self, folder: str, src: str, dst: str, is_dir: bool) -> None:
         state = self.folders.get(folder)
         if state is not None:
-            self.changes.moved(folder, src, dst, settle=state.config.settle)
+            self.changes.moved(folder, src, dst, settle=state.config.settle, is_dir=is_dir)
 
     def subtree(self, folder: str, path: str) -> None:
         self.reconciler.request(Request(folder, path, "subtree", ready=False))
@@ -377,6 +451,12 @@ class Service:
         if self.watcher is not None:
             self.watcher.mark_lost(folder)
         self._last_root_check = 0.0
+
+    def watch_suspect(self, folder: str, path: str) -> None:
+        state = self.folders.get(folder)
+        if state is not None:
+            state.rewatch_paths += 1
+            state.rewatch_at = time.monotonic() + REWATCH_QUIET
 
     def handler_error(self, folder: str, error: BaseException) -> None:
         self.log.error("watch_handler_error", folder=folder, error=repr(error))
@@ -409,11 +489,13 @@ class Service:
         for name in added + changed:
             f = fresh[name]
             with self._lock:
-                self.folders[name] = _FolderState(f, Excluder(f.exclude))
+                self.folders[name] = _FolderState(f, Excluder(f.exclude), root_id=_root_id(f))
             error = self.watcher.add(f)
             if error is not None:
                 self.folders[name].missing = True
                 self.log.error("folder_unwatched", folder=name, error=error[1])
+            else:
+                self.folders[name].root_id = self.watcher.identity(name)
             self._request_catch_up(name, "reload")
         ignored = [k for k in ("workers",) if getattr(new, k) != getattr(self.config, k)]
         self.config = new
@@ -433,3 +515,11 @@ class Service:
         self.log.info("daemon_stopped", files_mirrored=self.counters.mirrored, bytes=self.counters.bytes,
                       deleted=self.counters.deleted, failed=self.counters.failed, abandoned=abandoned)
         self.notifier.close()
+
+
+def _root_id(f: FolderConfig) -> copier.RootId | None:
+    try:
+        st = os.stat(f.source)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
