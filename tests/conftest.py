@@ -49,9 +49,13 @@ def pair(tmp_path: Path, name: str = "data", **opts: Any) -> tuple[Path, Path, d
 
 
 class Daemon:
-    """A `python -m foldermirror run` process whose stderr JSON lines are collected."""
+    """A `python -m foldermirror run` process whose stderr JSON lines are collected.
 
-    def __init__(self, config: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    `wrapper` is a command prefix, e.g. setpriv to run without some capabilities.
+    """
+
+    def __init__(self, config: Path, *args: str, env: dict[str, str] | None = None,
+                 wrapper: tuple[str, ...] = ()) -> None:
         self.config = config
         self.records: list[dict[str, Any]] = []
         self.other_lines: list[str] = []
@@ -59,7 +63,7 @@ class Daemon:
         full_env = {**os.environ, **(env or {})}
         full_env["PYTHONPATH"] = str(REPO / "daemon") + os.pathsep + full_env.get("PYTHONPATH", "")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "foldermirror", "run", "--config", str(config), "--log-format", "json", *args],
+            [*wrapper, sys.executable, "-m", "foldermirror", "run", "--config", str(config), "--log-format", "json", *args],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env,
         )
         self._readers = [threading.Thread(target=self._read, args=(s,), daemon=True)
@@ -145,8 +149,8 @@ def _children(pid: int) -> list[int]:
 def daemon_factory() -> Iterator[Callable[..., Daemon]]:
     started: list[Daemon] = []
 
-    def start(config: Path, *args: str, env: dict[str, str] | None = None) -> Daemon:
-        d = Daemon(config, *args, env=env)
+    def start(config: Path, *args: str, env: dict[str, str] | None = None, wrapper: tuple[str, ...] = ()) -> Daemon:
+        d = Daemon(config, *args, env=env, wrapper=wrapper)
         started.append(d)
         return d
 
