@@ -185,7 +185,8 @@ class Service:
             if not self.watcher.alive():
                 self.log.error("watcher_restarted", reason="observer thread died")
                 self.watcher.restart()
-                for name in self.folders:
+                for name, state in self.folders.items():
+                    self._adopt_root(name, state)
                     self._request_catch_up(name, "watch_restored")
             if now - self._last_root_check >= ROOT_CHECK_INTERVAL:
                 self._last_root_check = now
@@ -226,7 +227,16 @@ class Service:
             # looked (a brief outage): compare again what it set aside.
             if folder.suspect and self.watcher.watched(name):
                 folder.suspect = False
+                self._adopt_root(name, folder)
                 self._request_catch_up(name, "source_recheck")
+
+    def _adopt_root(self, name: str, state: _FolderState) -> None:
+        """Take the root identity the watcher now watches; work seen under another is stale."""
+        assert self.watcher is not None
+        root_id = self.watcher.identity(name)
+        if root_id != state.root_id:
+            self.changes.forget(name)
+            state.root_id = root_id
 
     def _rewatch(self, now: float) -> None:
         if self.watcher is None:
@@ -239,6 +249,7 @@ class Service:
             if error is not None:
                 self.log.error("folder_unwatched", folder=name, error=error)
                 continue
+            self._adopt_root(name, state)
             self.log.info("watch_rebuilt", folder=name, suspect_events=count,
                           reason="directories moved before their watches were set up")
             self._request_catch_up(name, "watch_rebuilt")
