@@ -50,7 +50,10 @@ def pair(tmp_path: Path, name: str = "data", **opts: Any) -> tuple[Path, Path, d
 
 
 class Daemon:
-    """A `python -m foldermirror run` process whose stderr JSON lines are collected."""
+    """A `python -m foldermirror run` process whose stderr JSON lines are collected.
+
+    `prefix` is a command prefix, e.g. setpriv to run without some capabilities.
+    """
 
     def __init__(self, config: Path, *args: str, env: dict[str, str] | None = None,
                  prefix: Sequence[str] = ()) -> None:

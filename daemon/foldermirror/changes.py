@@ -25,12 +25,19 @@ Key = tuple[str, str]  # (folder name, path relative to the folder's source)
 
 @dataclass(frozen=True)
 class Item:
-    """One unit of work: mirror `path`; with `origin`, first try to rename origin → path."""
+    """One unit of work: mirror `path`; with `origin`, first try to rename origin → path.
+
+    `walk`: a directory was moved here; its contents came without events of their own, so
+    the subtree is compared once the item is done, however the move was replayed.
+    `epoch`: the folder's epoch when the item was handed out (see `forget`).
+    """
 
     folder: str
     path: str
     origin: str | None
     first_seen: float
+    walk: bool = False
+    epoch: int = 0
 
 
 @dataclass
@@ -41,6 +48,7 @@ class _Entry:
     ready: bool = False
     not_before: float = 0.0
     origin: str | None = None
+    walk: bool = False
     queued: bool = False          # sits in the ready deque
     timer: float | None = None    # deadline of its live heap entry
 
@@ -53,6 +61,7 @@ class ChangeQueue:
     _ready: deque[Key] = field(default_factory=deque)
     _timers: list[tuple[float, int, Key]] = field(default_factory=list)
     _seq: itertools.count = field(default_factory=itertools.count)
+    _epochs: dict[str, int] = field(default_factory=dict)
     _cond: threading.Condition = field(default_factory=threading.Condition)
     _closed: bool = False
     _handed_out: dict[Key, float] = field(default_factory=dict)  # hot-path memory, pruned
@@ -63,7 +72,11 @@ class ChangeQueue:
     # -- producers -------------------------------------------------------------
     def touch(self, folder: str, path: str, *, settle: float, ready: bool = False,
               not_before: float | None = None) -> None:
-        """Record that `path` may differ from its mirror."""
+        """Record that `path` may differ from its mirror.
+
+        `not_before` replaces a retry backoff: a new event passes 0 (retry as soon as the
+        path settles: the cause may be fixed), a failure passes its next retry time.
+        """
         with self._cond:
             now = self.clock()
             key = (folder, path)
@@ -76,10 +89,10 @@ class ChangeQueue:
             e.settle = settle
             e.ready = e.ready or ready
             if not_before is not None:
-                e.not_before = max(e.not_before, not_before)
+                e.not_before = not_before
             self._schedule(key, e, now)
 
-    def moved(self, folder: str, src: str, dst: str, *, settle: float) -> None:
+    def moved(self, folder: str, src: str, dst: str, *, settle: float, is_dir: bool = False) -> None:
         """`src` was renamed to `dst` inside one folder: replay it as a rename in the target."""
         with self._cond:
             now = self.clock()
@@ -88,7 +101,7 @@ class ChangeQueue:
                 self.tracer("event", dkey)
             if skey in self._in_flight or dkey in self._in_flight:
                 self._touch_locked(skey, settle, now)
-                self._touch_locked(dkey, settle, now)
+                self._touch_locked(dkey, settle, now, walk=is_dir)
                 return
             origin = src
             first = now
@@ -105,14 +118,16 @@ class ChangeQueue:
             e.first_seen = min(e.first_seen, first)
             e.last_event = now
             e.origin = None if origin == dst else origin
+            e.walk = e.walk or is_dir
             e.ready = True
             self._schedule(dkey, e, now)
 
-    def _touch_locked(self, key: Key, settle: float, now: float) -> None:
+    def _touch_locked(self, key: Key, settle: float, now: float, walk: bool = False) -> None:
         e = self._entries.get(key)
         if e is None:
             e = self._entries[key] = _Entry(first_seen=now, last_event=now, settle=settle)
         e.last_event = now
+        e.walk = e.walk or walk
         e.ready = True
         self._schedule(key, e, now)
 
@@ -199,7 +214,8 @@ class ChangeQueue:
             self._in_flight.add(key)
             self._handed_out[key] = now
             self._max_settle = max(self._max_settle, e.settle)
-            items.append(Item(folder=key[0], path=key[1], origin=origin, first_seen=e.first_seen))
+            items.append(Item(folder=key[0], path=key[1], origin=origin, first_seen=e.first_seen, walk=e.walk,
+                              epoch=self._epochs.get(key[0], 0)))
             if self.tracer is not None:
                 self.tracer("dispatched", key)
         return items
@@ -218,10 +234,16 @@ class ChangeQueue:
                     self._schedule(key, e, now)
 
     def forget(self, folder: str) -> None:
-        """Drop everything pending for a folder (it was removed from the config)."""
+        """Drop everything pending for a folder (removed or changed by a reload, or its
+        source root changed) and start a new epoch: items handed out before are stale."""
         with self._cond:
+            self._epochs[folder] = self._epochs.get(folder, 0) + 1
             for key in [k for k in self._entries if k[0] == folder]:
                 del self._entries[key]
+
+    def epoch(self, folder: str) -> int:
+        with self._cond:
+            return self._epochs.get(folder, 0)
 
     def close(self) -> None:
         with self._cond:

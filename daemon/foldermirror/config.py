@@ -18,6 +18,7 @@ from foldermirror.errors import ConfigError
 DEFAULT_SETTLE = 0.25
 DEFAULT_RESCAN = 3600.0
 DEFAULT_STOP_GRACE = 10.0
+DEFAULT_MAX_DELETE_FRACTION = 0.5
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "json", "console")
 PRIVATE_TMP_DIRS = ("/tmp", "/var/tmp")
@@ -39,6 +40,7 @@ class FolderConfig:
     settle: float = DEFAULT_SETTLE
     durable: bool = False
     create: bool = False
+    max_delete_fraction: float = DEFAULT_MAX_DELETE_FRACTION
 
 
 @dataclass(frozen=True)
@@ -177,6 +179,12 @@ def _as_str(value: Any) -> str:
     return value
 
 
+def _fraction(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(f"expected a number from 0 to 1 (1 turns the guard off), got {value!r}")
+    return float(value)
+
+
 def _one_of(choices: tuple[str, ...]) -> Callable[[Any], str]:
     def convert(value: Any) -> str:
         if value not in choices:
@@ -219,7 +227,8 @@ def _as_socket_path(base: Path) -> Callable[[Any], Path]:
 _TOP_KEYS = ("workers", "rescan_interval", "stop_grace", "log", "control_socket", "metrics", "folders")
 _LOG_KEYS = ("level", "format", "trace")
 _METRICS_KEYS = ("listen",)
-_FOLDER_KEYS = ("name", "source", "target", "delete", "exclude", "settle", "durable", "create")
+_FOLDER_KEYS = ("name", "source", "target", "delete", "exclude", "settle", "durable", "create",
+                "max_delete_fraction")
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
@@ -334,6 +343,8 @@ def _folder(reader: _Reader, node: yaml.Node, key: str, base: Path) -> tuple[Fol
         settle=reader.typed(m["settle"][1], f"{key}.settle", "", parse_duration) if "settle" in m else DEFAULT_SETTLE,
         durable=reader.typed(m["durable"][1], f"{key}.durable", "", _as_bool) if "durable" in m else False,
         create=create,
+        max_delete_fraction=(reader.typed(m["max_delete_fraction"][1], f"{key}.max_delete_fraction", "", _fraction)
+                             if "max_delete_fraction" in m else DEFAULT_MAX_DELETE_FRACTION),
     )
     return folder, m
 

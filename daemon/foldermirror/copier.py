@@ -1,6 +1,7 @@
 """What runs in the pool's workers: mirror one path atomically, or delete it.
 
-Standard library only: a worker imports this module and nothing else of ours. Every path
+Standard library only: a worker imports this module and nothing else of ours (bar the
+stdlib-only, test-only `faults`). Every path
 component is opened relative to a directory fd with O_NOFOLLOW, so a source folder
 swapped for a symlink mid-copy cannot lead a worker out of the source tree. Every
 operation is idempotent: a resubmitted batch re-checks and converges.
@@ -10,11 +11,15 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import shutil
 import signal
 import stat
+import threading
 import time
 from typing import Any
+
+from foldermirror import faults
 
 TEMP_PREFIX = ".foldermirror-"
 TEMP_SUFFIX = ".tmp"
@@ -24,8 +29,10 @@ _ROOT_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 # (path, status, kind, bytes, error, errno)
 Outcome = tuple[str, str, str, int, str, int]
-# (index, source_root, target_root, path, origin, delete, durable)
-WorkItem = tuple[int, str, str, str, "str | None", bool, bool]
+# (st_dev, st_ino) of a source root as the service last saw it
+RootId = tuple[int, int]
+# (index, source_root, target_root, path, origin, delete, durable, root_id)
+WorkItem = tuple[int, str, str, str, "str | None", bool, bool, "RootId | None"]
 
 _results: Any = None
 _instance = "0"
@@ -52,7 +59,7 @@ def _on_term(signum: int, frame: Any) -> None:
     raise SystemExit(0)  # unwinds the copy so its temp file is removed
 
 
-def init_worker(results: Any, instance: str) -> None:
+def init_worker(results: Any, instance: str, daemon_pid: int = 0) -> None:
     """Pool initializer. It must never raise: a failing initializer respawns forever."""
     global _results, _instance
     try:
@@ -60,31 +67,77 @@ def init_worker(results: Any, instance: str) -> None:
         _instance = instance
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
         signal.signal(signal.SIGTERM, _on_term)
+        _die_with_parent(daemon_pid)
         results.put(("hello", os.getpid()))
     except BaseException:  # noqa: BLE001 - see docstring
         pass
+
+
+def _die_with_parent(daemon_pid: int) -> None:
+    """SIGTERM this worker (its copy unwinds, its temp file goes) when the daemon is gone.
+
+    Without it a worker orphaned by a SIGKILLed daemon finishes its copy and publishes it
+    while a restarted daemon is already mirroring the same path. PR_SET_PDEATHSIG does not
+    help: a worker's parent is the fork server, which every worker keeps alive.
+    """
+    if daemon_pid:
+        threading.Thread(target=_watch_daemon, args=(daemon_pid,), name="watch-daemon", daemon=True).start()
+
+
+def _watch_daemon(pid: int) -> None:
+    try:
+        fd = os.pidfd_open(pid)
+    except (OSError, AttributeError):
+        while _alive(pid):
+            time.sleep(1.0)
+    else:
+        select.select([fd], [], [])
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def run_batch(generation: int, task_id: int, items: list[WorkItem]) -> None:
     """Mirror each item and put one ("result", …) message per item on the results queue."""
     pid = os.getpid()
     _results.put(("start", generation, task_id, pid))
-    for index, source, target, path, origin, delete, durable in items:
+    for index, source, target, path, origin, delete, durable, root_id in items:
         started = time.monotonic_ns()
         try:
-            outcomes = mirror_item(source, target, path, origin, delete, durable, _instance)
+            outcomes = mirror_item(source, target, path, origin, delete, durable, _instance, root_id)
         except Exception as exc:  # noqa: BLE001 - a bug must cost one file, not the batch
             outcomes = [(path, "failed", "unknown", 0, f"internal error: {exc!r}", 0)]
         _results.put(("result", generation, task_id, index, outcomes, time.monotonic_ns() - started, pid))
 
 
 def mirror_item(source: str, target: str, path: str, origin: str | None,
-                delete: bool, durable: bool, instance: str) -> list[Outcome]:
-    """Bring target/path in line with source/path (after renaming target/origin there)."""
+                delete: bool, durable: bool, instance: str, root_id: RootId | None = None) -> list[Outcome]:
+    """Bring target/path in line with source/path (after renaming target/origin there).
+
+    When the source root is gone, unreadable, or no longer the directory the service
+    watches (`root_id`: an unmounted source shows the empty folder beneath), nothing is
+    touched and the outcome is "root_changed": the service re-checks the root and
+    compares the whole folder once it is back, under the mass-delete guard.
+    """
     try:
         sroot = os.open(source, _ROOT_FLAGS)
     except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.ESTALE, errno.EIO):
+            return [(path, "root_changed", "unknown", 0, f"source folder {source}: {exc.strerror}", exc.errno)]
         return [(path, "failed", "unknown", 0, f"source folder {source}: {exc.strerror}", exc.errno)]
+    if root_id is not None:
+        st = os.fstat(sroot)
+        if (st.st_dev, st.st_ino) != tuple(root_id):
+            os.close(sroot)
+            return [(path, "root_changed", "unknown", 0, f"source folder {source} is not the one being watched", 0)]
     try:
         troot = _open_target_root(target)
     except OSError as exc:
@@ -213,11 +266,22 @@ class _Mirror:
                     return self._symlink(sdir, parents, name, path, st)
                 if stat.S_ISDIR(st.st_mode):
                     return self._dir(sdir, parents, name, path, st)
-                return (path, "skipped", _kind(st.st_mode), 0, "not a regular file, directory or symlink", 0)
+                return self._special(sdir, parents, name, path, st)
             finally:
                 os.close(sdir)
+        except FileNotFoundError:
+            # Something on the way vanished under us (a concurrent deletion, in the source or
+            # by another worker in the target): look again once the path has settled.
+            return (path, "changed", "unknown", 0, "", 0)
         except OSError as exc:
             return (path, "failed", "unknown", 0, _describe(exc), exc.errno or 0)
+
+    def _special(self, sdir: int, parents: list[str], name: str, path: str, st: os.stat_result) -> Outcome:
+        """A FIFO, socket or device is not mirrored; with delete, a stale mirror of what
+        used to be a regular file at this path goes."""
+        if self.delete:
+            self._absent(parents, name, path)
+        return (path, "skipped", _kind(st.st_mode), 0, "not a regular file, directory or symlink", 0)
 
     def _absent(self, parents: list[str], name: str, path: str) -> Outcome:
         if not self.delete:
@@ -263,14 +327,16 @@ class _Mirror:
                 tfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=tdir)
                 published = False
                 try:
-                    copied = _copy_data(sfd, tfd)
+                    copied = _copy_data(sfd, tfd, faults.delay("slow_copy", path) if faults.ENABLED else 0.0)
                     if self.is_root:
                         _chown(tfd, st)
                     os.fchmod(tfd, mode)
                     os.utime(tfd, ns=(st.st_atime_ns, st.st_mtime_ns))
                     after = os.fstat(sfd)
+                    # ctime too: a same-size rewrite whose mtime was put back (touch -r, cp -p).
                     if (copied != after.st_size or after.st_size != st.st_size
-                            or after.st_mtime_ns != st.st_mtime_ns or not _same_inode(sdir, name, st)):
+                            or after.st_mtime_ns != st.st_mtime_ns or after.st_ctime_ns != st.st_ctime_ns
+                            or not _same_inode(sdir, name, st)):
                         return (path, "changed", "file", 0, "", 0)
                     if self.durable:
                         os.fsync(tfd)
@@ -338,7 +404,12 @@ class _Mirror:
                 return (path, "copied", "dir", 0, "", 0)
             if tst is not None:
                 self._remove_conflict(tdir, name)
-            os.mkdir(name, 0o700, dir_fd=tdir)
+            try:
+                os.mkdir(name, 0o700, dir_fd=tdir)
+            except FileExistsError:
+                # Another worker made it, for a file inside it, since the lstat above.
+                if not stat.S_ISDIR(os.stat(name, dir_fd=tdir, follow_symlinks=False).st_mode):
+                    raise
             os.chmod(name, mode, dir_fd=tdir)
             if self.is_root:
                 try:
@@ -423,15 +494,21 @@ def _chown(fd: int, st: os.stat_result) -> None:
         pass
 
 
-def _copy_data(sfd: int, tfd: int) -> int:
-    """Copy in the kernel: copy_file_range, then sendfile, then read/write as fallbacks."""
+def _copy_data(sfd: int, tfd: int, pause: float = 0.0) -> int:
+    """Copy in the kernel: copy_file_range, then sendfile, then read/write as fallbacks.
+
+    `pause` (test-only fault injection) copies 1 MiB at a time with a sleep in between.
+    """
     total = 0
+    chunk = (1 << 20) if pause else _CHUNK
     try:
         while True:
-            n = os.copy_file_range(sfd, tfd, _CHUNK)
+            n = os.copy_file_range(sfd, tfd, chunk)
             if n == 0:
                 return total
             total += n
+            if pause:
+                time.sleep(pause)
     except OSError as exc:
         if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM) or total:
             raise

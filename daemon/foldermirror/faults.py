@@ -6,6 +6,8 @@ FOLDERMIRROR_FAULTS is a comma-separated list of `kind:name` entries:
   observer_crash:NAME  the observer thread itself dies on such an event (a watchdog bug)
   max_user_watches:N   the daemon believes fs.inotify.max_user_watches is N (the real
                        sysctl is never changed by tests)
+  slow_copy:NAME       a worker copies such a file 1 MiB at a time, 50 ms apart, so a
+                       test can act while the copy is in progress
 """
 
 from __future__ import annotations
@@ -40,3 +42,12 @@ def value(kind: str) -> str | None:
     """The name given for a `kind:name` entry that carries a value, or None."""
     names = _FAULTS.get(kind)
     return min(names) if names else None
+
+
+SLOW_COPY_PAUSE = 0.05
+
+
+def delay(kind: str, path: str) -> float:
+    """Seconds to pause per step when fault `kind` (slow_copy) is configured for this path."""
+    names = _FAULTS.get(kind)
+    return SLOW_COPY_PAUSE if names and os.path.basename(path) in names else 0.0

@@ -25,7 +25,8 @@ from foldermirror import copier
 from foldermirror.changes import ChangeQueue, Item
 
 BATCH_MAX = 64
-FolderSpec = tuple[str, str, bool, bool]  # source, target, delete, durable
+# source, target, delete, durable, root id, epoch (see ChangeQueue.forget)
+FolderSpec = tuple[str, str, bool, bool, "copier.RootId | None", int]
 ResultHandler = Callable[[Item, list[copier.Outcome], float, int], None]
 
 
@@ -73,7 +74,7 @@ class WorkerPool:
     # -- generations -----------------------------------------------------------
     def _start_generation(self, number: int) -> _Generation:
         results = self._ctx.Queue()
-        pool = self._ctx.Pool(self.size, initializer=copier.init_worker, initargs=(results, self._instance))
+        pool = self._ctx.Pool(self.size, initializer=copier.init_worker, initargs=(results, self._instance, os.getpid()))
         gen = _Generation(number=number, pool=pool, results=results)
         gen.collector = threading.Thread(target=self._collect, args=(gen,), name=f"results-{number}", daemon=True)
         gen.collector.start()
@@ -140,8 +141,12 @@ class WorkerPool:
                 task.reported.add(i)
                 self._on_result(item, [], 0.0, 0)
                 continue
-            source, target, delete, durable = spec
-            work.append((i, source, target, item.path, item.origin, delete, durable))
+            source, target, delete, durable, root_id, epoch = spec
+            if item.epoch != epoch:  # seen before the folder's root or config changed
+                task.reported.add(i)
+                self._on_result(item, [(item.path, "stale", "unknown", 0, "", 0)], 0.0, 0)
+                continue
+            work.append((i, source, target, item.path, item.origin, delete, durable, root_id))
         if not work:
             self._tasks.pop(task.task_id, None)
             return
@@ -231,16 +236,22 @@ def _retire(gen: _Generation) -> None:
 
     Pool.terminate() can hang on a lock that a killed worker held, so it runs in a daemon
     thread; workers get SIGTERM (their copy unwinds and removes its temp file) and, if
-    still there after a moment, SIGKILL.
+    still there after a moment, SIGKILL. The Pool replaces a dead worker on its own, and
+    such a replacement never says hello on the retired results queue: the Pool's own list
+    of processes names it.
     """
-    pids = list(gen.pids)
-    for pid in pids:
-        _signal(pid, signal.SIGTERM)
     threading.Thread(target=gen.pool.terminate, name=f"retire-{gen.number}", daemon=True).start()
+    pids: set[int] = set()
     deadline = time.monotonic() + 3.0
-    while time.monotonic() < deadline and any(process_alive(p) for p in pids):
+    while True:
+        fresh = (set(gen.pids) | _pool_pids(gen.pool)) - pids
+        for pid in fresh:
+            _signal(pid, signal.SIGTERM)
+        pids |= fresh
+        if time.monotonic() >= deadline or not any(process_alive(p) for p in pids):
+            break
         time.sleep(0.02)
-    for pid in pids:
+    for pid in pids | _pool_pids(gen.pool):
         if process_alive(pid):
             _signal(pid, signal.SIGKILL)
 
@@ -271,6 +282,13 @@ def _quietly(fn: Callable[[], Any]) -> None:
         fn()
     except Exception:  # noqa: BLE001 - at shutdown a helper that is already gone is fine
         pass
+
+
+def _pool_pids(pool: Any) -> set[int]:
+    try:
+        return {p.pid for p in list(getattr(pool, "_pool", ())) if p.pid}
+    except Exception:  # noqa: BLE001 - a private attribute: best effort
+        return set()
 
 
 def _join_with_timeout(pool: Any, timeout: float) -> None:

@@ -6,6 +6,7 @@ appeared, and on every periodic rescan. It feeds the ChangeQueue; it never copie
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import threading
@@ -32,26 +33,62 @@ class Difference:
 
 @dataclass
 class WalkStats:
-    entries: int = 0
+    entries: int = 0          # source entries compared
     differences: int = 0
     stale_temps: int = 0
-    directories: int = 0     # source directories walked, the root included: what inotify must watch
+    directories: int = 0      # source directories walked, the root included: what inotify must watch
     unreadable: list[str] | None = None
+    target_entries: int = 0   # target entries seen, counting everything below an extra directory
+    doomed: int = 0           # of those, how many the extras would delete
 
 
-def _scan(path: str, unreadable: list[str] | None, rel: str) -> dict[str, _Entry] | None:
+# A whole-folder comparison deleting fewer entries than this is never held back.
+MASS_DELETE_MIN = 10
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def hold_deletions(stats: WalkStats, max_fraction: float) -> bool:
+    """True when a walk's deletions look like a vanished source rather than a decision.
+
+    A source that looks empty while its target is not, or that lost more than
+    `max_fraction` of the target's entries (and at least MASS_DELETE_MIN), is what a
+    failed mount or a wrong path looks like; 1 turns the guard off.
+    """
+    if max_fraction >= 1 or stats.doomed == 0:
+        return False
+    if stats.entries == 0:
+        return True
+    return stats.doomed >= MASS_DELETE_MIN and stats.doomed > max_fraction * stats.target_entries
+
+
+def _open_dir(root: int, rel: str) -> int | None:
+    """An fd for root/rel, every component opened with O_NOFOLLOW; None when it is not there.
+
+    PermissionError propagates: an unreadable directory is not an empty one.
+    """
+    fd = os.dup(root)
     try:
-        it = os.scandir(path)
-    except FileNotFoundError:
-        return None
-    except NotADirectoryError:
-        return None
-    except PermissionError:
-        if unreadable is not None:
-            unreadable.append(rel)
-        return None
+        for part in rel.split("/") if rel else ():
+            try:
+                nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:  # a symlink: mirrored as one, never walked into
+                    return None
+                raise
+            os.close(fd)
+            fd = nfd
+        result, fd = fd, -1
+        return result
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def _scan(dfd: int) -> dict[str, _Entry]:
     out: dict[str, _Entry] = {}
-    with it:
+    with os.scandir(dfd) as it:
         for entry in it:
             try:
                 st = entry.stat(follow_symlinks=False)
@@ -61,77 +98,153 @@ def _scan(path: str, unreadable: list[str] | None, rel: str) -> dict[str, _Entry
     return out
 
 
+def _count_below(dfd: int, name: str) -> int:
+    """How many entries lie below target directory `name` (what deleting it removes)."""
+    try:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=dfd)
+    except OSError:
+        return 0
+    try:
+        total = 0
+        for child, entry in _scan(fd).items():
+            if is_temp_name(child):
+                continue
+            total += 1
+            if entry.kind == stat.S_IFDIR:
+                total += _count_below(fd, child)
+        return total
+    except OSError:
+        return total
+    finally:
+        os.close(fd)
+
+
+def _open_root(path: str) -> int | None:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
 def diff_tree(source: str, target: str, excluded: Excluder, delete: bool, instance: str,
               sub: str = "", stats: WalkStats | None = None,
               writer_alive: Callable[[int], bool] = lambda pid: True,
               clean_temps: bool = True) -> Iterator[Difference]:
     """Yield every path under `sub` whose mirror is missing, differs, or (with delete) is extra.
 
-    Temp files are removed on the way when their writer is gone: another daemon instance
-    (a crash or a kill) or one of our workers that died; live workers' are left alone.
-    With `clean_temps=False` (a dry run) they are only counted.
+    Directories are opened component by component relative to directory fds with
+    O_NOFOLLOW, as the workers do: a directory swapped for a symlink is never walked into,
+    on either side. An unreadable source directory is reported in `stats.unreadable` and
+    its mirror left alone. Temp files are removed on the way when their writer is gone:
+    another daemon instance (a crash or a kill) or one of our workers that died; live
+    workers' are left alone. With `clean_temps=False` (a dry run) they are only counted.
     """
     stats = stats if stats is not None else WalkStats()
     if stats.unreadable is None:
         stats.unreadable = []
+    try:
+        sroot = _open_root(source)
+    except PermissionError:
+        stats.unreadable.append(sub)
+        return
+    if sroot is None:
+        return  # a missing source root is never a reason to delete anything
+    troot = _open_root(target)
+    try:
+        yield from _walk(sroot, troot, excluded, delete, instance, sub, stats, writer_alive, clean_temps)
+    finally:
+        os.close(sroot)
+        if troot is not None:
+            os.close(troot)
+
+
+def _walk(sroot: int, troot: int | None, excluded: Excluder, delete: bool, instance: str, sub: str,
+          stats: WalkStats, writer_alive: Callable[[int], bool], clean_temps: bool) -> Iterator[Difference]:
+    assert stats.unreadable is not None
     stack = [sub]
     while stack:
         rel = stack.pop()
-        sdir = os.path.join(source, rel) if rel else source
-        tdir = os.path.join(target, rel) if rel else target
-        s_entries = _scan(sdir, stats.unreadable, rel)
-        if s_entries is None:
-            if rel == "":
-                return  # a missing source root is never a reason to delete anything
-            s_entries = {}
-        else:
+        try:
+            sfd = _open_dir(sroot, rel)
+            s_entries = _scan(sfd) if sfd is not None else {}
+        except PermissionError:
+            stats.unreadable.append(rel)
+            continue
+        if sfd is None and rel == "":
+            return
+        if sfd is not None:
             stats.directories += 1
-        t_entries = _scan(tdir, None, rel) or {}
-        for name, s in s_entries.items():
-            path = f"{rel}/{name}" if rel else name
-            if excluded(path):
-                continue
-            stats.entries += 1
-            t = t_entries.get(name)
-            if s.kind == stat.S_IFDIR:
-                if t is None or t.kind != s.kind or t.mode != s.mode:
-                    stats.differences += 1
-                    yield Difference(path, "missing" if t is None else "differs")
-                stack.append(path)
-            elif s.kind == stat.S_IFREG:
-                if t is None or t.kind != s.kind or (t.size, t.mtime_ns, t.mode) != (s.size, s.mtime_ns, s.mode):
-                    stats.differences += 1
-                    yield Difference(path, "missing" if t is None else "differs")
-            elif s.kind == stat.S_IFLNK:
-                if t is None or t.kind != s.kind or _readlink(sdir, name) != _readlink(tdir, name):
-                    stats.differences += 1
-                    yield Difference(path, "missing" if t is None else "differs")
-            elif t is None or t.kind != s.kind:
-                yield Difference(path, "special")
-        for name, t in t_entries.items():
-            if is_temp_name(name):
-                owner, pid = temp_owner(name)
-                stale = owner != instance or not writer_alive(pid)
-                if stale and not clean_temps:
-                    stats.stale_temps += 1
-                elif stale:
-                    try:
-                        os.unlink(os.path.join(tdir, name))
-                        stats.stale_temps += 1
-                    except OSError:
-                        pass
-                continue
-            if name in s_entries:
-                continue
-            path = f"{rel}/{name}" if rel else name
-            if delete and not excluded(path):
+        tfd = None
+        try:
+            tfd = _open_dir(troot, rel) if troot is not None else None
+            t_entries = _scan(tfd) if tfd is not None else {}
+        except PermissionError:
+            t_entries = {}  # the copies under it will fail and say so
+        try:
+            yield from _compare(rel, sfd, tfd, s_entries, t_entries, excluded, delete, instance,
+                                stats, writer_alive, stack, clean_temps)
+        finally:
+            for fd in (sfd, tfd):
+                if fd is not None:
+                    os.close(fd)
+
+
+def _compare(rel: str, sfd: int | None, tfd: int | None, s_entries: dict[str, _Entry],
+             t_entries: dict[str, _Entry], excluded: Excluder, delete: bool, instance: str,
+             stats: WalkStats, writer_alive: Callable[[int], bool], stack: list[str],
+             clean_temps: bool) -> Iterator[Difference]:
+    for name, s in s_entries.items():
+        path = f"{rel}/{name}" if rel else name
+        if excluded(path):
+            continue
+        stats.entries += 1
+        t = t_entries.get(name)
+        if t is not None:
+            stats.target_entries += 1
+        if s.kind == stat.S_IFDIR:
+            if t is None or t.kind != s.kind or t.mode != s.mode:
                 stats.differences += 1
-                yield Difference(path, "extra")
+                yield Difference(path, "missing" if t is None else "differs")
+            stack.append(path)
+        elif s.kind == stat.S_IFREG:
+            if t is None or t.kind != s.kind or (t.size, t.mtime_ns, t.mode) != (s.size, s.mtime_ns, s.mode):
+                stats.differences += 1
+                yield Difference(path, "missing" if t is None else "differs")
+        elif s.kind == stat.S_IFLNK:
+            if t is None or t.kind != s.kind or _readlink(sfd, name) != _readlink(tfd, name):
+                stats.differences += 1
+                yield Difference(path, "missing" if t is None else "differs")
+        elif t is None or t.kind != s.kind:
+            yield Difference(path, "special")
+    for name, t in t_entries.items():
+        if is_temp_name(name):
+            owner, pid = temp_owner(name)
+            stale = tfd is not None and (owner != instance or not writer_alive(pid))
+            if stale and not clean_temps:
+                stats.stale_temps += 1
+            elif stale:
+                try:
+                    os.unlink(name, dir_fd=tfd)
+                    stats.stale_temps += 1
+                except OSError:
+                    pass
+            continue
+        if name in s_entries:
+            continue
+        path = f"{rel}/{name}" if rel else name
+        if delete and not excluded(path):
+            below = _count_below(tfd, name) if t.kind == stat.S_IFDIR and tfd is not None else 0
+            stats.target_entries += 1 + below
+            stats.doomed += 1 + below
+            stats.differences += 1
+            yield Difference(path, "extra")
 
 
-def _readlink(dirpath: str, name: str) -> str | None:
+def _readlink(dfd: int | None, name: str) -> str | None:
+    if dfd is None:
+        return None
     try:
-        return os.readlink(os.path.join(dirpath, name))
+        return os.readlink(name, dir_fd=dfd)
     except OSError:
         return None
 

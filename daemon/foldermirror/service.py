@@ -26,13 +26,14 @@ from foldermirror.logs import Repeats, Tracer, get_logger
 from foldermirror.notify import Notifier, watchdog_interval
 from foldermirror.paths import Excluder
 from foldermirror.pool import FolderSpec, WorkerPool, process_alive, run_dispatcher
-from foldermirror.reconcile import Reconciler, Request, WalkStats, diff_tree
+from foldermirror.reconcile import Reconciler, Request, WalkStats, diff_tree, hold_deletions
 from foldermirror.stats import FolderStats
 from foldermirror.status import snapshot
 from foldermirror.watcher import Watcher
 
 TICK = 0.2
 ROOT_CHECK_INTERVAL = 1.0
+REWATCH_QUIET = 2.0       # seconds without suspect directory events before watches are rebuilt
 PROGRESS_INTERVAL = 1.0
 RETRY_MAX_DELAY = 300.0
 PERMANENT_ERRNOS = {errno.ENAMETOOLONG, errno.EILSEQ, errno.EEXIST}
@@ -69,6 +70,10 @@ class _FolderState:
     excluder: Excluder
     catch_up: _CatchUp | None = None
     missing: bool = False
+    root_id: copier.RootId | None = None  # the source root being watched: (st_dev, st_ino)
+    suspect: bool = False                 # a worker found the root gone or replaced
+    rewatch_at: float = 0.0               # rebuild the watches then (0: no need)
+    rewatch_paths: int = 0                # suspect directory events since the last rebuild
 
 
 @dataclass
@@ -115,7 +120,7 @@ class Service:
                 continue
             self.unusable.pop(f.name, None)
             with self._lock:
-                self.folders[f.name] = _FolderState(f, Excluder(f.exclude))
+                self.folders[f.name] = _FolderState(f, Excluder(f.exclude), root_id=_root_id(f))
             admitted.append(f.name)
         return admitted
 
@@ -151,7 +156,7 @@ class Service:
         if state is None:
             return None
         f = state.config
-        return (str(f.source), str(f.target), f.delete, f.durable)
+        return (str(f.source), str(f.target), f.delete, f.durable, state.root_id, self.changes.epoch(name))
 
     def run(self) -> int:
         cfg = self.config
@@ -177,6 +182,8 @@ class Service:
             for name, error in self.watcher.start(tuple(s.config for s in self.folders.values())):
                 self.folders[name].missing = True
                 self.log.error("folder_unwatched", folder=name, error=error)
+            for name, state in self.folders.items():
+                state.root_id = self.watcher.identity(name)
         for name in list(self.folders):
             self._request_catch_up(name, "startup")
         if not self.once:
@@ -230,11 +237,13 @@ class Service:
                 self.watcher.restart()
                 self.log.error("watcher_restarted", reason="observer thread died",
                                deaths=self._recent_observer_deaths(now), window_s=OBSERVER_DEATH_WINDOW)
-                for name in self.folders:
+                for name, state in self.folders.items():
+                    self._adopt_root(name, state)
                     self._request_catch_up(name, "watch_restored")
             if now - self._last_root_check >= ROOT_CHECK_INTERVAL:
                 self._last_root_check = now
                 self._check_roots()
+        self._rewatch(now)
         self._finish_catch_ups(now)
         self._log_repeats()
         if self._rescan_every and now >= self._next_rescan and not self.once:
@@ -244,18 +253,59 @@ class Service:
         self._report(now)
 
     def _check_roots(self) -> None:
+        assert self.watcher is not None
         for name, state in self.watcher.check_roots():
             folder = self.folders.get(name)
             if folder is None:
                 continue
+            # Pending paths were seen in a folder that is no longer there: drop them, the
+            # comparison once it is back (under the mass-delete guard) decides instead.
+            self.changes.forget(name)
             if state == "missing":
                 folder.missing = True
                 self.log.error("source_missing", folder=name, path=str(folder.config.source),
-                               error="the source folder is gone; nothing is deleted from the target until it is back")
+                               error="the source folder is gone or unreadable; nothing is deleted from the "
+                                     "target until it is back")
             else:
                 folder.missing = False
-                self.log.info("source_restored", folder=name, path=str(folder.config.source))
+                folder.suspect = False
+                folder.root_id = self.watcher.identity(name)
+                # "replaced": another directory now stands at the path (a new folder, or the
+                # empty mount point of an unmounted file system; the guard judges that).
+                self.log.info("source_restored", folder=name, path=str(folder.config.source),
+                              same_folder=state == "restored")
                 self._request_catch_up(name, "watch_restored")
+        for name, folder in self.folders.items():
+            # A worker saw the root gone or replaced but nothing changed by the time we
+            # looked (a brief outage): compare again what it set aside.
+            if folder.suspect and self.watcher.watched(name):
+                folder.suspect = False
+                self._adopt_root(name, folder)
+                self._request_catch_up(name, "source_recheck")
+
+    def _adopt_root(self, name: str, state: _FolderState) -> None:
+        """Take the root identity the watcher now watches; work seen under another is stale."""
+        assert self.watcher is not None
+        root_id = self.watcher.identity(name)
+        if root_id != state.root_id:
+            self.changes.forget(name)
+            state.root_id = root_id
+
+    def _rewatch(self, now: float) -> None:
+        if self.watcher is None:
+            return
+        for name, state in self.folders.items():
+            if not state.rewatch_at or now < state.rewatch_at:
+                continue
+            count, state.rewatch_at, state.rewatch_paths = state.rewatch_paths, 0.0, 0
+            error = self.watcher.rewatch(name)
+            if error is not None:
+                self.log.error("folder_unwatched", folder=name, error=error)
+                continue
+            self._adopt_root(name, state)
+            self.log.info("watch_rebuilt", folder=name, suspect_events=count,
+                          reason="directories moved before their watches were set up")
+            self._request_catch_up(name, "watch_rebuilt")
 
     def _recent_observer_deaths(self, now: float) -> int:
         while self._observer_deaths and now - self._observer_deaths[0] > OBSERVER_DEATH_WINDOW:
@@ -344,10 +394,20 @@ class Service:
             return
         f = state.config
         stats = WalkStats()
+        extras: list[str] = []
         try:
             for diff in diff_tree(str(f.source), str(f.target), state.excluder, f.delete, self.instance,
                                   sub=req.sub, stats=stats, writer_alive=process_alive):
-                self.changes.touch(f.name, diff.path, settle=f.settle, ready=req.ready)
+                if diff.reason == "extra":
+                    extras.append(diff.path)  # judged once the walk has seen everything
+                else:
+                    self.changes.touch(f.name, diff.path, settle=f.settle, ready=req.ready)
+            if extras and req.sub == "" and hold_deletions(stats, f.max_delete_fraction):
+                self._hold_deletions(f, req, stats)
+                stats.differences -= len(extras)
+                extras = []
+            for path in extras:
+                self.changes.touch(f.name, path, settle=f.settle, ready=req.ready)
         except OSError as exc:
             self.log.error("reconcile_failed", folder=f.name, path=req.sub, error=copier._describe(exc))
         except Exception as exc:  # noqa: BLE001 - a bug here must not stop later walks
@@ -369,6 +429,16 @@ class Service:
                     c.walk_done = True
                     c.differences += stats.differences
 
+    def _hold_deletions(self, f: FolderConfig, req: Request, stats: WalkStats) -> None:
+        looks = "looks empty" if stats.entries == 0 else "lost most of what its target holds"
+        self.log.error("mass_delete_held", folder=f.name, path=str(f.source), reason=req.reason,
+                       source_entries=stats.entries, target_entries=stats.target_entries,
+                       would_delete=stats.doomed, max_delete_fraction=f.max_delete_fraction,
+                       error=f"the source {looks} (a failed mount or a wrong path?); "
+                             f"deletions in the target are held back, copies go on",
+                       fix=f"if the deletions are intended, set max_delete_fraction: 1 for folder {f.name} "
+                           f"and reload (systemctl reload foldermirror), then set it back")
+
     def _finish_catch_ups(self, now: float) -> None:
         for name, state in self.folders.items():
             c = state.catch_up
@@ -387,6 +457,8 @@ class Service:
             return
         f = state.config
         latency_ms = round((time.monotonic() - item.first_seen) * 1000, 3)
+        if item.walk:  # a directory moved here: its contents, however the move was replayed
+            self.reconciler.request(Request(f.name, item.path, "subtree", ready=True))
         for path, status, kind, nbytes, error, err_no in outcomes:
             self._observe(f.name, path, status, kind, nbytes, error, err_no, latency_ms)
             key = (item.folder, path)
@@ -401,7 +473,7 @@ class Service:
                 extra = {"renamed_from": error} if status == "renamed" else {}
                 self.log.info("file_mirrored", folder=f.name, path=path, kind=kind, bytes=nbytes,
                               duration_ms=round(duration_ms, 3), latency_ms=latency_ms, worker_pid=pid, **extra)
-                if status == "renamed" and kind == "dir":
+                if status == "renamed" and kind == "dir" and not item.walk:
                     self.reconciler.request(Request(f.name, path, "subtree", ready=True))
             elif status == "deleted":
                 self._attempts.pop(key, None)
@@ -414,6 +486,10 @@ class Service:
                 self.log.warning("file_skipped", folder=f.name, path=path, kind=kind, error=error)
             elif status == "failed":
                 self._failed(state, path, error, err_no)
+            elif status == "root_changed":
+                self._root_changed(state, path, error, err_no)
+            elif status == "stale":  # the comparison after the change that made it stale covers it
+                self.log.debug("file_set_aside", folder=f.name, path=path, error="seen before the folder changed")
             else:
                 self._attempts.pop(key, None)
                 self.log.debug("file_checked", folder=f.name, path=path, status=status)
@@ -437,9 +513,22 @@ class Service:
         fix = fix_for(err_no)
         if fix:
             extra["fix"] = fix
+        fields = dict(folder=f.name, path=path, error=error, errno=error_kind(err_no), will_retry=will_retry,
+                      attempt=attempt, **extra)
         if self.repeats.admit((f.name, error), path, error=error, errno=error_kind(err_no), **extra):
-            self.log.error("mirror_failed", folder=f.name, path=path, error=error, errno=error_kind(err_no),
-                           will_retry=will_retry, attempt=attempt, **extra)
+            self.log.error("mirror_failed", **fields)
+        else:
+            # Folded into the next mirror_failed_repeated line; every attempt is still there at debug level.
+            self.log.debug("mirror_failed", folded=True, **fields)
+
+    def _root_changed(self, state: _FolderState, path: str, error: str, err_no: int) -> None:
+        """Nothing was done for `path`: the source root is gone or another folder stands there."""
+        if self.once:
+            self._failed(state, path, error, err_no)
+            return
+        self.log.debug("file_set_aside", folder=state.config.name, path=path, error=error)
+        state.suspect = True
+        self._last_root_check = 0.0  # the main loop looks at the root on its next pass
 
     def _on_worker_lost(self, pids: list[int], resubmitted: int) -> None:
         self.log.error("worker_lost", pids=pids, resubmitted=resubmitted,
@@ -450,13 +539,13 @@ class Service:
     # -- watcher sink (called on the observer thread) ---------------------------------
     def changed(self, folder: str, path: str, ready: bool) -> None:
         state = self.folders.get(folder)
-        if state is not None:
-            self.changes.touch(folder, path, settle=state.config.settle, ready=ready)
+        if state is not None:  # a fresh event ends a retry backoff: its cause may be fixed
+            self.changes.touch(folder, path, settle=state.config.settle, ready=ready, not_before=0.0)
 
     def moved(self, folder: str, src: str, dst: str, is_dir: bool) -> None:
         state = self.folders.get(folder)
         if state is not None:
-            self.changes.moved(folder, src, dst, settle=state.config.settle)
+            self.changes.moved(folder, src, dst, settle=state.config.settle, is_dir=is_dir)
 
     def subtree(self, folder: str, path: str) -> None:
         self.reconciler.request(Request(folder, path, "subtree", ready=False))
@@ -473,6 +562,12 @@ class Service:
         if self.watcher is not None:
             self.watcher.mark_lost(folder)
         self._last_root_check = 0.0
+
+    def watch_suspect(self, folder: str, path: str) -> None:
+        state = self.folders.get(folder)
+        if state is not None:
+            state.rewatch_paths += 1
+            state.rewatch_at = time.monotonic() + REWATCH_QUIET
 
     def handler_error(self, folder: str, error: BaseException) -> None:
         self.log.error("watch_handler_error", folder=folder, error=repr(error))
@@ -511,10 +606,13 @@ class Service:
         self.config = new
         self._check_watch_limit()
         for name in admitted:
-            error = self.watcher.add(fresh[name])
+            f = fresh[name]
+            error = self.watcher.add(f)
             if error is not None:
                 self.folders[name].missing = True
                 self.log.error("folder_unwatched", folder=name, error=error[1])
+            else:
+                self.folders[name].root_id = self.watcher.identity(name)
             self._request_catch_up(name, "reload")
         self.log.info("config_reloaded", config=str(new.path), added=added, removed=removed, changed=changed,
                       **({"unusable": sorted(self.unusable)} if self.unusable else {}),
@@ -619,3 +717,10 @@ class Service:
                            paths=run.paths, last_path=run.last_path,
                            window_s=round(self.repeats.clock() - run.started, 1),
                            **{k: v for k, v in run.fields.items() if k in ("errno", "fix")})
+
+def _root_id(f: FolderConfig) -> copier.RootId | None:
+    try:
+        st = os.stat(f.source)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)

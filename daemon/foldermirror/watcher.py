@@ -48,6 +48,7 @@ class Sink(Protocol):
     def subtree(self, folder: str, path: str) -> None: ...
     def overflow(self) -> None: ...
     def root_lost(self, folder: str) -> None: ...
+    def watch_suspect(self, folder: str, path: str) -> None: ...
     def handler_error(self, folder: str, error: BaseException) -> None: ...
     def watchdog_log(self, level: int, message: str) -> None: ...
 
@@ -79,8 +80,12 @@ class _Handler(FileSystemEventHandler):
             if event.is_synthetic:
                 return  # the move of the parent directory covers it
             dst = relative(self.root, os.fsdecode(event.dest_path)) if event.dest_path else None
+            if isinstance(event, DirMovedEvent) and dst:
+                self._check_dir(os.fsdecode(event.dest_path), dst)
             self._moved(src, dst, isinstance(event, DirMovedEvent))
             return
+        if isinstance(event, DirCreatedEvent) and src and not event.is_synthetic:
+            self._check_dir(os.fsdecode(event.src_path), src)
         if src == "" and isinstance(event, DirDeletedEvent):
             self.sink.root_lost(self.name)
             return
@@ -95,6 +100,17 @@ class _Handler(FileSystemEventHandler):
             self.sink.subtree(self.name, src)
         else:
             self.sink.changed(self.name, src, False)
+
+    def _check_dir(self, full: str, rel: str) -> None:
+        """A directory event whose directory moved on before we heard of it.
+
+        watchdog then sets up the watches below it under a path that is already stale:
+        a directory left unwatched, or events reported under the wrong path. Measured with
+        watchdog 7.1 under rename churn (see tests/test_faults.py); the service rebuilds the
+        folder's watches once it is quiet and compares it.
+        """
+        if not os.path.isdir(full):
+            self.sink.watch_suspect(self.name, rel)
 
     def _moved(self, src: str | None, dst: str | None, is_dir: bool) -> None:
         src_ok, dst_ok = self._wanted(src), self._wanted(dst)
@@ -135,7 +151,8 @@ class _Watched:
     folder: FolderConfig
     watch: ObservedWatch | None
     identity: tuple[int, int] | None
-    lost: bool = False
+    lost: bool = False     # the root is gone (reported as missing)
+    stale: bool = False    # the root's emitter stopped (root deleted): schedule again even at the same inode
 
 
 class Watcher:
@@ -210,12 +227,13 @@ class Watcher:
     def mark_lost(self, name: str) -> None:
         with self._lock:
             if name in self._folders:
-                self._folders[name].lost = True
+                self._folders[name].stale = True
 
     def check_roots(self) -> list[tuple[str, str]]:
         """Compare each root with what is watched; re-watch roots that came back.
 
-        Returns (folder, state) pairs for roots whose state changed: "missing" or "restored".
+        Returns (folder, state) pairs for roots whose state changed: "missing", "restored"
+        (the same directory is back) or "replaced" (another directory stands at the path).
         """
         changes: list[tuple[str, str]] = []
         with self._lock:
@@ -226,14 +244,31 @@ class Watcher:
                         entry.lost = True
                         changes.append((name, "missing"))
                     continue
-                if entry.lost or now != entry.identity:
+                if entry.lost or entry.stale or now != entry.identity:
                     # A deleted root's emitter is gone for good and a renamed one reports
                     # the wrong paths: unschedule, then schedule afresh (PITFALLS #4).
                     if entry.watch is not None:
                         self._unschedule(entry.watch)
                     if self._add(entry.folder) is None:
-                        changes.append((name, "restored"))
+                        changes.append((name, "restored" if now == entry.identity else "replaced"))
         return changes
+
+    def identity(self, name: str) -> tuple[int, int] | None:
+        """(st_dev, st_ino) of the root as it was when its watch was set up."""
+        with self._lock:
+            entry = self._folders.get(name)
+            return entry.identity if entry is not None else None
+
+    def rewatch(self, name: str) -> str | None:
+        """Drop a folder's watches and set them up afresh; returns an error or None."""
+        with self._lock:
+            entry = self._folders.get(name)
+            if entry is None:
+                return None
+            if entry.watch is not None:
+                self._unschedule(entry.watch)
+            error = self._add(entry.folder)
+            return error[1] if error is not None else None
 
     def watched(self, name: str) -> bool:
         with self._lock:
