@@ -105,22 +105,66 @@ def _alive(pid: int) -> bool:
     return True
 
 
+RESULTS_FLUSH_ITEMS = 32
+RESULTS_FLUSH_NS = 5_000_000
+
+
 def run_batch(generation: int, task_id: int, items: list[WorkItem]) -> None:
-    """Mirror each item and put one ("result", …) message per item on the results queue."""
+    """Mirror each item and report ("results", …) messages of (index, outcomes, duration).
+
+    Results go out in groups (every RESULTS_FLUSH_ITEMS items or 5 ms, and at the end):
+    one queue message per small file would cost more than its copy. A worker that dies
+    takes its unsent results with it; those items are resubmitted and find nothing to do.
+    """
     pid = os.getpid()
     _results.put(("start", generation, task_id, pid))
-    for index, source, target, path, origin, delete, durable, root_id in items:
-        started = time.monotonic_ns()
-        try:
-            outcomes = mirror_item(source, target, path, origin, delete, durable, _instance, root_id)
-        except Exception as exc:  # noqa: BLE001 - a bug must cost one file, not the batch
-            outcomes = [(path, "failed", "unknown", 0, f"internal error: {exc!r}", 0)]
-        _results.put(("result", generation, task_id, index, outcomes, time.monotonic_ns() - started, pid))
+    roots = _Roots()
+    pending: list[tuple[int, list[Outcome], int]] = []
+    last_flush = time.monotonic_ns()
+    try:
+        for index, source, target, path, origin, delete, durable, root_id in items:
+            started = time.monotonic_ns()
+            try:
+                outcomes = roots.mirror(source, target, path, origin, delete, durable, root_id)
+            except Exception as exc:  # noqa: BLE001 - a bug must cost one file, not the batch
+                outcomes = [(path, "failed", "unknown", 0, f"internal error: {exc!r}", 0)]
+            now = time.monotonic_ns()
+            pending.append((index, outcomes, now - started))
+            if len(pending) >= RESULTS_FLUSH_ITEMS or now - last_flush >= RESULTS_FLUSH_NS:
+                _results.put(("results", generation, task_id, pending, pid))
+                pending, last_flush = [], now
+    finally:
+        roots.close()
+    if pending:
+        _results.put(("results", generation, task_id, pending, pid))
 
 
-def mirror_item(source: str, target: str, path: str, origin: str | None,
-                delete: bool, durable: bool, instance: str, root_id: RootId | None = None) -> list[Outcome]:
-    """Bring target/path in line with source/path (after renaming target/origin there).
+class _Roots:
+    """The source and target root fds of one batch, opened once per folder."""
+
+    def __init__(self) -> None:
+        self._open: dict[tuple[str, str, Any], tuple[int, int] | list[Outcome]] = {}
+
+    def mirror(self, source: str, target: str, path: str, origin: str | None, delete: bool, durable: bool,
+               root_id: RootId | None) -> list[Outcome]:
+        key = (source, target, tuple(root_id) if root_id is not None else None)
+        fds = self._open.get(key)
+        if fds is None:
+            fds = self._open[key] = open_roots(source, target, path, root_id)
+        if isinstance(fds, list):  # the roots could not be opened: the same answer for every path
+            return [(path, *outcome[1:]) for outcome in fds]
+        return mirror_in(fds[0], fds[1], path, origin, delete, durable, _instance)
+
+    def close(self) -> None:
+        for fds in self._open.values():
+            if isinstance(fds, tuple):
+                os.close(fds[0])
+                os.close(fds[1])
+        self._open.clear()
+
+
+def open_roots(source: str, target: str, path: str, root_id: RootId | None) -> tuple[int, int] | list[Outcome]:
+    """(source fd, target fd), or the outcome for a path when the roots cannot be used.
 
     When the source root is gone, unreadable, or no longer the directory the service
     watches (`root_id`: an unmounted source shows the empty folder beneath), nothing is
@@ -143,23 +187,24 @@ def mirror_item(source: str, target: str, path: str, origin: str | None,
     except OSError as exc:
         os.close(sroot)
         return [(path, "failed", "unknown", 0, f"target folder {target}: {exc.strerror}", exc.errno)]
-    try:
-        m = _Mirror(sroot, troot, delete, durable, instance)
-        out: list[Outcome] = []
-        if origin is not None and delete:
-            renamed = m.rename_in_target(origin, path)
-            if renamed is not None:
-                out.append(renamed)
-            checked = m.sync(origin)
-            if checked[1] not in ("unchanged", "gone"):
-                out.append(checked)
-        result = m.sync(path)
-        if out and out[0][1] == "renamed" and result[1] == "unchanged":
-            return out
-        return out + [result]
-    finally:
-        os.close(sroot)
-        os.close(troot)
+    return sroot, troot
+
+
+def mirror_in(sroot: int, troot: int, path: str, origin: str | None, delete: bool, durable: bool,
+              instance: str) -> list[Outcome]:
+    m = _Mirror(sroot, troot, delete, durable, instance)
+    out: list[Outcome] = []
+    if origin is not None and delete:
+        renamed = m.rename_in_target(origin, path)
+        if renamed is not None:
+            out.append(renamed)
+        checked = m.sync(origin)
+        if checked[1] not in ("unchanged", "gone"):
+            out.append(checked)
+    result = m.sync(path)
+    if out and out[0][1] == "renamed" and result[1] == "unchanged":
+        return out
+    return out + [result]
 
 
 def _open_target_root(target: str) -> int:

@@ -108,18 +108,19 @@ class WorkerPool:
                 if task is not None:
                     task.pid = pid
             return
-        _, _, task_id, index, outcomes, duration_ns, pid = msg
-        with self._lock:
-            task = self._tasks.get(task_id)
-            if task is None or index in task.reported:
-                return  # a duplicate from a retired generation
-            task.reported.add(index)
-        # Logged before the task leaves the registry, so stop() never outruns a result.
-        self._on_result(task.items[index], outcomes, duration_ns / 1e6, pid)
-        with self._lock:
-            if len(task.reported) == len(task.items) and self._tasks.get(task_id) is task:
-                del self._tasks[task_id]
-                self._lock.notify_all()
+        _, _, task_id, results, pid = msg
+        for index, outcomes, duration_ns in results:
+            with self._lock:
+                task = self._tasks.get(task_id)
+                if task is None or index in task.reported:
+                    continue  # a duplicate from a retired generation
+                task.reported.add(index)
+            # Logged before the task leaves the registry, so stop() never outruns a result.
+            self._on_result(task.items[index], outcomes, duration_ns / 1e6, pid)
+            with self._lock:
+                if len(task.reported) == len(task.items) and self._tasks.get(task_id) is task:
+                    del self._tasks[task_id]
+                    self._lock.notify_all()
 
     # -- submission ------------------------------------------------------------
     def submit(self, items: list[Item]) -> None:
