@@ -336,7 +336,7 @@ def scenario_idle(base: Path, trash: Trash, folders: int, per_folder: int, secon
     d = Daemon(write_config(base, src, dst))
     d.wait(lambda s: s.has("sync_finished", reason="startup"), 900)
     cpu0 = tree_cpu(d.proc.pid)
-    time.sleep(seconds)  # the idle period being measured
+    time.sleep(seconds)  # sleep-ok: the idle period being measured
     cpu = tree_cpu(d.proc.pid) - cpu0
     rss, pss, procs = tree_memory(d.proc.pid)
     d.stop()
