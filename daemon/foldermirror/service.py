@@ -451,8 +451,15 @@ class Service:
 
     # -- results -------------------------------------------------------------------
     def _on_result(self, item: Item, outcomes: list[copier.Outcome], duration_ms: float, pid: int) -> None:
+        # The path leaves flight only once its lines are logged: whoever sees the folder
+        # settled (sync_finished, status) also sees every line of what settled it.
+        try:
+            self._record(item, outcomes, duration_ms, pid)
+        finally:
+            self.changes.done(item)
+
+    def _record(self, item: Item, outcomes: list[copier.Outcome], duration_ms: float, pid: int) -> None:
         state = self.folders.get(item.folder)
-        self.changes.done(item)
         if state is None:
             return
         f = state.config
