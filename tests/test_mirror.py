@@ -302,22 +302,3 @@ def test_sigint_to_process_group_is_clean(tmp_path):
     assert proc.returncode == 0, rest.decode()
     assert b"Traceback" not in rest and b"KeyboardInterrupt" not in rest, rest.decode()
 
-
-def test_handler_bug_does_not_stop_watching(tmp_path, daemon_factory):
-    src, dst, spec = pair(tmp_path, delete=True)
-    d = daemon_factory(write_config(tmp_path, [spec]), env={"FOLDERMIRROR_FAULTS": "handler_error:poison"})
-    d.wait_ready()
-    (src / "poison").write_bytes(b"the handler raises on this name")
-    d.wait_for("watch_handler_error")
-    (src / "after").write_bytes(b"still watched")
-    wait_mirrored(src, dst)  # 'poison' too: the reconcile after the error picked it up
-
-
-def test_dead_observer_is_rebuilt(tmp_path, daemon_factory):
-    src, dst, spec = pair(tmp_path, delete=True)
-    d = daemon_factory(write_config(tmp_path, [spec]), env={"FOLDERMIRROR_FAULTS": "observer_crash:crash"})
-    d.wait_ready()
-    (src / "crash").write_bytes(b"kills the observer thread")
-    d.wait_for("watcher_restarted")
-    (src / "after").write_bytes(b"watched by the new observer")
-    wait_mirrored(src, dst)

@@ -272,9 +272,3 @@ class ChangeQueue:
         with self._cond:
             oldest = min((e.first_seen for k, e in self._entries.items() if k[0] == folder), default=None)
             return 0.0 if oldest is None else max(0.0, self.clock() - oldest)
-
-    def oldest_pending_age(self) -> float:
-        with self._cond:
-            if not self._entries:
-                return 0.0
-            return self.clock() - min(e.first_seen for e in self._entries.values())

@@ -29,7 +29,7 @@ from foldermirror.pool import FolderSpec, WorkerPool, process_alive, run_dispatc
 from foldermirror.reconcile import Reconciler, Request, WalkStats, diff_tree, hold_deletions
 from foldermirror.stats import FolderStats
 from foldermirror.status import snapshot
-from foldermirror.watcher import Watcher
+from foldermirror.watcher import Watcher, path_identity
 
 TICK = 0.2
 ROOT_CHECK_INTERVAL = 1.0
@@ -120,7 +120,7 @@ class Service:
                 continue
             self.unusable.pop(f.name, None)
             with self._lock:
-                self.folders[f.name] = _FolderState(f, Excluder(f.exclude), root_id=_root_id(f))
+                self.folders[f.name] = _FolderState(f, Excluder(f.exclude), root_id=path_identity(str(f.source)))
             admitted.append(f.name)
         return admitted
 
@@ -724,10 +724,3 @@ class Service:
                            paths=run.paths, last_path=run.last_path,
                            window_s=round(self.repeats.clock() - run.started, 1),
                            **{k: v for k, v in run.fields.items() if k in ("errno", "fix")})
-
-def _root_id(f: FolderConfig) -> copier.RootId | None:
-    try:
-        st = os.stat(f.source)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino)

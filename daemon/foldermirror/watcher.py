@@ -177,7 +177,7 @@ class Watcher:
             return [err for f in folders if (err := self._add(f)) is not None]
 
     def _add(self, folder: FolderConfig) -> tuple[str, str] | None:
-        identity = _identity(str(folder.source))
+        identity = path_identity(str(folder.source))
         entry = _Watched(folder, None, identity, lost=identity is None)
         self._folders[folder.name] = entry
         if identity is None:
@@ -238,7 +238,7 @@ class Watcher:
         changes: list[tuple[str, str]] = []
         with self._lock:
             for name, entry in self._folders.items():
-                now = _identity(str(entry.folder.source))
+                now = path_identity(str(entry.folder.source))
                 if now is None:
                     if not entry.lost:
                         entry.lost = True
@@ -293,7 +293,8 @@ def _watch_error(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-def _identity(path: str) -> tuple[int, int] | None:
+def path_identity(path: str) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of a folder, following symlinks; None when it cannot be stat-ed."""
     try:
         st = os.stat(path)
     except OSError:
