@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import random
 import select
 import shutil
 import signal
@@ -36,11 +37,16 @@ WorkItem = tuple[int, str, str, str, "str | None", bool, bool, "RootId | None"]
 
 _results: Any = None
 _instance = "0"
+_IS_ROOT = os.geteuid() == 0
+# Directory fds kept per side within one batch; a batch is short (BATCH_MAX items), so a
+# directory renamed meanwhile is caught by the comparison its move event triggers.
+_DIR_CACHE_MAX = 128
 
 
 def temp_name(instance: str) -> str:
     """A temp file name that says which daemon instance and worker wrote it."""
-    return f"{TEMP_PREFIX}{instance}-{os.getpid()}-{os.urandom(6).hex()}{TEMP_SUFFIX}"
+    # random (reseeded in every forked child), not os.urandom: no system call per file.
+    return f"{TEMP_PREFIX}{instance}-{os.getpid()}-{random.getrandbits(48):012x}{TEMP_SUFFIX}"
 
 
 def is_temp_name(name: str) -> bool:
@@ -140,10 +146,12 @@ def run_batch(generation: int, task_id: int, items: list[WorkItem]) -> None:
 
 
 class _Roots:
-    """The source and target root fds of one batch, opened once per folder."""
+    """The source and target roots of one batch, opened once per folder, with their
+    directory fds cached for the batch (most files of a burst share a few parents)."""
 
     def __init__(self) -> None:
         self._open: dict[tuple[str, str, Any], tuple[int, int] | list[Outcome]] = {}
+        self._mirrors: dict[tuple[Any, bool, bool], _Mirror] = {}
 
     def mirror(self, source: str, target: str, path: str, origin: str | None, delete: bool, durable: bool,
                root_id: RootId | None) -> list[Outcome]:
@@ -153,9 +161,15 @@ class _Roots:
             fds = self._open[key] = open_roots(source, target, path, root_id)
         if isinstance(fds, list):  # the roots could not be opened: the same answer for every path
             return [(path, *outcome[1:]) for outcome in fds]
-        return mirror_in(fds[0], fds[1], path, origin, delete, durable, _instance)
+        m = self._mirrors.get((key, delete, durable))
+        if m is None:
+            m = self._mirrors[(key, delete, durable)] = _Mirror(fds[0], fds[1], delete, durable, _instance)
+        return mirror_path(m, path, origin)
 
     def close(self) -> None:
+        for m in self._mirrors.values():
+            m.close()
+        self._mirrors.clear()
         for fds in self._open.values():
             if isinstance(fds, tuple):
                 os.close(fds[0])
@@ -190,11 +204,10 @@ def open_roots(source: str, target: str, path: str, root_id: RootId | None) -> t
     return sroot, troot
 
 
-def mirror_in(sroot: int, troot: int, path: str, origin: str | None, delete: bool, durable: bool,
-              instance: str) -> list[Outcome]:
-    m = _Mirror(sroot, troot, delete, durable, instance)
+def mirror_path(m: "_Mirror", path: str, origin: str | None) -> list[Outcome]:
+    m.trim()
     out: list[Outcome] = []
-    if origin is not None and delete:
+    if origin is not None and m.delete:
         renamed = m.rename_in_target(origin, path)
         if renamed is not None:
             out.append(renamed)
@@ -226,55 +239,80 @@ class _Mirror:
         self.delete = delete
         self.durable = durable
         self.instance = instance
-        self.is_root = os.geteuid() == 0
+        self.is_root = _IS_ROOT
+        # parts of a directory path → an open fd of it; the fds belong to these caches
+        # (callers never close them) and live until close() or an invalidation.
+        self._sdirs: dict[tuple[str, ...], int] = {}
+        self._tdirs: dict[tuple[str, ...], int] = {}
+
+    def close(self) -> None:
+        self.forget_source()
+        self.forget_target()
+
+    def trim(self) -> None:
+        """Between two paths (never during one: its fds are in use): bound the open fds."""
+        if len(self._sdirs) > _DIR_CACHE_MAX:
+            self.forget_source()
+        if len(self._tdirs) > _DIR_CACHE_MAX:
+            self.forget_target()
+
+    def forget_source(self) -> None:
+        for fd in self._sdirs.values():
+            os.close(fd)
+        self._sdirs.clear()
+
+    def forget_target(self, under: tuple[str, ...] = ()) -> None:
+        """Drop cached target directories at and below `under` (all by default): they
+        were removed or renamed."""
+        for key in [k for k in self._tdirs if k[:len(under)] == under]:
+            os.close(self._tdirs.pop(key))
 
     # -- path helpers ----------------------------------------------------------
     def _source_dir(self, parts: list[str]) -> int:
-        fd = os.dup(self.sroot)
-        try:
-            for part in parts:
-                try:
-                    nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
-                except OSError as exc:
-                    if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
-                        raise _Gone() from None
-                    raise
-                os.close(fd)
-                fd = nfd
+        """An fd of source/parts (owned by the cache: do not close it)."""
+        if not parts:
+            return self.sroot
+        key = tuple(parts)
+        fd = self._sdirs.get(key)
+        if fd is not None:
             return fd
-        except BaseException:
-            os.close(fd)
+        parent = self._source_dir(parts[:-1])
+        try:
+            fd = os.open(parts[-1], _DIR_FLAGS, dir_fd=parent)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                raise _Gone() from None
             raise
+        self._sdirs[key] = fd
+        return fd
 
     def _target_dir(self, parts: list[str], create: bool) -> int:
-        """Open target/parts; with `create`, make missing components with the source's modes."""
-        fd = os.dup(self.troot)
-        try:
-            for i, part in enumerate(parts):
-                try:
-                    nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
-                except OSError as exc:
-                    if not create or exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
-                        raise
-                    if exc.errno != errno.ENOENT:
-                        self._remove_conflict(fd, part)
-                    nfd = self._make_dir(fd, part, parts[: i + 1])
-                os.close(fd)
-                fd = nfd
+        """An fd of target/parts (owned by the cache: do not close it); with `create`,
+        missing components are made with the source's modes."""
+        if not parts:
+            return self.troot
+        key = tuple(parts)
+        fd = self._tdirs.get(key)
+        if fd is not None:
             return fd
-        except BaseException:
-            os.close(fd)
-            raise
+        parent = self._target_dir(parts[:-1], create)
+        part = parts[-1]
+        try:
+            fd = os.open(part, _DIR_FLAGS, dir_fd=parent)
+        except OSError as exc:
+            if not create or exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                raise
+            if exc.errno != errno.ENOENT:
+                self._remove_conflict(parent, part, key)
+            fd = self._make_dir(parent, part, parts)
+        self._tdirs[key] = fd
+        return fd
 
     def _make_dir(self, parent: int, name: str, source_parts: list[str]) -> int:
         try:
-            sfd = self._source_dir(source_parts)
+            sst = os.fstat(self._source_dir(source_parts))
         except _Gone:
             raise OSError(errno.ENOENT, "the source directory vanished during the copy") from None
-        try:
-            sst = os.fstat(sfd)
-        finally:
-            os.close(sfd)
         try:
             os.mkdir(name, 0o700, dir_fd=parent)
         except FileExistsError:
@@ -285,10 +323,14 @@ class _Mirror:
             _chown(nfd, sst)
         return nfd
 
-    def _remove_conflict(self, dfd: int, name: str) -> None:
+    def _remove_conflict(self, dfd: int, name: str, key: tuple[str, ...]) -> None:
         """A non-directory stands where the source has a directory, or the other way round."""
         if not self.delete:
             raise OSError(errno.EEXIST, "the target has a different file type here and delete: false keeps it")
+        self._remove_target(dfd, name, key)
+
+    def _remove_target(self, dfd: int, name: str, key: tuple[str, ...]) -> None:
+        self.forget_target(key)
         _remove(dfd, name)
 
     # -- operations ------------------------------------------------------------
@@ -301,19 +343,16 @@ class _Mirror:
             except _Gone:
                 return self._absent(parents, name, path)
             try:
-                try:
-                    st = os.stat(name, dir_fd=sdir, follow_symlinks=False)
-                except FileNotFoundError:
-                    return self._absent(parents, name, path)
-                if stat.S_ISREG(st.st_mode):
-                    return self._file(sdir, parents, name, path)
-                if stat.S_ISLNK(st.st_mode):
-                    return self._symlink(sdir, parents, name, path, st)
-                if stat.S_ISDIR(st.st_mode):
-                    return self._dir(sdir, parents, name, path, st)
-                return self._special(sdir, parents, name, path, st)
-            finally:
-                os.close(sdir)
+                st = os.stat(name, dir_fd=sdir, follow_symlinks=False)
+            except FileNotFoundError:
+                return self._absent(parents, name, path)
+            if stat.S_ISREG(st.st_mode):
+                return self._file(sdir, parents, name, path)
+            if stat.S_ISLNK(st.st_mode):
+                return self._symlink(sdir, parents, name, path, st)
+            if stat.S_ISDIR(st.st_mode):
+                return self._dir(sdir, parents, name, path, st)
+            return self._special(sdir, parents, name, path, st)
         except FileNotFoundError:
             # Something on the way vanished under us (a concurrent deletion, in the source or
             # by another worker in the target): look again once the path has settled.
@@ -338,14 +377,11 @@ class _Mirror:
                 return (path, "gone", "unknown", 0, "", 0)
             raise
         try:
-            try:
-                tst = os.stat(name, dir_fd=tdir, follow_symlinks=False)
-            except FileNotFoundError:
-                return (path, "gone", "unknown", 0, "", 0)
-            _remove(tdir, name)
-            return (path, "deleted", _kind(tst.st_mode), 0, "", 0)
-        finally:
-            os.close(tdir)
+            tst = os.stat(name, dir_fd=tdir, follow_symlinks=False)
+        except FileNotFoundError:
+            return (path, "gone", "unknown", 0, "", 0)
+        self._remove_target(tdir, name, (*parents, name))
+        return (path, "deleted", _kind(tst.st_mode), 0, "", 0)
 
     def _file(self, sdir: int, parents: list[str], name: str, path: str) -> Outcome:
         try:
@@ -363,44 +399,42 @@ class _Mirror:
                 return (path, "changed", "file", 0, "", 0)
             mode = stat.S_IMODE(st.st_mode)
             tdir = self._target_dir(parents, True)
+            tst = _lstat(tdir, name)
+            if (tst is not None and stat.S_ISREG(tst.st_mode) and tst.st_size == st.st_size
+                    and tst.st_mtime_ns == st.st_mtime_ns and stat.S_IMODE(tst.st_mode) == mode):
+                return (path, "unchanged", "file", 0, "", 0)
+            tmp = temp_name(self.instance)
+            tfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=tdir)
+            published = False
             try:
-                tst = _lstat(tdir, name)
-                if (tst is not None and stat.S_ISREG(tst.st_mode) and tst.st_size == st.st_size
-                        and tst.st_mtime_ns == st.st_mtime_ns and stat.S_IMODE(tst.st_mode) == mode):
-                    return (path, "unchanged", "file", 0, "", 0)
-                tmp = temp_name(self.instance)
-                tfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=tdir)
-                published = False
-                try:
-                    copied = _copy_data(sfd, tfd, faults.delay("slow_copy", path) if faults.ENABLED else 0.0)
-                    if self.is_root:
-                        _chown(tfd, st)
-                    os.fchmod(tfd, mode)
-                    os.utime(tfd, ns=(st.st_atime_ns, st.st_mtime_ns))
-                    after = os.fstat(sfd)
-                    # ctime too: a same-size rewrite whose mtime was put back (touch -r, cp -p).
-                    if (copied != after.st_size or after.st_size != st.st_size
-                            or after.st_mtime_ns != st.st_mtime_ns or after.st_ctime_ns != st.st_ctime_ns
-                            or not _same_inode(sdir, name, st)):
-                        return (path, "changed", "file", 0, "", 0)
-                    if self.durable:
-                        os.fsync(tfd)
-                    os.close(tfd)
-                    tfd = -1
-                    if tst is not None and stat.S_ISDIR(tst.st_mode):
-                        self._remove_conflict(tdir, name)
-                    os.rename(tmp, name, src_dir_fd=tdir, dst_dir_fd=tdir)
-                    published = True
-                    if self.durable:
-                        os.fsync(tdir)
-                    return (path, "copied", "file", copied, "", 0)
-                finally:
-                    if tfd >= 0:
-                        os.close(tfd)
-                    if not published:
-                        _unlink_quietly(tdir, tmp)
+                pause = faults.delay("slow_copy", path) if faults.ENABLED else 0.0
+                copied = _copy_data(sfd, tfd, st.st_size, pause)
+                if self.is_root:
+                    _chown(tfd, st)
+                os.fchmod(tfd, mode)
+                os.utime(tfd, ns=(st.st_atime_ns, st.st_mtime_ns))
+                after = os.fstat(sfd)
+                # ctime too: a same-size rewrite whose mtime was put back (touch -r, cp -p).
+                if (copied != after.st_size or after.st_size != st.st_size
+                        or after.st_mtime_ns != st.st_mtime_ns or after.st_ctime_ns != st.st_ctime_ns
+                        or not _same_inode(sdir, name, st)):
+                    return (path, "changed", "file", 0, "", 0)
+                if self.durable:
+                    os.fsync(tfd)
+                os.close(tfd)
+                tfd = -1
+                if tst is not None and stat.S_ISDIR(tst.st_mode):
+                    self._remove_conflict(tdir, name, (*parents, name))
+                os.rename(tmp, name, src_dir_fd=tdir, dst_dir_fd=tdir)
+                published = True
+                if self.durable:
+                    os.fsync(tdir)
+                return (path, "copied", "file", copied, "", 0)
             finally:
-                os.close(tdir)
+                if tfd >= 0:
+                    os.close(tfd)
+                if not published:
+                    _unlink_quietly(tdir, tmp)
         finally:
             os.close(sfd)
 
@@ -414,56 +448,50 @@ class _Mirror:
                 return (path, "changed", "symlink", 0, "", 0)
             raise
         tdir = self._target_dir(parents, True)
+        tst = _lstat(tdir, name)
+        if tst is not None and stat.S_ISLNK(tst.st_mode) and os.readlink(name, dir_fd=tdir) == link:
+            return (path, "unchanged", "symlink", 0, "", 0)
+        tmp = temp_name(self.instance)
+        os.symlink(link, tmp, dir_fd=tdir)
         try:
-            tst = _lstat(tdir, name)
-            if tst is not None and stat.S_ISLNK(tst.st_mode) and os.readlink(name, dir_fd=tdir) == link:
-                return (path, "unchanged", "symlink", 0, "", 0)
-            tmp = temp_name(self.instance)
-            os.symlink(link, tmp, dir_fd=tdir)
-            try:
-                os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=tdir, follow_symlinks=False)
-                if self.is_root:
-                    try:
-                        os.chown(tmp, st.st_uid, st.st_gid, dir_fd=tdir, follow_symlinks=False)
-                    except OSError:
-                        pass
-                if tst is not None and stat.S_ISDIR(tst.st_mode):
-                    self._remove_conflict(tdir, name)
-                os.rename(tmp, name, src_dir_fd=tdir, dst_dir_fd=tdir)
-            except BaseException:
-                _unlink_quietly(tdir, tmp)
-                raise
-            return (path, "copied", "symlink", len(link), "", 0)
-        finally:
-            os.close(tdir)
+            os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=tdir, follow_symlinks=False)
+            if self.is_root:
+                try:
+                    os.chown(tmp, st.st_uid, st.st_gid, dir_fd=tdir, follow_symlinks=False)
+                except OSError:
+                    pass
+            if tst is not None and stat.S_ISDIR(tst.st_mode):
+                self._remove_conflict(tdir, name, (*parents, name))
+            os.rename(tmp, name, src_dir_fd=tdir, dst_dir_fd=tdir)
+        except BaseException:
+            _unlink_quietly(tdir, tmp)
+            raise
+        return (path, "copied", "symlink", len(link), "", 0)
 
     def _dir(self, sdir: int, parents: list[str], name: str, path: str, st: os.stat_result) -> Outcome:
         tdir = self._target_dir(parents, True)
-        try:
-            mode = stat.S_IMODE(st.st_mode)
-            tst = _lstat(tdir, name)
-            if tst is not None and stat.S_ISDIR(tst.st_mode):
-                if stat.S_IMODE(tst.st_mode) == mode:
-                    return (path, "unchanged", "dir", 0, "", 0)
-                os.chmod(name, mode, dir_fd=tdir, follow_symlinks=True)
-                return (path, "copied", "dir", 0, "", 0)
-            if tst is not None:
-                self._remove_conflict(tdir, name)
-            try:
-                os.mkdir(name, 0o700, dir_fd=tdir)
-            except FileExistsError:
-                # Another worker made it, for a file inside it, since the lstat above.
-                if not stat.S_ISDIR(os.stat(name, dir_fd=tdir, follow_symlinks=False).st_mode):
-                    raise
-            os.chmod(name, mode, dir_fd=tdir)
-            if self.is_root:
-                try:
-                    os.chown(name, st.st_uid, st.st_gid, dir_fd=tdir, follow_symlinks=False)
-                except OSError:
-                    pass
+        mode = stat.S_IMODE(st.st_mode)
+        tst = _lstat(tdir, name)
+        if tst is not None and stat.S_ISDIR(tst.st_mode):
+            if stat.S_IMODE(tst.st_mode) == mode:
+                return (path, "unchanged", "dir", 0, "", 0)
+            os.chmod(name, mode, dir_fd=tdir, follow_symlinks=True)
             return (path, "copied", "dir", 0, "", 0)
-        finally:
-            os.close(tdir)
+        if tst is not None:
+            self._remove_conflict(tdir, name, (*parents, name))
+        try:
+            os.mkdir(name, 0o700, dir_fd=tdir)
+        except FileExistsError:
+            # Another worker made it, for a file inside it, since the lstat above.
+            if not stat.S_ISDIR(os.stat(name, dir_fd=tdir, follow_symlinks=False).st_mode):
+                raise
+        os.chmod(name, mode, dir_fd=tdir)
+        if self.is_root:
+            try:
+                os.chown(name, st.st_uid, st.st_gid, dir_fd=tdir, follow_symlinks=False)
+            except OSError:
+                pass
+        return (path, "copied", "dir", 0, "", 0)
 
     def rename_in_target(self, origin: str, path: str) -> Outcome | None:
         """Replay a rename in the target when the origin's mirror is there to move."""
@@ -473,34 +501,26 @@ class _Mirror:
                 odir = self._target_dir(oparts[:-1], False)
             except OSError:
                 return None
+            ost = _lstat(odir, oparts[-1])
+            if ost is None:
+                return None
             try:
-                ost = _lstat(odir, oparts[-1])
-                if ost is None:
-                    return None
-                try:
-                    sdir = self._source_dir(parts[:-1])
-                except _Gone:
-                    return None
-                try:
-                    sst = _lstat(sdir, parts[-1])
-                    if sst is None or stat.S_IFMT(sst.st_mode) != stat.S_IFMT(ost.st_mode):
-                        return None
-                    ddir = self._target_dir(parts[:-1], True)
-                finally:
-                    os.close(sdir)
-                try:
-                    dst = _lstat(ddir, parts[-1])
-                    if dst is not None and (stat.S_ISDIR(dst.st_mode) or stat.S_ISDIR(ost.st_mode)):
-                        return None
-                    os.rename(oparts[-1], parts[-1], src_dir_fd=odir, dst_dir_fd=ddir)
-                    if self.durable:
-                        os.fsync(ddir)
-                        os.fsync(odir)
-                    return (path, "renamed", _kind(ost.st_mode), 0, origin, 0)
-                finally:
-                    os.close(ddir)
-            finally:
-                os.close(odir)
+                sdir = self._source_dir(parts[:-1])
+            except _Gone:
+                return None
+            sst = _lstat(sdir, parts[-1])
+            if sst is None or stat.S_IFMT(sst.st_mode) != stat.S_IFMT(ost.st_mode):
+                return None
+            ddir = self._target_dir(parts[:-1], True)
+            dst = _lstat(ddir, parts[-1])
+            if dst is not None and (stat.S_ISDIR(dst.st_mode) or stat.S_ISDIR(ost.st_mode)):
+                return None
+            self.forget_target(tuple(oparts))
+            os.rename(oparts[-1], parts[-1], src_dir_fd=odir, dst_dir_fd=ddir)
+            if self.durable:
+                os.fsync(ddir)
+                os.fsync(odir)
+            return (path, "renamed", _kind(ost.st_mode), 0, origin, 0)
         except OSError as exc:
             return (path, "failed", "unknown", 0, f"rename from {origin}: {_describe(exc)}", exc.errno or 0)
 
@@ -539,9 +559,11 @@ def _chown(fd: int, st: os.stat_result) -> None:
         pass
 
 
-def _copy_data(sfd: int, tfd: int, pause: float = 0.0) -> int:
+def _copy_data(sfd: int, tfd: int, size: int, pause: float = 0.0) -> int:
     """Copy in the kernel: copy_file_range, then sendfile, then read/write as fallbacks.
 
+    Stops once `size` bytes (the size at the stat) are copied, sparing a small file its
+    second system call; the caller's stat after the copy catches a file that grew.
     `pause` (test-only fault injection) copies 1 MiB at a time with a sleep in between.
     """
     total = 0
@@ -552,6 +574,8 @@ def _copy_data(sfd: int, tfd: int, pause: float = 0.0) -> int:
             if n == 0:
                 return total
             total += n
+            if total >= size and not pause:
+                return total
             if pause:
                 time.sleep(pause)
     except OSError as exc:
