@@ -66,6 +66,8 @@ class ChangeQueue:
     _closed: bool = False
     _handed_out: dict[Key, float] = field(default_factory=dict)  # hot-path memory, pruned
     _max_settle: float = 0.0
+    _pending: dict[str, int] = field(default_factory=dict)  # per folder: len(_entries) of it
+    _flying: dict[str, int] = field(default_factory=dict)   # per folder: len(_in_flight) of it
     # Debug hook, called under the lock with ("event" | "ready" | "dispatched", key); must be cheap.
     tracer: Callable[[str, Key], None] | None = None
 
@@ -84,7 +86,7 @@ class ChangeQueue:
                 self.tracer("event", key)
             e = self._entries.get(key)
             if e is None:
-                e = self._entries[key] = _Entry(first_seen=now, last_event=now, settle=settle)
+                e = self._add(key, _Entry(first_seen=now, last_event=now, settle=settle))
             e.last_event = now
             e.settle = settle
             e.ready = e.ready or ready
@@ -105,7 +107,7 @@ class ChangeQueue:
                 return
             origin = src
             first = now
-            prev = self._entries.pop(skey, None)
+            prev = self._remove(skey)
             if prev is not None:
                 first = min(first, prev.first_seen)
                 if prev.origin is not None:
@@ -114,7 +116,7 @@ class ChangeQueue:
                     self._touch_locked(skey, settle, now)
             e = self._entries.get(dkey)
             if e is None:
-                e = self._entries[dkey] = _Entry(first_seen=first, last_event=now, settle=settle)
+                e = self._add(dkey, _Entry(first_seen=first, last_event=now, settle=settle))
             e.first_seen = min(e.first_seen, first)
             e.last_event = now
             e.origin = None if origin == dst else origin
@@ -122,10 +124,26 @@ class ChangeQueue:
             e.ready = True
             self._schedule(dkey, e, now)
 
+    def _add(self, key: Key, e: _Entry) -> _Entry:
+        self._entries[key] = e
+        self._pending[key[0]] = self._pending.get(key[0], 0) + 1
+        return e
+
+    def _remove(self, key: Key) -> _Entry | None:
+        e = self._entries.pop(key, None)
+        if e is not None:
+            self._pending[key[0]] -= 1
+        return e
+
+    def _fly(self, key: Key) -> None:
+        if key not in self._in_flight:
+            self._in_flight.add(key)
+            self._flying[key[0]] = self._flying.get(key[0], 0) + 1
+
     def _touch_locked(self, key: Key, settle: float, now: float, walk: bool = False) -> None:
         e = self._entries.get(key)
         if e is None:
-            e = self._entries[key] = _Entry(first_seen=now, last_event=now, settle=settle)
+            e = self._add(key, _Entry(first_seen=now, last_event=now, settle=settle))
         e.last_event = now
         e.walk = e.walk or walk
         e.ready = True
@@ -209,9 +227,9 @@ class ChangeQueue:
                     origin = None  # fall back to copy + delete; the origin is re-checked after its flight
                     self._touch_locked(okey, e.settle, now)
                 else:
-                    self._in_flight.add(okey)
-            del self._entries[key]
-            self._in_flight.add(key)
+                    self._fly(okey)
+            self._remove(key)
+            self._fly(key)
             self._handed_out[key] = now
             self._max_settle = max(self._max_settle, e.settle)
             items.append(Item(folder=key[0], path=key[1], origin=origin, first_seen=e.first_seen, walk=e.walk,
@@ -222,16 +240,22 @@ class ChangeQueue:
 
     def done(self, item: Item) -> None:
         """The flight of `item` ended; a change that came meanwhile makes it eligible again."""
+        self.done_all([item])
+
+    def done_all(self, items: list[Item]) -> None:
         with self._cond:
             now = self.clock()
-            keys = [(item.folder, item.path)]
-            if item.origin is not None:
-                keys.append((item.folder, item.origin))
-            for key in keys:
-                self._in_flight.discard(key)
-                e = self._entries.get(key)
-                if e is not None:
-                    self._schedule(key, e, now)
+            for item in items:
+                keys = [(item.folder, item.path)]
+                if item.origin is not None:
+                    keys.append((item.folder, item.origin))
+                for key in keys:
+                    if key in self._in_flight:
+                        self._in_flight.discard(key)
+                        self._flying[key[0]] -= 1
+                    e = self._entries.get(key)
+                    if e is not None:
+                        self._schedule(key, e, now)
 
     def forget(self, folder: str) -> None:
         """Drop everything pending for a folder (removed or changed by a reload, or its
@@ -239,7 +263,7 @@ class ChangeQueue:
         with self._cond:
             self._epochs[folder] = self._epochs.get(folder, 0) + 1
             for key in [k for k in self._entries if k[0] == folder]:
-                del self._entries[key]
+                self._remove(key)
 
     def epoch(self, folder: str) -> int:
         with self._cond:
@@ -256,15 +280,17 @@ class ChangeQueue:
         with self._cond:
             if folder is None:
                 return len(self._entries), len(self._in_flight)
-            return (sum(1 for k in self._entries if k[0] == folder),
-                    sum(1 for k in self._in_flight if k[0] == folder))
+            return self._pending.get(folder, 0), self._flying.get(folder, 0)
 
     def settled(self, folder: str) -> bool:
         """Nothing in flight and nothing pending except paths waiting out a retry backoff."""
         with self._cond:
-            now = self.clock()
-            if any(k[0] == folder for k in self._in_flight):
+            if self._flying.get(folder, 0):
                 return False
+            if not self._pending.get(folder, 0):
+                return True
+            # Stops at the first path not backing off: costly only while all of them are.
+            now = self.clock()
             return all(e.not_before > now for k, e in self._entries.items() if k[0] == folder)
 
     def oldest_age(self, folder: str) -> float:

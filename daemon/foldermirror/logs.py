@@ -12,8 +12,9 @@ import logging
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, TextIO
+from typing import Any, Callable, Hashable, Iterator, TextIO
 
 import structlog
 
@@ -39,6 +40,7 @@ FIXES: dict[str, str] = {
     "mirror_failed": "see the error: the path in the source or in the target needs attention; the copy is "
                      "retried with backoff when will_retry is true",
     "mirror_failed_repeated": "see the error: the paths in the source or in the target need attention",
+    "internal_error": "please report this bug with this line; the next rescan compares the path again",
     "observer_unstable": "nothing to do under systemd: it restarts the service; otherwise restart it and "
                          "report this bug with the watch_handler_error or watcher_restarted lines before it",
     "overflow_rescan": "nothing to do: every folder is compared again; raise fs.inotify.max_queued_events if "
@@ -54,6 +56,55 @@ def _advise(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
+class _LineWriter:
+    """structlog's output: one line per event, written at once, except on a thread inside
+    `batch()`: its lines go out together when the batch ends (one write, not one per file)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._lock = threading.Lock()
+        self._held: list[str] = []
+        self._local = threading.local()
+
+    def msg(self, message: str) -> None:
+        with self._lock:
+            if getattr(self._local, "depth", 0):
+                self._held.append(message + "\n")
+                return
+            self._stream.write(message + "\n")
+            self._stream.flush()
+
+    log = debug = info = warn = warning = error = critical = exception = fatal = msg
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        self._local.depth = getattr(self._local, "depth", 0) + 1
+        try:
+            yield
+        finally:
+            self._local.depth -= 1
+            if not self._local.depth:
+                with self._lock:
+                    if self._held:
+                        self._stream.write("".join(self._held))
+                        self._held.clear()
+                        self._stream.flush()
+
+
+_writer: _LineWriter | None = None
+
+
+@contextmanager
+def batch() -> Iterator[None]:
+    """Hold this thread's log lines until the block ends, then write them at once."""
+    writer = _writer
+    if writer is None:
+        yield
+        return
+    with writer.batch():
+        yield
+
+
 def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     """Route structlog to `stream` (stderr by default) as JSON or console lines."""
     out = stream or sys.stderr
@@ -61,6 +112,8 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
     # The console renderer pads event names into a column and colours the level on a TTY.
     renderer: Any = (structlog.dev.ConsoleRenderer(colors=out.isatty(), sort_keys=False) if use_console
                      else structlog.processors.JSONRenderer(sort_keys=False))
+    global _writer
+    writer = _writer = _LineWriter(out)
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
@@ -70,8 +123,10 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.WriteLoggerFactory(file=out),
-        cache_logger_on_first_use=False,
+        logger_factory=lambda *args: writer,
+        # A logger from get_logger() binds once, not on every call (a third of a line's cost);
+        # configure_logging() again takes effect for loggers got after it.
+        cache_logger_on_first_use=True,
     )
 
 

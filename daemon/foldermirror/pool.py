@@ -27,7 +27,9 @@ from foldermirror.changes import ChangeQueue, Item
 BATCH_MAX = 64
 # source, target, delete, durable, root id, epoch (see ChangeQueue.forget)
 FolderSpec = tuple[str, str, bool, bool, "copier.RootId | None", int]
-ResultHandler = Callable[[Item, list[copier.Outcome], float, int], None]
+# (item, its outcomes, duration in ms): the results of one message from one worker
+Result = tuple[Item, list[copier.Outcome], float]
+ResultHandler = Callable[[list[Result], int], None]
 
 
 @dataclass
@@ -53,10 +55,10 @@ class _Generation:
 class WorkerPool:
     """A persistent multiprocessing.Pool that never loses a submitted item."""
 
-    def __init__(self, size: int, on_result: ResultHandler, spec: Callable[[str], FolderSpec | None],
+    def __init__(self, size: int, on_results: ResultHandler, spec: Callable[[str], FolderSpec | None],
                  on_worker_lost: Callable[[list[int], int], None], instance: str) -> None:
         self.size = size
-        self._on_result = on_result
+        self._on_results = on_results
         self._spec = spec
         self._on_worker_lost = on_worker_lost
         self._instance = instance
@@ -109,18 +111,22 @@ class WorkerPool:
                     task.pid = pid
             return
         _, _, task_id, results, pid = msg
-        for index, outcomes, duration_ns in results:
-            with self._lock:
-                task = self._tasks.get(task_id)
-                if task is None or index in task.reported:
-                    continue  # a duplicate from a retired generation
-                task.reported.add(index)
-            # Logged before the task leaves the registry, so stop() never outruns a result.
-            self._on_result(task.items[index], outcomes, duration_ns / 1e6, pid)
-            with self._lock:
-                if len(task.reported) == len(task.items) and self._tasks.get(task_id) is task:
-                    del self._tasks[task_id]
-                    self._lock.notify_all()
+        fresh: list[Result] = []
+        with self._lock:
+            task = self._tasks.get(task_id)
+            if task is None:
+                return
+            for index, outcomes, duration_ns in results:
+                if index not in task.reported:  # else a duplicate from a retired generation
+                    task.reported.add(index)
+                    fresh.append((task.items[index], outcomes, duration_ns / 1e6))
+        # Logged before the task leaves the registry, so stop() never outruns a result.
+        if fresh:
+            self._on_results(fresh, pid)
+        with self._lock:
+            if len(task.reported) == len(task.items) and self._tasks.get(task_id) is task:
+                del self._tasks[task_id]
+                self._lock.notify_all()
 
     # -- submission ------------------------------------------------------------
     def submit(self, items: list[Item]) -> None:
@@ -135,19 +141,25 @@ class WorkerPool:
 
     def _send(self, task: _Task, indexes: Any) -> None:
         work: list[copier.WorkItem] = []
+        dropped: list[Result] = []
+        specs: dict[str, FolderSpec | None] = {}
         for i in indexes:
             item = task.items[i]
-            spec = self._spec(item.folder)
+            if item.folder not in specs:
+                specs[item.folder] = self._spec(item.folder)
+            spec = specs[item.folder]
             if spec is None:  # the folder was removed by a reload
                 task.reported.add(i)
-                self._on_result(item, [], 0.0, 0)
+                dropped.append((item, [], 0.0))
                 continue
             source, target, delete, durable, root_id, epoch = spec
             if item.epoch != epoch:  # seen before the folder's root or config changed
                 task.reported.add(i)
-                self._on_result(item, [(item.path, "stale", "unknown", 0, "", 0)], 0.0, 0)
+                dropped.append((item, [(item.path, "stale", "unknown", 0, "", 0)], 0.0))
                 continue
             work.append((i, source, target, item.path, item.origin, delete, durable, root_id))
+        if dropped:
+            self._on_results(dropped, 0)
         if not work:
             self._tasks.pop(task.task_id, None)
             return

@@ -22,10 +22,10 @@ from foldermirror.changes import ChangeQueue, Item
 from foldermirror.config import DEFAULT_RESCAN, Config, FolderConfig, load_config
 from foldermirror.control import ControlError, ControlServer, socket_paths
 from foldermirror.errors import EXIT_FAILURE, EXIT_OK, ConfigError, StartupError, error_kind, fix_for
-from foldermirror.logs import Repeats, Tracer, get_logger
+from foldermirror.logs import Repeats, Tracer, batch, get_logger
 from foldermirror.notify import Notifier, watchdog_interval
 from foldermirror.paths import Excluder
-from foldermirror.pool import FolderSpec, WorkerPool, process_alive, run_dispatcher
+from foldermirror.pool import FolderSpec, Result, WorkerPool, process_alive, run_dispatcher
 from foldermirror.reconcile import Reconciler, Request, WalkStats, diff_tree, hold_deletions
 from foldermirror.stats import FolderStats
 from foldermirror.status import snapshot
@@ -170,7 +170,7 @@ class Service:
         if not self.once:
             self._check_watch_limit()
         # The Pool (and its fork server) comes before any watcher thread (PITFALLS #8, #12).
-        self.pool = WorkerPool(cfg.workers, self._on_result, self._spec, self._on_worker_lost, self.instance)
+        self.pool = WorkerPool(cfg.workers, self._on_results, self._spec, self._on_worker_lost, self.instance)
         if not self.once:
             self._start_operator_view()
         dispatcher = threading.Thread(target=run_dispatcher, args=(self.changes, self.pool, lambda: self._running),
@@ -450,13 +450,18 @@ class Service:
                           failed=c.failed, differences=c.differences, seconds=round(now - c.started, 3))
 
     # -- results -------------------------------------------------------------------
-    def _on_result(self, item: Item, outcomes: list[copier.Outcome], duration_ms: float, pid: int) -> None:
-        # The path leaves flight only once its lines are logged: whoever sees the folder
+    def _on_results(self, results: list[Result], pid: int) -> None:
+        # The paths leave flight only once their lines are written: whoever sees the folder
         # settled (sync_finished, status) also sees every line of what settled it.
         try:
-            self._record(item, outcomes, duration_ms, pid)
+            with batch():
+                for item, outcomes, duration_ms in results:
+                    try:
+                        self._record(item, outcomes, duration_ms, pid)
+                    except Exception as exc:  # noqa: BLE001 - one bad result must not strand the others
+                        self.log.error("internal_error", folder=item.folder, path=item.path, error=repr(exc))
         finally:
-            self.changes.done(item)
+            self.changes.done_all([item for item, _, _ in results])
 
     def _record(self, item: Item, outcomes: list[copier.Outcome], duration_ms: float, pid: int) -> None:
         state = self.folders.get(item.folder)
