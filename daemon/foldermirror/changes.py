@@ -66,6 +66,7 @@ class ChangeQueue:
     _closed: bool = False
     _handed_out: dict[Key, float] = field(default_factory=dict)  # hot-path memory, pruned
     _max_settle: float = 0.0
+    _next_prune: float = 0.0
     _pending: dict[str, int] = field(default_factory=dict)  # per folder: len(_entries) of it
     _flying: dict[str, int] = field(default_factory=dict)   # per folder: len(_in_flight) of it
     # Debug hook, called under the lock with ("event" | "ready" | "dispatched", key); must be cheap.
@@ -206,8 +207,10 @@ class ChangeQueue:
                 self._cond.wait(wait)
 
     def _pop_ready(self, limit: int, now: float) -> list[Item]:
-        if len(self._handed_out) > 4096:
+        if len(self._handed_out) > 4096 and now >= self._next_prune:
+            # At most once per settle period: in a burst, all of them may still be recent.
             self._handed_out = {k: t for k, t in self._handed_out.items() if now - t < self._max_settle}
+            self._next_prune = now + self._max_settle
         items: list[Item] = []
         while self._ready and len(items) < limit:
             key = self._ready.popleft()

@@ -43,10 +43,21 @@ _IS_ROOT = os.geteuid() == 0
 _DIR_CACHE_MAX = 128
 
 
+_pid = os.getpid()
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
 def temp_name(instance: str) -> str:
     """A temp file name that says which daemon instance and worker wrote it."""
-    # random (reseeded in every forked child), not os.urandom: no system call per file.
-    return f"{TEMP_PREFIX}{instance}-{os.getpid()}-{random.getrandbits(48):012x}{TEMP_SUFFIX}"
+    # No system call per file: the pid is remembered, and random is reseeded in a forked child.
+    return f"{TEMP_PREFIX}{instance}-{_pid}-{random.getrandbits(48):012x}{TEMP_SUFFIX}"
 
 
 def is_temp_name(name: str) -> bool:

@@ -8,6 +8,7 @@ Also what makes a log line something to act on: a `fix` for every warning and er
 from __future__ import annotations
 
 import fnmatch
+import json
 import logging
 import sys
 import threading
@@ -54,6 +55,14 @@ def _advise(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
         if fix:
             event["fix"] = fix
     return event
+
+
+# One encoder for every line: json.dumps with `default=` would build a new one per call.
+_ENCODER = json.JSONEncoder(default=repr)
+
+
+def _json_line(event: dict[str, Any], **_: Any) -> str:
+    return _ENCODER.encode(event)
 
 
 class _LineWriter:
@@ -111,7 +120,7 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
     use_console = fmt == "console" or (fmt == "auto" and out.isatty())
     # The console renderer pads event names into a column and colours the level on a TTY.
     renderer: Any = (structlog.dev.ConsoleRenderer(colors=out.isatty(), sort_keys=False) if use_console
-                     else structlog.processors.JSONRenderer(sort_keys=False))
+                     else structlog.processors.JSONRenderer(serializer=_json_line))
     global _writer
     writer = _writer = _LineWriter(out)
     structlog.configure(
