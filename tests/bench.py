@@ -214,17 +214,25 @@ def tree_memory(pid: int) -> tuple[float, float, int]:
     return rss / 1024, pss / 1024, len(pids)
 
 
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) one process has used so far."""
+    try:
+        data = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return 0.0
+    fields = data[data.rindex(b")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def tree_cpu(pid: int) -> float:
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for p in process_tree(pid):
-        try:
-            data = Path(f"/proc/{p}/stat").read_bytes()
-        except OSError:
-            continue
-        fields = data[data.rindex(b")") + 2:].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / ticks
+    return sum(process_cpu(p) for p in process_tree(pid))
+
+
+def cpu_split(pid: int) -> dict[str, float]:
+    """CPU seconds of the daemon's main process and of its helpers (the pool's workers,
+    the fork server, the resource tracker): where the time goes."""
+    main = process_cpu(pid)
+    return {"cpu_main_s": main, "cpu_workers_s": tree_cpu(pid) - main}
 
 
 # -- scenarios --------------------------------------------------------------------------
@@ -238,6 +246,7 @@ def scenario_burst(base: Path, trash: Trash, files: int, folders: int) -> dict[s
     t_written = time.monotonic()
     t_done = d.wait(lambda s: len(s.mirrored) >= files + folders, 600)
     overflow = d.has("overflow_rescan")
+    cpu = cpu_split(d.proc.pid)
     d.stop()
     lost = _compare_count(src, dst)
     cp_dst, rs_dst = base / "burst-cp", base / "burst-rsync"
@@ -246,7 +255,8 @@ def scenario_burst(base: Path, trash: Trash, files: int, folders: int) -> dict[s
     rs = timed(["rsync", "-a", f"{src}/", f"{rs_dst}/"]) if shutil.which("rsync") else None
     trash.put(src, dst, cp_dst, rs_dst)
     return {"daemon_s": t_done - t0, "daemon_after_writes_s": t_done - t_written, "write_s": t_written - t0,
-            "cp_s": cp, "rsync_s": rs, "ratio_vs_cp": (t_done - t0) / cp, "overflow": overflow, "missing": lost}
+            "cp_s": cp, "rsync_s": rs, "ratio_vs_cp": (t_done - t0) / cp, "overflow": overflow, "missing": lost,
+            **cpu}
 
 
 def _compare_count(src: Path, dst: Path) -> int:
@@ -317,6 +327,7 @@ def scenario_catchup(base: Path, trash: Trash, files: int, folders: int) -> dict
     t0 = time.monotonic()
     d = Daemon(cfg)
     t_done = d.wait(lambda s: s.has("sync_finished", reason="startup"), 900)
+    cpu = cpu_split(d.proc.pid)
     d.stop()
     # a second start with everything in sync: the cost of the comparison alone
     t1 = time.monotonic()
@@ -327,7 +338,7 @@ def scenario_catchup(base: Path, trash: Trash, files: int, folders: int) -> dict
     trash.put(src, dst, cp_dst, rs_dst)
     return {"daemon_s": t_done - t0, "cp_s": cp, "rsync_s": rs,
             "ratio_vs_rsync": (t_done - t0) / rs if rs else None,
-            "in_sync_start_s": t_idle - t1, "copied_when_in_sync": copied_again}
+            "in_sync_start_s": t_idle - t1, "copied_when_in_sync": copied_again, **cpu}
 
 
 def scenario_idle(base: Path, trash: Trash, folders: int, per_folder: int, seconds: float) -> dict[str, Any]:
