@@ -401,12 +401,14 @@ class Service:
                 if diff.reason == "extra":
                     extras.append(diff.path)  # judged once the walk has seen everything
                 else:
+                    self.changes.wait_for_room()
                     self.changes.touch(f.name, diff.path, settle=f.settle, ready=req.ready)
             if extras and req.sub == "" and hold_deletions(stats, f.max_delete_fraction):
                 self._hold_deletions(f, req, stats)
                 stats.differences -= len(extras)
                 extras = []
             for path in extras:
+                self.changes.wait_for_room()
                 self.changes.touch(f.name, path, settle=f.settle, ready=req.ready)
         except OSError as exc:
             self.log.error("reconcile_failed", folder=f.name, path=req.sub, error=copier._describe(exc))
