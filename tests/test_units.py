@@ -186,3 +186,14 @@ def test_close_releases_a_waiting_walk(clock):
     q.close()
     walker.join(10)
     assert not walker.is_alive()
+
+
+def test_prune_forgets_paths_no_longer_hot_and_keeps_hot_ones(q, clock):
+    for name in ("old", "hot"):
+        q.touch("f", name, settle=0.25, ready=True)
+        q.done(q.take(10, timeout=0)[0])
+        clock.now += 1.0 if name == "old" else 0.1
+    q.prune()
+    assert set(q._handed_out) == {("f", "hot")}
+    q.touch("f", "hot", settle=0.25, ready=True)
+    assert q.take(10, timeout=0) == []  # still hot: it waits for quiet

@@ -256,6 +256,12 @@ class ChangeQueue:
                 if e is not None:
                     self._schedule(key, e, now)
 
+    def prune(self) -> None:
+        """Forget when paths no longer hot were handed out (memory a big batch leaves behind)."""
+        with self._cond:
+            now = self.clock()
+            self._handed_out = {k: t for k, t in self._handed_out.items() if now - t < self._max_settle}
+
     def forget(self, folder: str) -> None:
         """Drop everything pending for a folder (removed or changed by a reload, or its
         source root changed) and start a new epoch: items handed out before are stale."""

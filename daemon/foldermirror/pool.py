@@ -62,7 +62,7 @@ class WorkerPool:
         self._instance = instance
         self._ctx = multiprocessing.get_context("forkserver")
         # Workers are forked from the fork server with the copier already imported.
-        self._ctx.set_forkserver_preload(["foldermirror.copier"])
+        self._ctx.set_forkserver_preload(["foldermirror.copier", "multiprocessing.pool", "multiprocessing.queues"])
         self._lock = threading.Condition()
         self._tasks: dict[int, _Task] = {}
         self._next_task = 0
