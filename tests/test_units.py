@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
+from conftest import wait_until
 from foldermirror.changes import ChangeQueue
 from foldermirror.paths import Excluder, relative
 
@@ -149,3 +152,48 @@ def test_a_path_closed_again_after_quiet_is_ready_at_once(q, clock):
     clock.now += 1.0
     q.touch("f", "a", settle=0.25, ready=True)
     assert paths(q.take(10, timeout=0)) == ["a"]
+
+
+def test_a_walk_waits_while_the_backlog_is_full_and_goes_on_when_it_drains(clock):
+    q = ChangeQueue(clock=clock, backlog_max=4)
+    fed: list[int] = []
+
+    def walk() -> None:
+        for i in range(10):
+            q.wait_for_room()
+            q.touch("f", f"p{i}", settle=0.25, ready=True)
+            fed.append(i)
+
+    walker = threading.Thread(target=walk, daemon=True)
+    walker.start()
+    wait_until(lambda: len(fed) == 4 and q.counts() == (4, 0), 10, "the walk did not fill the backlog")
+    walker.join(0.2)  # sleep-ok: a full backlog holds the walk back
+    assert walker.is_alive() and len(fed) == 4
+    handed: list[str] = []
+    while len(handed) < 10:
+        handed += paths(q.take(1, timeout=5))
+    walker.join(10)
+    assert not walker.is_alive() and sorted(handed) == sorted(f"p{i}" for i in range(10))
+
+
+def test_close_releases_a_waiting_walk(clock):
+    q = ChangeQueue(clock=clock, backlog_max=1)
+    q.touch("f", "a", settle=0.25, ready=True)
+    walker = threading.Thread(target=q.wait_for_room, daemon=True)
+    walker.start()
+    walker.join(0.2)  # sleep-ok: it waits for room
+    assert walker.is_alive()
+    q.close()
+    walker.join(10)
+    assert not walker.is_alive()
+
+
+def test_prune_forgets_paths_no_longer_hot_and_keeps_hot_ones(q, clock):
+    for name in ("old", "hot"):
+        q.touch("f", name, settle=0.25, ready=True)
+        q.done(q.take(10, timeout=0)[0])
+        clock.now += 1.0 if name == "old" else 0.1
+    q.prune()
+    assert set(q._handed_out) == {("f", "hot")}
+    q.touch("f", "hot", settle=0.25, ready=True)
+    assert q.take(10, timeout=0) == []  # still hot: it waits for quiet

@@ -21,6 +21,10 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 Key = tuple[str, str]  # (folder name, path relative to the folder's source)
+# Ready items not yet handed out beyond which a walk waits (see wait_for_room): enough
+# to keep every worker busy, few enough that a catch-up of a million files does not
+# hold a million entries (each costs some 400 bytes, and CPython keeps the arenas).
+BACKLOG_MAX = 4096
 
 
 @dataclass(frozen=True)
@@ -62,7 +66,9 @@ class ChangeQueue:
     _timers: list[tuple[float, int, Key]] = field(default_factory=list)
     _seq: itertools.count = field(default_factory=itertools.count)
     _epochs: dict[str, int] = field(default_factory=dict)
-    _cond: threading.Condition = field(default_factory=threading.Condition)
+    _lock: threading.RLock = field(default_factory=threading.RLock)
+    _cond: threading.Condition = field(init=False)  # takers wait here for ready items
+    _room: threading.Condition = field(init=False)  # walks wait here for the backlog to shrink
     _closed: bool = False
     _handed_out: dict[Key, float] = field(default_factory=dict)  # hot-path memory, pruned
     _max_settle: float = 0.0
@@ -71,6 +77,11 @@ class ChangeQueue:
     _flying: dict[str, int] = field(default_factory=dict)   # per folder: len(_in_flight) of it
     # Debug hook, called under the lock with ("event" | "ready" | "dispatched", key); must be cheap.
     tracer: Callable[[str, Key], None] | None = None
+    backlog_max: int = BACKLOG_MAX
+
+    def __post_init__(self) -> None:
+        self._cond = threading.Condition(self._lock)
+        self._room = threading.Condition(self._lock)
 
     # -- producers -------------------------------------------------------------
     def touch(self, folder: str, path: str, *, settle: float, ready: bool = False,
@@ -140,6 +151,16 @@ class ChangeQueue:
         if key not in self._in_flight:
             self._in_flight.add(key)
             self._flying[key[0]] = self._flying.get(key[0], 0) + 1
+
+    def wait_for_room(self) -> None:
+        """Block while `backlog_max` or more items are ready and not handed out yet.
+
+        For a producer that finds changes much faster than the workers mirror them (a
+        catch-up walk); it goes on once half the backlog has been handed out, or at close().
+        """
+        with self._cond:
+            while len(self._ready) >= self.backlog_max and not self._closed:
+                self._room.wait()
 
     def _touch_locked(self, key: Key, settle: float, now: float, walk: bool = False) -> None:
         e = self._entries.get(key)
@@ -239,6 +260,8 @@ class ChangeQueue:
                               epoch=self._epochs.get(key[0], 0)))
             if self.tracer is not None:
                 self.tracer("dispatched", key)
+        if len(self._ready) <= self.backlog_max // 2:
+            self._room.notify_all()
         return items
 
     def done(self, item: Item) -> None:
@@ -260,6 +283,12 @@ class ChangeQueue:
                     if e is not None:
                         self._schedule(key, e, now)
 
+    def prune(self) -> None:
+        """Forget when paths no longer hot were handed out (memory a big batch leaves behind)."""
+        with self._cond:
+            now = self.clock()
+            self._handed_out = {k: t for k, t in self._handed_out.items() if now - t < self._max_settle}
+
     def forget(self, folder: str) -> None:
         """Drop everything pending for a folder (removed or changed by a reload, or its
         source root changed) and start a new epoch: items handed out before are stale."""
@@ -276,6 +305,7 @@ class ChangeQueue:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+            self._room.notify_all()
 
     # -- observation -----------------------------------------------------------
     def counts(self, folder: str | None = None) -> tuple[int, int]:

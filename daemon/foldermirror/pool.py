@@ -63,8 +63,9 @@ class WorkerPool:
         self._on_worker_lost = on_worker_lost
         self._instance = instance
         self._ctx = multiprocessing.get_context("forkserver")
-        # Workers are forked from the fork server with the copier already imported.
-        self._ctx.set_forkserver_preload(["foldermirror.copier"])
+        # Workers are forked from the fork server with the copier and the Pool's own modules
+        # already imported: pages shared with the fork server, not imported again per worker.
+        self._ctx.set_forkserver_preload(["foldermirror.copier", "multiprocessing.pool", "multiprocessing.queues"])
         self._lock = threading.Condition()
         self._tasks: dict[int, _Task] = {}
         self._next_task = 0

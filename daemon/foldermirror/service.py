@@ -17,7 +17,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from foldermirror import checks, copier
+from foldermirror import checks, copier, memory
 from foldermirror.changes import ChangeQueue, Item
 from foldermirror.config import DEFAULT_RESCAN, Config, FolderConfig, load_config
 from foldermirror.control import ControlError, ControlServer, socket_paths
@@ -41,6 +41,8 @@ PERMANENT_ERRNOS = {errno.ENAMETOOLONG, errno.EILSEQ, errno.EEXIST}
 # so systemd's watchdog restarts the whole service.
 OBSERVER_DEATHS_MAX = 3
 OBSERVER_DEATH_WINDOW = 60.0
+# A catch-up with this many differences leaves enough freed memory to give back once it ends.
+RELEASE_AFTER = 1000
 UNUSABLE_FIX = "the other folders are served; fix this, then reload (systemctl reload foldermirror, or SIGHUP)"
 
 
@@ -99,6 +101,7 @@ class Service:
         self._next_rescan = 0.0
         self._last_ping = 0.0
         self._last_status = ""
+        self._release_memory = False
         self._ping_every = watchdog_interval()
         self._observer_deaths: deque[float] = deque()
         self._observer_unstable = False
@@ -401,12 +404,14 @@ class Service:
                 if diff.reason == "extra":
                     extras.append(diff.path)  # judged once the walk has seen everything
                 else:
+                    self.changes.wait_for_room()
                     self.changes.touch(f.name, diff.path, settle=f.settle, ready=req.ready)
             if extras and req.sub == "" and hold_deletions(stats, f.max_delete_fraction):
                 self._hold_deletions(f, req, stats)
                 stats.differences -= len(extras)
                 extras = []
             for path in extras:
+                self.changes.wait_for_room()
                 self.changes.touch(f.name, path, settle=f.settle, ready=req.ready)
         except OSError as exc:
             self.log.error("reconcile_failed", folder=f.name, path=req.sub, error=copier._describe(exc))
@@ -448,6 +453,11 @@ class Service:
                 state.catch_up = None
             self.log.info("sync_finished", folder=name, reason=c.reason, files=c.files, bytes=c.bytes,
                           failed=c.failed, differences=c.differences, seconds=round(now - c.started, 3))
+            self._release_memory = self._release_memory or c.differences >= RELEASE_AFTER
+        if self._release_memory and not any(s.catch_up for s in self.folders.values()):
+            self._release_memory = False
+            self.changes.prune()
+            memory.release()
 
     # -- results -------------------------------------------------------------------
     def _on_results(self, results: list[Result], pid: int) -> None:
