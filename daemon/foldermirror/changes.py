@@ -68,6 +68,8 @@ class ChangeQueue:
     _max_settle: float = 0.0
     # Debug hook, called under the lock with ("event" | "ready" | "dispatched", key); must be cheap.
     tracer: Callable[[str, Key], None] | None = None
+    # Called (under the lock; must be cheap) on every new change: wakes an owner that sleeps while idle.
+    on_change: Callable[[], None] | None = None
 
     # -- producers -------------------------------------------------------------
     def touch(self, folder: str, path: str, *, settle: float, ready: bool = False,
@@ -91,6 +93,8 @@ class ChangeQueue:
             if not_before is not None:
                 e.not_before = not_before
             self._schedule(key, e, now)
+            if self.on_change is not None:
+                self.on_change()
 
     def moved(self, folder: str, src: str, dst: str, *, settle: float, is_dir: bool = False) -> None:
         """`src` was renamed to `dst` inside one folder: replay it as a rename in the target."""
@@ -102,6 +106,8 @@ class ChangeQueue:
             if skey in self._in_flight or dkey in self._in_flight:
                 self._touch_locked(skey, settle, now)
                 self._touch_locked(dkey, settle, now, walk=is_dir)
+                if self.on_change is not None:
+                    self.on_change()
                 return
             origin = src
             first = now
@@ -121,6 +127,8 @@ class ChangeQueue:
             e.walk = e.walk or is_dir
             e.ready = True
             self._schedule(dkey, e, now)
+            if self.on_change is not None:
+                self.on_change()
 
     def _touch_locked(self, key: Key, settle: float, now: float, walk: bool = False) -> None:
         e = self._entries.get(key)
@@ -165,12 +173,13 @@ class ChangeQueue:
             self._schedule(key, e, now)
 
     # -- consumer --------------------------------------------------------------
-    def take(self, max_items: int, timeout: float, spread: int = 1) -> list[Item]:
+    def take(self, max_items: int, timeout: float | None, spread: int = 1) -> list[Item]:
         """Up to `max_items` ready items (fewer, so that `spread` takers share a burst).
 
-        Blocks up to `timeout` seconds; returns [] on timeout or after close().
+        Blocks up to `timeout` seconds (None: until there are items); returns [] on
+        timeout or after close().
         """
-        deadline = self.clock() + timeout
+        deadline = math.inf if timeout is None else self.clock() + timeout
         with self._cond:
             while True:
                 now = self.clock()
@@ -185,7 +194,7 @@ class ChangeQueue:
                 wait = deadline - now
                 if self._timers:
                     wait = min(wait, max(0.0, self._timers[0][0] - now))
-                self._cond.wait(wait)
+                self._cond.wait(None if wait == math.inf else wait)
 
     def _pop_ready(self, limit: int, now: float) -> list[Item]:
         if len(self._handed_out) > 4096:
@@ -258,6 +267,15 @@ class ChangeQueue:
                 return len(self._entries), len(self._in_flight)
             return (sum(1 for k in self._entries if k[0] == folder),
                     sum(1 for k in self._in_flight if k[0] == folder))
+
+    def next_due(self) -> float | None:
+        """When there is next work: now while anything is in flight or pending (settling
+        included), the earliest retry when only backoffs wait, None when nothing is left."""
+        with self._cond:
+            now = self.clock()
+            if self._in_flight:
+                return now
+            return min((max(now, e.not_before) for e in self._entries.values()), default=None)
 
     def settled(self, folder: str) -> bool:
         """Nothing in flight and nothing pending except paths waiting out a retry backoff."""
