@@ -269,13 +269,13 @@ class ChangeQueue:
                     sum(1 for k in self._in_flight if k[0] == folder))
 
     def next_due(self) -> float | None:
-        """When there is next work: now while anything is in flight or pending (settling
-        included), the earliest retry when only backoffs wait, None when nothing is left."""
+        """When there is next work: a time already past while anything is in flight or
+        pending (settling included), the earliest retry when only backoffs wait, None when
+        nothing is left."""
         with self._cond:
-            now = self.clock()
             if self._in_flight:
-                return now
-            return min((max(now, e.not_before) for e in self._entries.values()), default=None)
+                return 0.0
+            return min((e.not_before for e in self._entries.values()), default=None)
 
     def settled(self, folder: str) -> bool:
         """Nothing in flight and nothing pending except paths waiting out a retry backoff."""

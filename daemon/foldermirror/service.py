@@ -95,7 +95,8 @@ class Service:
         self._lock = threading.RLock()
         self._signals: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._sleeping = False  # the main loop waits for a deadline: _wake() interrupts it
-        self.changes.on_change = self._wake
+        self._sleeping_long = False  # ...one further than PROGRESS_INTERVAL: so does a new change
+        self.changes.on_change = self._new_change
         self._running = True
         self._attempts: dict[tuple[str, str], int] = {}
         self._last_progress = 0.0
@@ -225,13 +226,19 @@ class Service:
         except queue.Empty:
             return None
         finally:
-            self._sleeping = False
+            self._sleeping = self._sleeping_long = False
 
     def _wake(self) -> None:
         """Any thread: the main loop has something new to look at; cut its sleep short."""
         if self._sleeping:
-            self._sleeping = False
+            self._sleeping = self._sleeping_long = False
             self._signals.put(WAKE)
+
+    def _new_change(self) -> None:
+        # A pending path only changes the status line, which may wait for the next pass if
+        # that comes within PROGRESS_INTERVAL: a trickle of changes does not wake it each time.
+        if self._sleeping_long:
+            self._wake()
 
     def _next_wait(self, now: float) -> float | None:
         """Seconds until the main loop has something to do (None: nothing until woken).
@@ -241,11 +248,11 @@ class Service:
         from another thread wakes it: the ChangeQueue, a catch-up request, the pool's
         worker monitor, the watcher (observer exit, root lost, suspect directories).
         """
-        self._sleeping = True  # before looking: a change made while we look wakes the wait
+        self._sleeping = self._sleeping_long = True  # before looking: a change made meanwhile wakes the wait
         due = self.changes.next_due()
         if ((due is not None and due <= now) or not self.reconciler.idle()
                 or any(s.catch_up is not None for s in self.folders.values())):
-            self._sleeping = False
+            self._sleeping = self._sleeping_long = False
             return TICK
         deadlines = [d for d in (due, self.repeats.next_due()) if d is not None]
         deadlines += [s.rewatch_at for s in self.folders.values() if s.rewatch_at]
@@ -259,12 +266,13 @@ class Service:
             deadlines.append(self._observer_deaths[0] + OBSERVER_DEATH_WINDOW)
         if self._status_text() != self._last_status:
             deadlines.append(self._last_progress + PROGRESS_INTERVAL)
-        if not deadlines:
-            return None
-        wait = min(deadlines) - now
-        # A deadline already past is one the last pass chose not to act on (a watchdog
-        # ping withheld while unhealthy): look again at the working pace.
-        return wait if wait > 0 else TICK
+        wait = min(deadlines) - now if deadlines else None
+        self._sleeping_long = wait is None or wait > PROGRESS_INTERVAL
+        if wait is not None and wait <= 0:
+            # A deadline already past is one the last pass chose not to act on (a watchdog
+            # ping withheld while unhealthy): look again at the working pace.
+            return TICK
+        return wait
 
     def _root_check_at(self) -> float:
         """When the source roots are next compared with what is watched.
