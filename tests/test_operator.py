@@ -349,10 +349,12 @@ def test_repeats_fold_identical_failures_within_the_window():
     assert [r.admit(("f", "ENOSPC"), p) for p in "bcb"] == [False, False, False]
     assert r.admit(("f", "EACCES"), "a") is True       # another error is its own line
     assert r.due() == []
+    assert r.next_due() == 60                          # the daemon sleeps until then (EACCES folded nothing)
     now[0] = 61
     (run,) = r.due()
     assert (run.key, run.count, run.paths, run.last_path) == (("f", "ENOSPC"), 3, ["b", "c"], "b")
     assert r.admit(("f", "ENOSPC"), "d") is True       # a new window starts with a full line
+    assert r.next_due() is None
     assert r.due(flush=True) == []
 
 

@@ -312,6 +312,39 @@ def test_no_helper_process_outlives_the_main_process(tmp_path, daemon_factory):
     assert d.stop() == 0
 
 
+def _wakeups(pid: int) -> int:
+    """Context switches of every thread of a process so far: a thread blocked for good has none."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+        except OSError:
+            continue
+        total += sum(int(value) for key, value in (line.split(":", 1) for line in status.splitlines())
+                     if key.endswith("ctxt_switches"))
+    return total
+
+
+def test_an_idle_daemon_does_not_wake_up(tmp_path, daemon_factory):
+    # Every thread blocks until it has something to do or a real deadline comes: polling
+    # loops (the main loop at 0.2 s, the results collector, the dispatcher and the control
+    # socket at 0.2-0.5 s) woke such a daemon ~40 times in 3 s.
+    src, dst, spec = pair(tmp_path)
+    (src / "d").mkdir()
+    (src / "d" / "f").write_bytes(b"x")
+    d = daemon_factory(write_config(tmp_path, [spec], control_socket=str(tmp_path / "ctl.sock")))
+    d.wait_ready()
+    time.sleep(1.5)  # sleep-ok: the last status update after the start-up catch-up (PROGRESS_INTERVAL)
+    before = _wakeups(d.proc.pid)
+    time.sleep(3)  # sleep-ok: the idle period measured
+    woke = _wakeups(d.proc.pid) - before
+    assert woke <= 4, f"{woke} context switches in 3 s of idleness"
+    # Asleep, not stuck: a change is still mirrored at once.
+    (src / "d" / "g").write_bytes(b"after the idle period")
+    wait_mirrored(src, dst)
+    assert d.stop() == 0
+
+
 def test_reload_valid_config_watches_added_and_drops_removed(tmp_path, daemon_factory, path_listener):
     keep_src, keep_dst, keep = pair(tmp_path, "keep", delete=True)
     old_src, old_dst, old = pair(tmp_path, "old", delete=True)

@@ -100,6 +100,32 @@ def test_rename_while_origin_in_flight_falls_back_to_copy(q, clock):
     assert paths(q.take(10, timeout=0)) == ["a"]
 
 
+def test_next_due_tells_an_idle_owner_how_long_it_may_sleep(q, clock):
+    woken = []
+    q.on_change = lambda: woken.append(1)
+    assert q.next_due() is None                        # nothing at all: sleep until woken
+    q.touch("f", "a", settle=0.25)
+    assert woken and q.next_due() <= clock.now         # settling is work: stay awake
+    clock.now += 0.3
+    [item] = q.take(10, timeout=None)
+    assert q.next_due() <= clock.now                   # in flight
+    q.done(item)
+    q.touch("f", "a", settle=0.25, ready=True, not_before=clock.now + 5)
+    assert q.next_due() == clock.now + 5               # only a backoff: sleep until it ends
+    q.moved("f", "a", "b", settle=0.25)
+    assert len(woken) == 3
+
+
+def test_take_without_timeout_returns_on_close():
+    q = ChangeQueue()
+    got = []
+    t = threading.Thread(target=lambda: got.append(q.take(10, timeout=None)))
+    t.start()
+    q.close()
+    t.join(10)
+    assert got == [[]]
+
+
 def test_counts_settled_and_forget(q, clock):
     q.touch("f", "a", settle=0.25)
     q.touch("g", "b", settle=0.25, ready=True)

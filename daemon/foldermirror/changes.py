@@ -78,6 +78,8 @@ class ChangeQueue:
     # Debug hook, called under the lock with ("event" | "ready" | "dispatched", key); must be cheap.
     tracer: Callable[[str, Key], None] | None = None
     backlog_max: int = BACKLOG_MAX
+    # Called (under the lock; must be cheap) on every new change: wakes an owner that sleeps while idle.
+    on_change: Callable[[], None] | None = None
 
     def __post_init__(self) -> None:
         self._cond = threading.Condition(self._lock)
@@ -105,6 +107,8 @@ class ChangeQueue:
             if not_before is not None:
                 e.not_before = not_before
             self._schedule(key, e, now)
+            if self.on_change is not None:
+                self.on_change()
 
     def moved(self, folder: str, src: str, dst: str, *, settle: float, is_dir: bool = False) -> None:
         """`src` was renamed to `dst` inside one folder: replay it as a rename in the target."""
@@ -116,6 +120,8 @@ class ChangeQueue:
             if skey in self._in_flight or dkey in self._in_flight:
                 self._touch_locked(skey, settle, now)
                 self._touch_locked(dkey, settle, now, walk=is_dir)
+                if self.on_change is not None:
+                    self.on_change()
                 return
             origin = src
             first = now
@@ -135,6 +141,8 @@ class ChangeQueue:
             e.walk = e.walk or is_dir
             e.ready = True
             self._schedule(dkey, e, now)
+            if self.on_change is not None:
+                self.on_change()
 
     def _add(self, key: Key, e: _Entry) -> _Entry:
         self._entries[key] = e
@@ -205,12 +213,13 @@ class ChangeQueue:
             self._schedule(key, e, now)
 
     # -- consumer --------------------------------------------------------------
-    def take(self, max_items: int, timeout: float, spread: int = 1) -> list[Item]:
+    def take(self, max_items: int, timeout: float | None, spread: int = 1) -> list[Item]:
         """Up to `max_items` ready items (fewer, so that `spread` takers share a burst).
 
-        Blocks up to `timeout` seconds; returns [] on timeout or after close().
+        Blocks up to `timeout` seconds (None: until there are items); returns [] on
+        timeout or after close().
         """
-        deadline = self.clock() + timeout
+        deadline = math.inf if timeout is None else self.clock() + timeout
         with self._cond:
             while True:
                 now = self.clock()
@@ -225,7 +234,7 @@ class ChangeQueue:
                 wait = deadline - now
                 if self._timers:
                     wait = min(wait, max(0.0, self._timers[0][0] - now))
-                self._cond.wait(wait)
+                self._cond.wait(None if wait == math.inf else wait)
 
     def _pop_ready(self, limit: int, now: float) -> list[Item]:
         if len(self._handed_out) > 4096 and now >= self._next_prune:
@@ -314,6 +323,15 @@ class ChangeQueue:
             if folder is None:
                 return len(self._entries), len(self._in_flight)
             return self._pending.get(folder, 0), self._flying.get(folder, 0)
+
+    def next_due(self) -> float | None:
+        """When there is next work: a time already past while anything is in flight or
+        pending (settling included), the earliest retry when only backoffs wait, None when
+        nothing is left."""
+        with self._cond:
+            if self._in_flight:
+                return 0.0
+            return min((e.not_before for e in self._entries.values()), default=None)
 
     def settled(self, folder: str) -> bool:
         """Nothing in flight and nothing pending except paths waiting out a retry backoff."""

@@ -124,7 +124,6 @@ class ControlServer:
             raise
         finally:
             os.umask(old)
-        sock.settimeout(0.5)
         st = os.stat(path)
         self._sock, self.path, self._identity = sock, path, (st.st_dev, st.st_ino)
 
@@ -133,6 +132,11 @@ class ControlServer:
 
     def stop(self) -> None:
         self._stopped.set()
+        if self._sock is not None:
+            try:  # wakes the blocked accept() (EINVAL on Linux): the server thread never polls
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         if self._thread.is_alive():
             self._thread.join(5)
         if self._sock is not None:
@@ -150,8 +154,6 @@ class ControlServer:
         while not self._stopped.is_set():
             try:
                 conn, _ = self._sock.accept()
-            except TimeoutError:
-                continue
             except OSError:
                 if self._stopped.is_set():
                     return

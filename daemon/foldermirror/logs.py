@@ -188,6 +188,13 @@ class Repeats:
                 run.paths.append(path)
             return False
 
+    def next_due(self) -> float | None:
+        """When `due()` next has something to hand back (None: not before another failure)."""
+        with self._lock:
+            if self._due:
+                return self.clock()
+            return min((run.started + self.window for run in self._open.values() if run.count), default=None)
+
     def due(self, flush: bool = False) -> list[Repeat]:
         """Windows that ended (all of them with `flush`) and folded at least one failure."""
         now = self.clock()

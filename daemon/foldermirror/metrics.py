@@ -7,11 +7,16 @@ our own, not the library's global one, keeps reloads and tests independent.
 
 from __future__ import annotations
 
+import os
+import socket
+import threading
+from multiprocessing.connection import wait
 from typing import Any, Iterator
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import start_http_server
+from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
 
 from foldermirror.config import MetricsConfig
 from foldermirror.status import STATES, snapshot
@@ -27,6 +32,8 @@ class Metrics:
                                  buckets=LATENCY_BUCKETS, registry=self.registry)
         self.registry.register(_ServiceCollector(service))
         self._server: Any = None
+        self._thread: threading.Thread | None = None
+        self._wake: tuple[int, int] | None = None
         self.address: str | None = None
 
     def observe(self, folder: str, seconds: float) -> None:
@@ -34,16 +41,36 @@ class Metrics:
 
     def start(self, listen: MetricsConfig) -> str:
         """Serve /metrics; returns host:port actually bound (port 0 picks a free one)."""
-        self._server, _ = start_http_server(listen.port, listen.host, registry=self.registry)
+        family = socket.getaddrinfo(listen.host, listen.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+        server_class = type("MetricsServer", (ThreadingWSGIServer,), {"address_family": family})
+        self._server = make_server(listen.host, listen.port, make_wsgi_app(self.registry), server_class,
+                                   handler_class=_QuietHandler)
+        self._server.timeout = 0  # handle_request() is called only when a connection waits
+        self._wake = os.pipe()
+        self._thread = threading.Thread(target=self._serve, name="metrics", daemon=True)
+        self._thread.start()
         port = self._server.server_port
         self.address = f"[{listen.host}]:{port}" if ":" in listen.host else f"{listen.host}:{port}"
         return self.address
 
+    def _serve(self) -> None:
+        # Not serve_forever(): it wakes every 0.5 s to look for shutdown(); this sleeps
+        # until a scrape comes or stop() writes to the wake pipe.
+        assert self._server is not None and self._wake is not None
+        while self._wake[0] not in wait([self._server.socket, self._wake[0]]):
+            self._server.handle_request()
+
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
+        if self._server is not None and self._wake is not None and self._thread is not None:
+            os.write(self._wake[1], b"\0")
+            self._thread.join(5)
             self._server.server_close()
             self._server = None
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        pass  # a scrape is not worth a log line
 
 
 class _ServiceCollector:

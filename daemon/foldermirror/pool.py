@@ -14,17 +14,20 @@ import multiprocessing
 import multiprocessing.util
 import os
 import queue
+import select
 import signal
 import threading
 import time
 from dataclasses import dataclass, field
 from multiprocessing import forkserver, resource_tracker
+from multiprocessing.connection import wait
 from typing import Any, Callable
 
 from foldermirror import copier
 from foldermirror.changes import ChangeQueue, Item
 
 BATCH_MAX = 64
+RETIRED_DRAIN = 0.2  # a retired generation's collector leaves after this long without a message
 # source, target, delete, durable, root id, epoch (see ChangeQueue.forget)
 FolderSpec = tuple[str, str, bool, bool, "copier.RootId | None", int]
 # (item, its outcomes, duration in ms): the results of one message from one worker
@@ -50,17 +53,29 @@ class _Generation:
     pids: set[int] = field(default_factory=set)
     retired: bool = False
     collector: threading.Thread | None = None
+    # Written once on retirement: the collector blocks on the results queue and this pipe.
+    wake: tuple[int, int] = field(default_factory=lambda: _wake_pipe())
+
+    def retire(self) -> None:
+        if self.retired:
+            return
+        self.retired = True
+        _poke(self.wake[1])
+        os.close(self.wake[1])
 
 
 class WorkerPool:
     """A persistent multiprocessing.Pool that never loses a submitted item."""
 
     def __init__(self, size: int, on_results: ResultHandler, spec: Callable[[str], FolderSpec | None],
-                 on_worker_lost: Callable[[list[int], int], None], instance: str) -> None:
+                 on_worker_lost: Callable[[list[int], int], None], instance: str,
+                 wake: Callable[[], None] = lambda: None) -> None:
+        """`wake` is called (from a thread of the pool's) when a worker exits: then call supervise()."""
         self.size = size
         self._on_results = on_results
         self._spec = spec
         self._on_worker_lost = on_worker_lost
+        self._wake = wake
         self._instance = instance
         self._ctx = multiprocessing.get_context("forkserver")
         # Workers are forked from the fork server with the copier and the Pool's own modules
@@ -73,6 +88,9 @@ class WorkerPool:
         self._stopping = False
         self.restarts = 0
         self._gen = self._start_generation(1)
+        self._monitor_wake = _wake_pipe()  # the set of workers to watch changed
+        self._monitor_thread = threading.Thread(target=self._monitor, name="worker-monitor", daemon=True)
+        self._monitor_thread.start()
 
     # -- generations -----------------------------------------------------------
     def _start_generation(self, number: int) -> _Generation:
@@ -84,25 +102,39 @@ class WorkerPool:
         return gen
 
     def _collect(self, gen: _Generation) -> None:
-        while True:
-            try:
-                msg = gen.results.get(timeout=0.2)
-            except queue.Empty:
-                if gen.retired:
+        try:
+            while True:
+                try:
+                    msg = self._next_message(gen)
+                except queue.Empty:
                     return
-                continue
-            except (EOFError, OSError):
-                return
-            try:
-                self._handle(gen, msg)
-            except Exception:  # noqa: BLE001 - the collector must outlive a bad message
-                continue
+                except (EOFError, OSError, ValueError):
+                    return
+                if msg is None:
+                    continue
+                try:
+                    self._handle(gen, msg)
+                except Exception:  # noqa: BLE001 - the collector must outlive a bad message
+                    continue
+        finally:
+            os.close(gen.wake[0])
+
+    def _next_message(self, gen: _Generation) -> tuple[Any, ...] | None:
+        """The next message; None when woken by retirement. Raises queue.Empty once a
+        retired generation has been quiet for RETIRED_DRAIN (its late results were taken)."""
+        if gen.retired:
+            return gen.results.get(timeout=RETIRED_DRAIN)
+        # Blocks without a timeout: an idle daemon must not wake up to poll.
+        if gen.results._reader not in wait([gen.results._reader, gen.wake[0]]):
+            return None
+        return gen.results.get()
 
     def _handle(self, gen: _Generation, msg: tuple[Any, ...]) -> None:
         kind = msg[0]
         if kind == "hello":
             with self._lock:
                 gen.pids.add(msg[1])
+            _poke(self._monitor_wake[1])
             return
         if kind == "start":
             _, _, task_id, pid = msg
@@ -183,14 +215,59 @@ class WorkerPool:
             if not dead and len(gen.pids) <= self.size:
                 return
             self.restarts += 1
-            gen.retired = True
+            gen.retire()
             self._gen = self._start_generation(gen.number + 1)
+            _poke(self._monitor_wake[1])
             lost = list(self._tasks.values())
             for task in lost:
                 self._send(task, [i for i in range(len(task.items)) if i not in task.reported])
             resubmitted = sum(len(t.items) - len(t.reported) for t in lost)
         _retire(gen)
         self._on_worker_lost(dead, resubmitted)
+
+    def _monitor(self) -> None:
+        """Thread body: call `wake` when a worker exits or more workers said hello than the
+        Pool holds (it replaced one on its own); supervise() then replaces the Pool.
+
+        Waits on a pidfd per worker, so an idle daemon does not poll /proc. Where pidfds
+        are missing (Linux < 5.3) it looks once a second.
+        """
+        fds: dict[int, int] = {}    # pid → pidfd
+        gone: set[int] = set()      # exits already reported
+        poll = not hasattr(os, "pidfd_open")
+        try:
+            while True:
+                with self._lock:
+                    if self._stopping:
+                        return
+                    pids = set(self._gen.pids)
+                    crowded = len(pids) > self.size
+                gone &= pids
+                for pid in [p for p in fds if p not in pids]:
+                    os.close(fds.pop(pid))
+                for pid in pids - fds.keys() - gone:
+                    if poll:
+                        if not process_alive(pid):
+                            gone.add(pid)
+                        continue
+                    try:
+                        fds[pid] = os.pidfd_open(pid)
+                    except ProcessLookupError:
+                        gone.add(pid)
+                    except OSError:  # ENOSYS: a kernel without pidfds
+                        poll = True
+                if gone or crowded:
+                    self._wake()
+                ready, _, _ = select.select([self._monitor_wake[0], *fds.values()], [], [], 1.0 if poll else None)
+                if self._monitor_wake[0] in ready:
+                    os.read(self._monitor_wake[0], 4096)
+                for pid, fd in list(fds.items()):
+                    if fd in ready:
+                        os.close(fds.pop(pid))
+                        gone.add(pid)
+        finally:
+            for fd in fds.values():
+                os.close(fd)
 
     def healthy(self) -> bool:
         with self._lock:
@@ -217,7 +294,8 @@ class WorkerPool:
                 self._lock.wait(min(0.2, max(0.0, deadline - time.monotonic())))
             abandoned = sum(len(t.items) - len(t.reported) for t in self._tasks.values())
             gen = self._gen
-            gen.retired = True
+            gen.retire()
+        _poke(self._monitor_wake[1])
         if abandoned == 0:
             gen.pool.close()
             _join_with_timeout(gen.pool, 5.0)
@@ -229,7 +307,7 @@ class WorkerPool:
 def run_dispatcher(changes: ChangeQueue, pool: WorkerPool, running: Callable[[], bool]) -> None:
     """Thread body: move ready batches from the ChangeQueue to the Pool."""
     while running():
-        items = changes.take(BATCH_MAX, timeout=0.5, spread=pool.size)
+        items = changes.take(BATCH_MAX, timeout=None, spread=pool.size)  # close() wakes it to stop
         if items:
             pool.submit(items)
 
@@ -309,6 +387,20 @@ def _join_with_timeout(pool: Any, timeout: float) -> None:
     t = threading.Thread(target=pool.join, daemon=True)
     t.start()
     t.join(timeout)
+
+
+def _wake_pipe() -> tuple[int, int]:
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    return r, w
+
+
+def _poke(fd: int) -> None:
+    """Wake whoever waits on the read end of a wake pipe."""
+    try:
+        os.write(fd, b"\0")
+    except OSError:  # full (already woken) or closed (nobody waits any more)
+        pass
 
 
 def _signal(pid: int, sig: int) -> None:

@@ -31,8 +31,10 @@ from foldermirror.stats import FolderStats
 from foldermirror.status import snapshot
 from foldermirror.watcher import Watcher, path_identity
 
-TICK = 0.2
-ROOT_CHECK_INTERVAL = 1.0
+TICK = 0.2                   # the main loop's pace while there is work; idle, it sleeps (see _next_wait)
+ROOT_CHECK_INTERVAL = 1.0    # a missing or suspect source root is looked at this often
+ROOT_SAFETY_INTERVAL = 30.0  # a healthy one this often (see _root_check_at)
+WAKE = 0                     # on the signal queue: not a signal, "look again"
 REWATCH_QUIET = 2.0       # seconds without suspect directory events before watches are rebuilt
 PROGRESS_INTERVAL = 1.0
 RETRY_MAX_DELAY = 300.0
@@ -94,6 +96,9 @@ class Service:
         self.unusable: dict[str, FolderConfig] = {}
         self._lock = threading.RLock()
         self._signals: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._sleeping = False  # the main loop waits for a deadline: _wake() interrupts it
+        self._sleeping_long = False  # ...one further than PROGRESS_INTERVAL: so does a new change
+        self.changes.on_change = self._new_change
         self._running = True
         self._attempts: dict[tuple[str, str], int] = {}
         self._last_progress = 0.0
@@ -173,7 +178,8 @@ class Service:
         if not self.once:
             self._check_watch_limit()
         # The Pool (and its fork server) comes before any watcher thread (PITFALLS #8, #12).
-        self.pool = WorkerPool(cfg.workers, self._on_results, self._spec, self._on_worker_lost, self.instance)
+        self.pool = WorkerPool(cfg.workers, self._on_results, self._spec, self._on_worker_lost, self.instance,
+                               wake=self._wake)
         if not self.once:
             self._start_operator_view()
         dispatcher = threading.Thread(target=run_dispatcher, args=(self.changes, self.pool, lambda: self._running),
@@ -209,16 +215,80 @@ class Service:
     # -- main loop -------------------------------------------------------------
     def _main_loop(self) -> None:
         while True:
-            try:
-                sig = self._signals.get(timeout=TICK)
-            except queue.Empty:
-                sig = None
+            sig = self._wait(self._next_wait(time.monotonic()))
             if sig in (signal.SIGTERM, signal.SIGINT):
                 self.log.info("daemon_stopping", signal=signal.Signals(sig).name)
                 return
             if sig == signal.SIGHUP:
                 self._reload()
             self._tick()
+
+    def _wait(self, timeout: float | None) -> int | None:
+        try:
+            return self._signals.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        finally:
+            self._sleeping = self._sleeping_long = False
+
+    def _wake(self) -> None:
+        """Any thread: the main loop has something new to look at; cut its sleep short."""
+        if self._sleeping:
+            self._sleeping = self._sleeping_long = False
+            self._signals.put(WAKE)
+
+    def _new_change(self) -> None:
+        # A pending path only changes the status line, which may wait for the next pass if
+        # that comes within PROGRESS_INTERVAL: a trickle of changes does not wake it each time.
+        if self._sleeping_long:
+            self._wake()
+
+    def _next_wait(self, now: float) -> float | None:
+        """Seconds until the main loop has something to do (None: nothing until woken).
+
+        While there is work (a catch-up, a walk, a path pending or in flight) it ticks every
+        TICK. Idle, it sleeps until the earliest deadline, and whatever hands it new work
+        from another thread wakes it: the ChangeQueue, a catch-up request, the pool's
+        worker monitor, the watcher (observer exit, root lost, suspect directories).
+        """
+        self._sleeping = self._sleeping_long = True  # before looking: a change made meanwhile wakes the wait
+        due = self.changes.next_due()
+        if ((due is not None and due <= now) or not self.reconciler.idle()
+                or any(s.catch_up is not None for s in self.folders.values())):
+            self._sleeping = self._sleeping_long = False
+            return TICK
+        deadlines = [d for d in (due, self.repeats.next_due()) if d is not None]
+        deadlines += [s.rewatch_at for s in self.folders.values() if s.rewatch_at]
+        if self.watcher is not None:
+            deadlines.append(self._root_check_at())
+        if self._ping_every:
+            deadlines.append(self._last_ping + self._ping_every)
+        if self._rescan_every:
+            deadlines.append(self._next_rescan)
+        if self._observer_deaths:
+            deadlines.append(self._observer_deaths[0] + OBSERVER_DEATH_WINDOW)
+        if self._status_text() != self._last_status:
+            deadlines.append(self._last_progress + PROGRESS_INTERVAL)
+        wait = min(deadlines) - now if deadlines else None
+        self._sleeping_long = wait is None or wait > PROGRESS_INTERVAL
+        if wait is not None and wait <= 0:
+            # A deadline already past is one the last pass chose not to act on (a watchdog
+            # ping withheld while unhealthy): look again at the working pace.
+            return TICK
+        return wait
+
+    def _root_check_at(self) -> float:
+        """When the source roots are next compared with what is watched.
+
+        inotify reports a deleted or unmounted root (root_lost asks for a check at once) and
+        a worker that finds its root gone or replaced says so (root_changed); a missing or
+        suspect root is then looked at every ROOT_CHECK_INTERVAL until it is back. Nothing
+        reports a root renamed away (watchdog drops IN_MOVE_SELF), a file system mounted over
+        it or a parent made unreadable: every rescan looks, and this slow safety poll bounds
+        how long a quiet folder can be watched at the wrong directory without a word.
+        """
+        troubled = any(s.missing or s.suspect for s in self.folders.values())
+        return self._last_root_check + (ROOT_CHECK_INTERVAL if troubled else ROOT_SAFETY_INTERVAL)
 
     def _run_once(self) -> int:
         while True:
@@ -233,6 +303,7 @@ class Service:
     def _tick(self) -> None:
         now = time.monotonic()
         assert self.pool is not None
+        rescan = bool(self._rescan_every) and now >= self._next_rescan and not self.once
         self.pool.supervise()
         if self.watcher is not None:
             if not self.watcher.alive():
@@ -243,13 +314,13 @@ class Service:
                 for name, state in self.folders.items():
                     self._adopt_root(name, state)
                     self._request_catch_up(name, "watch_restored")
-            if now - self._last_root_check >= ROOT_CHECK_INTERVAL:
+            if rescan or now >= self._root_check_at():
                 self._last_root_check = now
                 self._check_roots()
         self._rewatch(now)
         self._finish_catch_ups(now)
         self._log_repeats()
-        if self._rescan_every and now >= self._next_rescan and not self.once:
+        if rescan:
             self._next_rescan = now + self._rescan_every
             for name in self.folders:
                 self._request_catch_up(name, "rescan")
@@ -390,6 +461,7 @@ class Service:
             else:
                 state.catch_up.walk_done = False
         self.reconciler.request(Request(name, "", reason, ready=True))
+        self._wake()
 
     def _walk(self, req: Request) -> None:
         state = self.folders.get(req.folder)
@@ -542,6 +614,7 @@ class Service:
         else:
             # Folded into the next mirror_failed_repeated line; every attempt is still there at debug level.
             self.log.debug("mirror_failed", folded=True, **fields)
+            self._wake()  # the window's end is a deadline of the main loop's
 
     def _root_changed(self, state: _FolderState, path: str, error: str, err_no: int) -> None:
         """Nothing was done for `path`: the source root is gone or another folder stands there."""
@@ -551,6 +624,7 @@ class Service:
         self.log.debug("file_set_aside", folder=state.config.name, path=path, error=error)
         state.suspect = True
         self._last_root_check = 0.0  # the main loop looks at the root on its next pass
+        self._wake()
 
     def _on_worker_lost(self, pids: list[int], resubmitted: int) -> None:
         self.log.error("worker_lost", pids=pids, resubmitted=resubmitted,
@@ -584,12 +658,17 @@ class Service:
         if self.watcher is not None:
             self.watcher.mark_lost(folder)
         self._last_root_check = 0.0
+        self._wake()
 
     def watch_suspect(self, folder: str, path: str) -> None:
         state = self.folders.get(folder)
         if state is not None:
             state.rewatch_paths += 1
             state.rewatch_at = time.monotonic() + REWATCH_QUIET
+            self._wake()
+
+    def observer_exited(self) -> None:
+        self._wake()  # the main loop restarts an observer that died
 
     def handler_error(self, folder: str, error: BaseException) -> None:
         self.log.error("watch_handler_error", folder=folder, error=repr(error))

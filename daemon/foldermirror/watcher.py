@@ -50,6 +50,7 @@ class Sink(Protocol):
     def root_lost(self, folder: str) -> None: ...
     def watch_suspect(self, folder: str, path: str) -> None: ...
     def handler_error(self, folder: str, error: BaseException) -> None: ...
+    def observer_exited(self) -> None: ...
     def watchdog_log(self, level: int, message: str) -> None: ...
 
 
@@ -172,9 +173,19 @@ class Watcher:
     def start(self, folders: tuple[FolderConfig, ...]) -> list[tuple[str, str]]:
         """Start watching; returns (folder, error) for folders that could not be watched."""
         with self._lock:
-            self._observer = Observer()
-            self._observer.start()
+            self._start_observer()
             return [err for f in folders if (err := self._add(f)) is not None]
+
+    def _start_observer(self) -> None:
+        self._observer = Observer()
+        self._observer.start()
+        # An observer thread killed by an exception says nothing (PITFALLS #3): this one
+        # tells the sink, whose main loop then restarts it, instead of polling alive().
+        threading.Thread(target=self._await_exit, args=(self._observer,), name="observer-exit", daemon=True).start()
+
+    def _await_exit(self, observer: Any) -> None:
+        observer.join()
+        self.sink.observer_exited()
 
     def _add(self, folder: FolderConfig) -> tuple[str, str] | None:
         identity = path_identity(str(folder.source))
@@ -219,8 +230,7 @@ class Watcher:
                 old.stop()
             except Exception:  # noqa: BLE001 - it is already broken
                 pass
-            self._observer = Observer()
-            self._observer.start()
+            self._start_observer()
             for f in folders:
                 self._add(f)
 
