@@ -84,7 +84,9 @@ class WorkerPool:
         self._lock = threading.Condition()
         self._tasks: dict[int, _Task] = {}
         self._next_task = 0
-        self._max_tasks = size * 2
+        # A few batches queued behind each running one: workers stay fed while the main
+        # process is busy (a catch-up walk, logging a burst of results).
+        self._max_tasks = size * 4
         self._stopping = False
         self.restarts = 0
         self._gen = self._start_generation(1)

@@ -11,14 +11,13 @@ import os
 import stat
 import threading
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 from foldermirror.copier import is_temp_name, temp_owner
 from foldermirror.paths import Excluder
 
 
-@dataclass(frozen=True)
-class _Entry:
+class _Entry(NamedTuple):  # a tuple: two are made per file in a walk
     kind: int          # stat.S_IFMT
     size: int
     mtime_ns: int
