@@ -66,6 +66,9 @@ class Metrics:
             self._thread.join(5)
             self._server.server_close()
             self._server = None
+            for fd in self._wake:
+                os.close(fd)
+            self._wake = None
 
 
 class _QuietHandler(WSGIRequestHandler):
