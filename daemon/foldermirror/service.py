@@ -1,11 +1,16 @@
 """The main thread: wires config, logs, pool, watcher and reconciler; signals; lifecycle.
 
+Service owns start-up, the main loop (its deadlines, the root and watch checks, sd_notify
+status and watchdog pings), reload and shutdown, and is the watcher's sink. The parts it
+wires own the rest: catch-ups and the reconcile walk (catchup.py), worker outcomes into
+log lines, counters and retries (results.py), the status socket, metrics and folded
+failures (operator_view.py).
+
 Signal handlers only record the signal; the main loop acts on it (as gunicorn's arbiter).
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import queue
 import signal
@@ -16,21 +21,20 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from foldermirror import checks, copier
+from foldermirror import checks
 from foldermirror.catchup import CatchUps
 from foldermirror.changes import ChangeQueue
 from foldermirror.config import DEFAULT_RESCAN, Config, FolderConfig, load_config
-from foldermirror.control import ControlError, ControlServer, socket_paths
+from foldermirror.control import ControlServer
 from foldermirror.errors import EXIT_FAILURE, EXIT_OK, ConfigError, StartupError
 from foldermirror.folderstate import FolderState
-from foldermirror.logs import Repeats, Tracer, get_logger
+from foldermirror.logs import get_logger
 from foldermirror.notify import Notifier, watchdog_interval
+from foldermirror.operator_view import OperatorView
 from foldermirror.paths import Excluder
 from foldermirror.pool import FolderSpec, WorkerPool, run_dispatcher
 from foldermirror.reconcile import Request
 from foldermirror.results import ResultRecorder
-from foldermirror.stats import FolderStats
-from foldermirror.status import snapshot
 from foldermirror.watcher import Watcher, path_identity
 
 TICK = 0.2                   # the main loop's pace while there is work; idle, it sleeps (see _next_wait)
@@ -76,13 +80,25 @@ class Service:
         self._rescan_every = self.config.rescan_interval
         self.pool: WorkerPool | None = None
         self.watcher: Watcher | None = None
-        self._init_operator_view()
+        self.view = OperatorView(self.log, self.changes, self.folders, self.config.log.trace)
         self.catch_ups = CatchUps(self.log, self.changes, self.folders, self._lock, self.instance,
-                                  self.folder_stats, self._wake)
+                                  self.view.folder_stats, self._wake)
         self.reconciler = self.catch_ups.reconciler
-        self.results = ResultRecorder(self.log, self.changes, self.folders, self.repeats, self.reconciler.request,
-                                      self._observe, self._check_roots_soon, self._wake, once=self.once)
+        self.results = ResultRecorder(self.log, self.changes, self.folders, self.view.repeats,
+                                      self.reconciler.request, self.view.observe, self._check_roots_soon,
+                                      self._wake, once=self.once)
         self.counters = self.results.counters
+        # Read by status.snapshot() (the control socket's `status`, the metrics).
+        self.started, self.started_wall = self.view.started, self.view.started_wall
+        self.folder_stats = self.view.folder_stats
+
+    @property
+    def control(self) -> ControlServer | None:
+        return self.view.control
+
+    @property
+    def metrics(self) -> Any:
+        return self.view.metrics
 
     # -- start-up --------------------------------------------------------------
     def _admit(self, folders: tuple[FolderConfig, ...]) -> list[str]:
@@ -149,7 +165,9 @@ class Service:
         self.pool = WorkerPool(cfg.workers, self.results.on_results, self._spec, self._on_worker_lost, self.instance,
                                wake=self._wake)
         if not self.once:
-            self._start_operator_view()
+            # The socket answers before the start-up walks are requested: say "catching up" from the start.
+            self.catch_ups.begin("startup")
+            self.view.start(self.config, self, self.catch_ups.request)
         dispatcher = threading.Thread(target=run_dispatcher, args=(self.changes, self.pool, lambda: self._running),
                                       name="dispatcher", daemon=True)
         dispatcher.start()
@@ -224,7 +242,7 @@ class Service:
         if (due is not None and due <= now) or not self.reconciler.idle() or self.catch_ups.active():
             self._sleeping = self._sleeping_long = False
             return TICK
-        deadlines = [d for d in (due, self.repeats.next_due()) if d is not None]
+        deadlines = [d for d in (due, self.view.repeats.next_due()) if d is not None]
         deadlines += [s.rewatch_at for s in self.folders.values() if s.rewatch_at]
         if self.watcher is not None:
             deadlines.append(self._root_check_at())
@@ -286,7 +304,7 @@ class Service:
                 self._check_roots()
         self._rewatch(now)
         self.catch_ups.finish(now)
-        self._log_repeats()
+        self.view.log_repeats()
         if rescan:
             self._next_rescan = now + self._rescan_every
             for name in self.folders:
@@ -503,96 +521,14 @@ class Service:
     # -- shutdown -------------------------------------------------------------------------
     def _shutdown(self) -> None:
         self.notifier.stopping()
-        self._stop_operator_view()
+        self.view.stop()
         if self.watcher is not None:
             self.watcher.stop()
         self.reconciler.stop()
         self._running = False
         self.changes.close()
         abandoned = self.pool.stop(self.config.stop_grace) if self.pool is not None else 0
-        self._log_repeats(flush=True)
+        self.view.log_repeats(flush=True)
         self.log.info("daemon_stopped", files_mirrored=self.counters.mirrored, bytes=self.counters.bytes,
                       deleted=self.counters.deleted, failed=self.counters.failed, abandoned=abandoned)
         self.notifier.close()
-
-    # -- the operator's view: status socket, metrics, folded failures, traces ----------------
-    def _init_operator_view(self) -> None:
-        self.started = time.monotonic()
-        self.started_wall = time.time()
-        self._folder_stats: dict[str, FolderStats] = {}
-        self.repeats = Repeats()
-        self.tracer: Tracer | None = None
-        self.control: ControlServer | None = None
-        self.metrics: Any = None  # metrics.Metrics when configured (prometheus-client is imported only then)
-        if self.log.is_enabled_for(logging.DEBUG):
-            self.tracer = Tracer(self.log, self.config.log.trace)
-            self.changes.tracer = self.tracer.queue_hook
-
-    def folder_stats(self, name: str) -> FolderStats:
-        """Counters of one folder since start (kept across a reload that changes the folder)."""
-        stats = self._folder_stats.get(name)
-        return stats if stats is not None else self._folder_stats.setdefault(name, FolderStats())
-
-    def _start_operator_view(self) -> None:
-        # The socket answers before the start-up walks are requested: say "catching up" from the start.
-        self.catch_ups.begin("startup")
-        control = ControlServer({"status": lambda req: {"status": snapshot(self)}, "rescan": self._rescan_request})
-        explicit = self.config.control_socket is not None
-        try:
-            skipped = control.bind(socket_paths(self.config), explicit)
-        except OSError as exc:
-            self.log.error("control_socket_unavailable", error=exc.strerror or str(exc),
-                           fix="set control_socket: to a path in a folder the service user can write (with "
-                               "systemd: RuntimeDirectory=foldermirror); mirroring goes on without it")
-        else:
-            self.control = control
-            control.start()
-            self.log.info("control_socket_listening", path=str(control.path),
-                          **({"skipped": skipped} if skipped else {}))
-        if self.config.metrics is not None:
-            from foldermirror.metrics import Metrics
-
-            metrics = Metrics(self)
-            try:
-                address = metrics.start(self.config.metrics)
-            except OSError as exc:
-                self.log.error("metrics_unavailable", listen=self.config.metrics.listen,
-                               error=copier._describe(exc),
-                               fix="choose a free port in metrics.listen (or stop what uses it), then restart; "
-                                   "mirroring goes on without metrics")
-            else:
-                self.metrics = metrics
-                self.log.info("metrics_listening", listen=address)
-
-    def _stop_operator_view(self) -> None:
-        if self.control is not None:
-            self.control.stop()
-        if self.metrics is not None:
-            self.metrics.stop()
-
-    def _rescan_request(self, req: dict[str, Any]) -> dict[str, Any]:
-        """A `rescan` on the control socket: compare one folder (or all) with its target now."""
-        name = req.get("folder")
-        if name is not None and name not in self.folders:
-            raise ControlError(f"no folder named {name!r}; folders: {', '.join(self.folders)}")
-        names = [name] if name is not None else list(self.folders)
-        for n in names:
-            self.catch_ups.request(n, "requested")
-        self.log.info("rescan_requested", folders=names)
-        return {"rescan": names}
-
-    def _observe(self, folder: str, path: str, status: str, kind: str, nbytes: int, error: str, err_no: int,
-                 latency_ms: float) -> None:
-        self.folder_stats(folder).record(path, status, kind, nbytes, error, err_no)
-        if self.metrics is not None and status in ("copied", "renamed", "deleted"):
-            self.metrics.observe(folder, latency_ms / 1000)
-        if self.tracer is not None:
-            self.tracer.step("done", folder, path, status=status, latency_ms=latency_ms)
-
-    def _log_repeats(self, flush: bool = False) -> None:
-        for run in self.repeats.due(flush):
-            folder, error = run.key
-            self.log.error("mirror_failed_repeated", folder=folder, error=error, count=run.count,
-                           paths=run.paths, last_path=run.last_path,
-                           window_s=round(self.repeats.clock() - run.started, 1),
-                           **{k: v for k, v in run.fields.items() if k in ("errno", "fix")})
