@@ -1,12 +1,16 @@
 """The main thread: wires config, logs, pool, watcher and reconciler; signals; lifecycle.
 
+Service owns start-up, the main loop (its deadlines, the root and watch checks, sd_notify
+status and watchdog pings), reload and shutdown, and is the watcher's sink. The parts it
+wires own the rest: catch-ups and the reconcile walk (catchup.py), worker outcomes into
+log lines, counters and retries (results.py), the status socket, metrics and folded
+failures (operator_view.py).
+
 Signal handlers only record the signal; the main loop acts on it (as gunicorn's arbiter).
 """
 
 from __future__ import annotations
 
-import errno
-import logging
 import os
 import queue
 import signal
@@ -17,18 +21,20 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from foldermirror import checks, copier, memory
-from foldermirror.changes import ChangeQueue, Item
+from foldermirror import checks
+from foldermirror.catchup import CatchUps
+from foldermirror.changes import ChangeQueue
 from foldermirror.config import DEFAULT_RESCAN, Config, FolderConfig, load_config
-from foldermirror.control import ControlError, ControlServer, socket_paths
-from foldermirror.errors import EXIT_FAILURE, EXIT_OK, ConfigError, StartupError, error_kind, fix_for
-from foldermirror.logs import Repeats, Tracer, batch, get_logger
+from foldermirror.control import ControlServer
+from foldermirror.errors import EXIT_FAILURE, EXIT_OK, ConfigError, StartupError
+from foldermirror.folderstate import FolderState
+from foldermirror.logs import get_logger
 from foldermirror.notify import Notifier, watchdog_interval
+from foldermirror.operator_view import OperatorView
 from foldermirror.paths import Excluder
-from foldermirror.pool import FolderSpec, Result, WorkerPool, process_alive, run_dispatcher
-from foldermirror.reconcile import Reconciler, Request, WalkStats, diff_tree, hold_deletions
-from foldermirror.stats import FolderStats
-from foldermirror.status import snapshot
+from foldermirror.pool import FolderSpec, WorkerPool, run_dispatcher
+from foldermirror.reconcile import Request
+from foldermirror.results import ResultRecorder
 from foldermirror.watcher import Watcher, path_identity
 
 TICK = 0.2                   # the main loop's pace while there is work; idle, it sleeps (see _next_wait)
@@ -37,47 +43,11 @@ ROOT_SAFETY_INTERVAL = 30.0  # a healthy one this often (see _root_check_at)
 WAKE = 0                     # on the signal queue: not a signal, "look again"
 REWATCH_QUIET = 2.0       # seconds without suspect directory events before watches are rebuilt
 PROGRESS_INTERVAL = 1.0
-RETRY_MAX_DELAY = 300.0
-PERMANENT_ERRNOS = {errno.ENAMETOOLONG, errno.EILSEQ, errno.EEXIST}
 # An observer that dies more often than this is rebuilt but no longer reported healthy,
 # so systemd's watchdog restarts the whole service.
 OBSERVER_DEATHS_MAX = 3
 OBSERVER_DEATH_WINDOW = 60.0
-# A catch-up with this many differences leaves enough freed memory to give back once it ends.
-RELEASE_AFTER = 1000
 UNUSABLE_FIX = "the other folders are served; fix this, then reload (systemctl reload foldermirror, or SIGHUP)"
-
-
-@dataclass
-class _CatchUp:
-    reason: str
-    started: float
-    walk_done: bool = False
-    differences: int = 0
-    files: int = 0
-    bytes: int = 0
-    failed: int = 0
-
-
-@dataclass
-class Counters:
-    mirrored: int = 0
-    bytes: int = 0
-    deleted: int = 0
-    failed: int = 0
-    overflows: int = 0
-
-
-@dataclass
-class _FolderState:
-    config: FolderConfig
-    excluder: Excluder
-    catch_up: _CatchUp | None = None
-    missing: bool = False
-    root_id: copier.RootId | None = None  # the source root being watched: (st_dev, st_ino)
-    suspect: bool = False                 # a worker found the root gone or replaced
-    rewatch_at: float = 0.0               # rebuild the watches then (0: no need)
-    rewatch_paths: int = 0                # suspect directory events since the last rebuild
 
 
 @dataclass
@@ -90,9 +60,8 @@ class Service:
     def __post_init__(self) -> None:
         self.log = get_logger()
         self.instance = os.urandom(4).hex()
-        self.counters = Counters()
         self.changes = ChangeQueue()
-        self.folders: dict[str, _FolderState] = {}
+        self.folders: dict[str, FolderState] = {}
         self.unusable: dict[str, FolderConfig] = {}
         self._lock = threading.RLock()
         self._signals: queue.SimpleQueue[int] = queue.SimpleQueue()
@@ -100,21 +69,36 @@ class Service:
         self._sleeping_long = False  # ...one further than PROGRESS_INTERVAL: so does a new change
         self.changes.on_change = self._new_change
         self._running = True
-        self._attempts: dict[tuple[str, str], int] = {}
         self._last_progress = 0.0
         self._last_root_check = 0.0
         self._next_rescan = 0.0
         self._last_ping = 0.0
         self._last_status = ""
-        self._release_memory = False
         self._ping_every = watchdog_interval()
         self._observer_deaths: deque[float] = deque()
         self._observer_unstable = False
         self._rescan_every = self.config.rescan_interval
         self.pool: WorkerPool | None = None
         self.watcher: Watcher | None = None
-        self.reconciler = Reconciler(self._walk)
-        self._init_operator_view()
+        self.view = OperatorView(self.log, self.changes, self.folders, self.config.log.trace)
+        self.catch_ups = CatchUps(self.log, self.changes, self.folders, self._lock, self.instance,
+                                  self.view.folder_stats, self._wake)
+        self.reconciler = self.catch_ups.reconciler
+        self.results = ResultRecorder(self.log, self.changes, self.folders, self.view.repeats,
+                                      self.reconciler.request, self.view.observe, self._check_roots_soon,
+                                      self._wake, once=self.once)
+        self.counters = self.results.counters
+        # Read by status.snapshot() (the control socket's `status`, the metrics).
+        self.started, self.started_wall = self.view.started, self.view.started_wall
+        self.folder_stats = self.view.folder_stats
+
+    @property
+    def control(self) -> ControlServer | None:
+        return self.view.control
+
+    @property
+    def metrics(self) -> Any:
+        return self.view.metrics
 
     # -- start-up --------------------------------------------------------------
     def _admit(self, folders: tuple[FolderConfig, ...]) -> list[str]:
@@ -128,7 +112,7 @@ class Service:
                 continue
             self.unusable.pop(f.name, None)
             with self._lock:
-                self.folders[f.name] = _FolderState(f, Excluder(f.exclude), root_id=path_identity(str(f.source)))
+                self.folders[f.name] = FolderState(f, Excluder(f.exclude), root_id=path_identity(str(f.source)))
             admitted.append(f.name)
         return admitted
 
@@ -178,10 +162,12 @@ class Service:
         if not self.once:
             self._check_watch_limit()
         # The Pool (and its fork server) comes before any watcher thread (PITFALLS #8, #12).
-        self.pool = WorkerPool(cfg.workers, self._on_results, self._spec, self._on_worker_lost, self.instance,
+        self.pool = WorkerPool(cfg.workers, self.results.on_results, self._spec, self._on_worker_lost, self.instance,
                                wake=self._wake)
         if not self.once:
-            self._start_operator_view()
+            # The socket answers before the start-up walks are requested: say "catching up" from the start.
+            self.catch_ups.begin("startup")
+            self.view.start(self.config, self, self.catch_ups.request)
         dispatcher = threading.Thread(target=run_dispatcher, args=(self.changes, self.pool, lambda: self._running),
                                       name="dispatcher", daemon=True)
         dispatcher.start()
@@ -194,7 +180,7 @@ class Service:
             for name, state in self.folders.items():
                 state.root_id = self.watcher.identity(name)
         for name in list(self.folders):
-            self._request_catch_up(name, "startup")
+            self.catch_ups.request(name, "startup")
         if not self.once:
             # Watches are in place: changes from here on are seen, and the catch-up covers the rest.
             self.log.info("daemon_ready", folders=len(self.folders), unusable=sorted(self.unusable))
@@ -253,11 +239,10 @@ class Service:
         """
         self._sleeping = self._sleeping_long = True  # before looking: a change made meanwhile wakes the wait
         due = self.changes.next_due()
-        if ((due is not None and due <= now) or not self.reconciler.idle()
-                or any(s.catch_up is not None for s in self.folders.values())):
+        if (due is not None and due <= now) or not self.reconciler.idle() or self.catch_ups.active():
             self._sleeping = self._sleeping_long = False
             return TICK
-        deadlines = [d for d in (due, self.repeats.next_due()) if d is not None]
+        deadlines = [d for d in (due, self.view.repeats.next_due()) if d is not None]
         deadlines += [s.rewatch_at for s in self.folders.values() if s.rewatch_at]
         if self.watcher is not None:
             deadlines.append(self._root_check_at())
@@ -294,7 +279,7 @@ class Service:
         while True:
             time.sleep(TICK)
             self._tick()
-            if not any(s.catch_up for s in self.folders.values()):
+            if not self.catch_ups.active():
                 break
         if self.progress_tty:
             sys.stderr.write("\n")
@@ -313,17 +298,17 @@ class Service:
                                deaths=self._recent_observer_deaths(now), window_s=OBSERVER_DEATH_WINDOW)
                 for name, state in self.folders.items():
                     self._adopt_root(name, state)
-                    self._request_catch_up(name, "watch_restored")
+                    self.catch_ups.request(name, "watch_restored")
             if rescan or now >= self._root_check_at():
                 self._last_root_check = now
                 self._check_roots()
         self._rewatch(now)
-        self._finish_catch_ups(now)
-        self._log_repeats()
+        self.catch_ups.finish(now)
+        self.view.log_repeats()
         if rescan:
             self._next_rescan = now + self._rescan_every
             for name in self.folders:
-                self._request_catch_up(name, "rescan")
+                self.catch_ups.request(name, "rescan")
         self._report(now)
 
     def _check_roots(self) -> None:
@@ -348,16 +333,21 @@ class Service:
                 # empty mount point of an unmounted file system; the guard judges that).
                 self.log.info("source_restored", folder=name, path=str(folder.config.source),
                               same_folder=state == "restored")
-                self._request_catch_up(name, "watch_restored")
+                self.catch_ups.request(name, "watch_restored")
         for name, folder in self.folders.items():
             # A worker saw the root gone or replaced but nothing changed by the time we
             # looked (a brief outage): compare again what it set aside.
             if folder.suspect and self.watcher.watched(name):
                 folder.suspect = False
                 self._adopt_root(name, folder)
-                self._request_catch_up(name, "source_recheck")
+                self.catch_ups.request(name, "source_recheck")
 
-    def _adopt_root(self, name: str, state: _FolderState) -> None:
+    def _check_roots_soon(self) -> None:
+        """Any thread: a source root may be gone or replaced; the main loop looks on its next pass."""
+        self._last_root_check = 0.0
+        self._wake()
+
+    def _adopt_root(self, name: str, state: FolderState) -> None:
         """Take the root identity the watcher now watches; work seen under another is stale."""
         assert self.watcher is not None
         root_id = self.watcher.identity(name)
@@ -379,7 +369,7 @@ class Service:
             self._adopt_root(name, state)
             self.log.info("watch_rebuilt", folder=name, suspect_events=count,
                           reason="directories moved before their watches were set up")
-            self._request_catch_up(name, "watch_rebuilt")
+            self.catch_ups.request(name, "watch_rebuilt")
 
     def _recent_observer_deaths(self, now: float) -> int:
         while self._observer_deaths and now - self._observer_deaths[0] > OBSERVER_DEATH_WINDOW:
@@ -415,17 +405,7 @@ class Service:
         if status != self._last_status:
             self._last_status = status
             self.notifier.status(status)
-        for name, state in self.folders.items():
-            c = state.catch_up
-            if c is None:
-                continue
-            pending, in_flight = self.changes.counts(name)
-            if self.progress_tty:
-                sys.stderr.write(f"\r{name}: {c.files} copied, {pending + in_flight} to go{' ' * 10}")
-                sys.stderr.flush()
-            else:
-                self.log.info("sync_progress", folder=name, files=c.files, bytes=c.bytes,
-                              pending=pending, in_flight=in_flight, walk_done=c.walk_done)
+        self.catch_ups.report(self.progress_tty)
 
     def _status_text(self) -> str:
         problems = []
@@ -437,200 +417,19 @@ class Service:
         return "; ".join([self._activity_text(), *problems])
 
     def _activity_text(self) -> str:
-        catching = [(n, s.catch_up) for n, s in self.folders.items() if s.catch_up is not None]
-        if catching:
-            name, c = catching[0]
-            assert c is not None
-            if not c.walk_done:
-                return f"catching up {name}: {c.files:,} files copied, still comparing"
-            total = max(c.differences, c.files)
-            return f"catching up {name}: {c.files:,}/{total:,} files"
+        catching = self.catch_ups.activity()
+        if catching is not None:
+            return catching
         pending, in_flight = self.changes.counts()
         n = len(self.folders)
         return (f"watching {n} folder{'' if n == 1 else 's'}, {pending + in_flight:,} pending, "
                 f"{self.counters.mirrored:,} files mirrored")
 
-    # -- catch-up ----------------------------------------------------------------
-    def _request_catch_up(self, name: str, reason: str) -> None:
-        with self._lock:
-            state = self.folders.get(name)
-            if state is None:
-                return
-            if state.catch_up is None:
-                state.catch_up = _CatchUp(reason, time.monotonic())
-            else:
-                state.catch_up.walk_done = False
-        self.reconciler.request(Request(name, "", reason, ready=True))
-        self._wake()
-
-    def _walk(self, req: Request) -> None:
-        state = self.folders.get(req.folder)
-        if state is None:
-            return
-        f = state.config
-        stats = WalkStats()
-        extras: list[str] = []
-        try:
-            for diff in diff_tree(str(f.source), str(f.target), state.excluder, f.delete, self.instance,
-                                  sub=req.sub, stats=stats, writer_alive=process_alive):
-                if diff.reason == "extra":
-                    extras.append(diff.path)  # judged once the walk has seen everything
-                else:
-                    self.changes.wait_for_room()
-                    self.changes.touch(f.name, diff.path, settle=f.settle, ready=req.ready)
-            if extras and req.sub == "" and hold_deletions(stats, f.max_delete_fraction):
-                self._hold_deletions(f, req, stats)
-                stats.differences -= len(extras)
-                extras = []
-            for path in extras:
-                self.changes.wait_for_room()
-                self.changes.touch(f.name, path, settle=f.settle, ready=req.ready)
-        except OSError as exc:
-            self.log.error("reconcile_failed", folder=f.name, path=req.sub, error=copier._describe(exc))
-        except Exception as exc:  # noqa: BLE001 - a bug here must not stop later walks
-            self.log.error("reconcile_failed", folder=f.name, path=req.sub, error=repr(exc))
-        for rel in stats.unreadable or ():
-            self.log.warning("source_unreadable", folder=f.name, path=rel,
-                             error="permission denied listing this directory; its files are not mirrored")
-        if req.sub == "":
-            fs = self.folder_stats(f.name)
-            fs.directories, fs.unreadable = stats.directories, len(stats.unreadable or ())
-        if stats.stale_temps:
-            self.log.info("stale_temps_removed", folder=f.name, count=stats.stale_temps)
-        self.log.debug("reconcile_walked", folder=f.name, path=req.sub, reason=req.reason,
-                       entries=stats.entries, differences=stats.differences)
-        if req.sub == "":
-            with self._lock:
-                c = state.catch_up
-                if c is not None:
-                    c.walk_done = True
-                    c.differences += stats.differences
-
-    def _hold_deletions(self, f: FolderConfig, req: Request, stats: WalkStats) -> None:
-        looks = "looks empty" if stats.entries == 0 else "lost most of what its target holds"
-        self.log.error("mass_delete_held", folder=f.name, path=str(f.source), reason=req.reason,
-                       source_entries=stats.entries, target_entries=stats.target_entries,
-                       would_delete=stats.doomed, max_delete_fraction=f.max_delete_fraction,
-                       error=f"the source {looks} (a failed mount or a wrong path?); "
-                             f"deletions in the target are held back, copies go on",
-                       fix=f"if the deletions are intended, set max_delete_fraction: 1 for folder {f.name} "
-                           f"and reload (systemctl reload foldermirror), then set it back")
-
-    def _finish_catch_ups(self, now: float) -> None:
-        for name, state in self.folders.items():
-            c = state.catch_up
-            if c is None or not c.walk_done or not self.changes.settled(name):
-                continue
-            with self._lock:
-                state.catch_up = None
-            self.log.info("sync_finished", folder=name, reason=c.reason, files=c.files, bytes=c.bytes,
-                          failed=c.failed, differences=c.differences, seconds=round(now - c.started, 3))
-            self._release_memory = self._release_memory or c.differences >= RELEASE_AFTER
-        if self._release_memory and not any(s.catch_up for s in self.folders.values()):
-            self._release_memory = False
-            self.changes.prune()
-            memory.release()
-
-    # -- results -------------------------------------------------------------------
-    def _on_results(self, results: list[Result], pid: int) -> None:
-        # The paths leave flight only once their lines are written: whoever sees the folder
-        # settled (sync_finished, status) also sees every line of what settled it.
-        try:
-            with batch():
-                for item, outcomes, duration_ms in results:
-                    try:
-                        self._record(item, outcomes, duration_ms, pid)
-                    except Exception as exc:  # noqa: BLE001 - one bad result must not strand the others
-                        self.log.error("internal_error", folder=item.folder, path=item.path, error=repr(exc))
-        finally:
-            self.changes.done_all([item for item, _, _ in results])
-
-    def _record(self, item: Item, outcomes: list[copier.Outcome], duration_ms: float, pid: int) -> None:
-        state = self.folders.get(item.folder)
-        if state is None:
-            return
-        f = state.config
-        latency_ms = round((time.monotonic() - item.first_seen) * 1000, 3)
-        if item.walk:  # a directory moved here: its contents, however the move was replayed
-            self.reconciler.request(Request(f.name, item.path, "subtree", ready=True))
-        for path, status, kind, nbytes, error, err_no in outcomes:
-            self._observe(f.name, path, status, kind, nbytes, error, err_no, latency_ms)
-            key = (item.folder, path)
-            c = state.catch_up
-            if status in ("copied", "renamed"):
-                self._attempts.pop(key, None)
-                self.counters.mirrored += 1
-                self.counters.bytes += nbytes
-                if c is not None:
-                    c.files += 1
-                    c.bytes += nbytes
-                extra = {"renamed_from": error} if status == "renamed" else {}
-                self.log.info("file_mirrored", folder=f.name, path=path, kind=kind, bytes=nbytes,
-                              duration_ms=round(duration_ms, 3), latency_ms=latency_ms, worker_pid=pid, **extra)
-                if status == "renamed" and kind == "dir" and not item.walk:
-                    self.reconciler.request(Request(f.name, path, "subtree", ready=True))
-            elif status == "deleted":
-                self._attempts.pop(key, None)
-                self.counters.deleted += 1
-                self.log.info("file_deleted", folder=f.name, path=path, kind=kind, latency_ms=latency_ms)
-            elif status == "changed":
-                self.log.debug("file_changed_during_copy", folder=f.name, path=path)
-                self.changes.touch(f.name, path, settle=f.settle)
-            elif status == "skipped":
-                self.log.warning("file_skipped", folder=f.name, path=path, kind=kind, error=error)
-            elif status == "failed":
-                self._failed(state, path, error, err_no)
-            elif status == "root_changed":
-                self._root_changed(state, path, error, err_no)
-            elif status == "stale":  # the comparison after the change that made it stale covers it
-                self.log.debug("file_set_aside", folder=f.name, path=path, error="seen before the folder changed")
-            else:
-                self._attempts.pop(key, None)
-                self.log.debug("file_checked", folder=f.name, path=path, status=status)
-
-    def _failed(self, state: _FolderState, path: str, error: str, err_no: int) -> None:
-        f = state.config
-        key = (f.name, path)
-        attempt = self._attempts.get(key, 0) + 1
-        will_retry = not self.once and err_no not in PERMANENT_ERRNOS
-        self.counters.failed += 1
-        if state.catch_up is not None:
-            state.catch_up.failed += 1
-        extra: dict[str, Any] = {}
-        if will_retry:
-            self._attempts[key] = attempt
-            delay = min(RETRY_MAX_DELAY, 2.0 ** (attempt - 1))
-            extra["retry_in_s"] = delay
-            self.changes.touch(f.name, path, settle=f.settle, ready=True, not_before=time.monotonic() + delay)
-        else:
-            self._attempts.pop(key, None)
-        fix = fix_for(err_no)
-        if fix:
-            extra["fix"] = fix
-        fields = dict(folder=f.name, path=path, error=error, errno=error_kind(err_no), will_retry=will_retry,
-                      attempt=attempt, **extra)
-        if self.repeats.admit((f.name, error), path, error=error, errno=error_kind(err_no), **extra):
-            self.log.error("mirror_failed", **fields)
-        else:
-            # Folded into the next mirror_failed_repeated line; every attempt is still there at debug level.
-            self.log.debug("mirror_failed", folded=True, **fields)
-            self._wake()  # the window's end is a deadline of the main loop's
-
-    def _root_changed(self, state: _FolderState, path: str, error: str, err_no: int) -> None:
-        """Nothing was done for `path`: the source root is gone or another folder stands there."""
-        if self.once:
-            self._failed(state, path, error, err_no)
-            return
-        self.log.debug("file_set_aside", folder=state.config.name, path=path, error=error)
-        state.suspect = True
-        self._last_root_check = 0.0  # the main loop looks at the root on its next pass
-        self._wake()
-
     def _on_worker_lost(self, pids: list[int], resubmitted: int) -> None:
         self.log.error("worker_lost", pids=pids, resubmitted=resubmitted,
                        error="a worker process died; the pool was replaced and its work resubmitted")
         for name in list(self.folders):  # the dead worker's temp file, if any, goes with this walk
-            self._request_catch_up(name, "worker_lost")
+            self.catch_ups.request(name, "worker_lost")
 
     # -- watcher sink (called on the observer thread) ---------------------------------
     def changed(self, folder: str, path: str, ready: bool) -> None:
@@ -652,13 +451,12 @@ class Service:
                              "if this happens often")
         self.counters.overflows += 1
         for name in list(self.folders):
-            self._request_catch_up(name, "overflow")
+            self.catch_ups.request(name, "overflow")
 
     def root_lost(self, folder: str) -> None:
         if self.watcher is not None:
             self.watcher.mark_lost(folder)
-        self._last_root_check = 0.0
-        self._wake()
+        self._check_roots_soon()
 
     def watch_suspect(self, folder: str, path: str) -> None:
         state = self.folders.get(folder)
@@ -672,7 +470,7 @@ class Service:
 
     def handler_error(self, folder: str, error: BaseException) -> None:
         self.log.error("watch_handler_error", folder=folder, error=repr(error))
-        self._request_catch_up(folder, "handler_error")
+        self.catch_ups.request(folder, "handler_error")
 
     def watchdog_log(self, level: int, message: str) -> None:
         self.log.warning("watch_warning", error=message)
@@ -714,7 +512,7 @@ class Service:
                 self.log.error("folder_unwatched", folder=name, error=error[1])
             else:
                 self.folders[name].root_id = self.watcher.identity(name)
-            self._request_catch_up(name, "reload")
+            self.catch_ups.request(name, "reload")
         self.log.info("config_reloaded", config=str(new.path), added=added, removed=removed, changed=changed,
                       **({"unusable": sorted(self.unusable)} if self.unusable else {}),
                       **({"needs_restart": ignored} if ignored else {}))
@@ -723,98 +521,14 @@ class Service:
     # -- shutdown -------------------------------------------------------------------------
     def _shutdown(self) -> None:
         self.notifier.stopping()
-        self._stop_operator_view()
+        self.view.stop()
         if self.watcher is not None:
             self.watcher.stop()
         self.reconciler.stop()
         self._running = False
         self.changes.close()
         abandoned = self.pool.stop(self.config.stop_grace) if self.pool is not None else 0
-        self._log_repeats(flush=True)
+        self.view.log_repeats(flush=True)
         self.log.info("daemon_stopped", files_mirrored=self.counters.mirrored, bytes=self.counters.bytes,
                       deleted=self.counters.deleted, failed=self.counters.failed, abandoned=abandoned)
         self.notifier.close()
-
-    # -- the operator's view: status socket, metrics, folded failures, traces ----------------
-    def _init_operator_view(self) -> None:
-        self.started = time.monotonic()
-        self.started_wall = time.time()
-        self._folder_stats: dict[str, FolderStats] = {}
-        self.repeats = Repeats()
-        self.tracer: Tracer | None = None
-        self.control: ControlServer | None = None
-        self.metrics: Any = None  # metrics.Metrics when configured (prometheus-client is imported only then)
-        if self.log.is_enabled_for(logging.DEBUG):
-            self.tracer = Tracer(self.log, self.config.log.trace)
-            self.changes.tracer = self.tracer.queue_hook
-
-    def folder_stats(self, name: str) -> FolderStats:
-        """Counters of one folder since start (kept across a reload that changes the folder)."""
-        stats = self._folder_stats.get(name)
-        return stats if stats is not None else self._folder_stats.setdefault(name, FolderStats())
-
-    def _start_operator_view(self) -> None:
-        # The socket answers before the start-up walks are requested: say "catching up" from the start.
-        with self._lock:
-            for state in self.folders.values():
-                state.catch_up = state.catch_up or _CatchUp("startup", time.monotonic())
-        control = ControlServer({"status": lambda req: {"status": snapshot(self)}, "rescan": self._rescan_request})
-        explicit = self.config.control_socket is not None
-        try:
-            skipped = control.bind(socket_paths(self.config), explicit)
-        except OSError as exc:
-            self.log.error("control_socket_unavailable", error=exc.strerror or str(exc),
-                           fix="set control_socket: to a path in a folder the service user can write (with "
-                               "systemd: RuntimeDirectory=foldermirror); mirroring goes on without it")
-        else:
-            self.control = control
-            control.start()
-            self.log.info("control_socket_listening", path=str(control.path),
-                          **({"skipped": skipped} if skipped else {}))
-        if self.config.metrics is not None:
-            from foldermirror.metrics import Metrics
-
-            metrics = Metrics(self)
-            try:
-                address = metrics.start(self.config.metrics)
-            except OSError as exc:
-                self.log.error("metrics_unavailable", listen=self.config.metrics.listen,
-                               error=copier._describe(exc),
-                               fix="choose a free port in metrics.listen (or stop what uses it), then restart; "
-                                   "mirroring goes on without metrics")
-            else:
-                self.metrics = metrics
-                self.log.info("metrics_listening", listen=address)
-
-    def _stop_operator_view(self) -> None:
-        if self.control is not None:
-            self.control.stop()
-        if self.metrics is not None:
-            self.metrics.stop()
-
-    def _rescan_request(self, req: dict[str, Any]) -> dict[str, Any]:
-        """A `rescan` on the control socket: compare one folder (or all) with its target now."""
-        name = req.get("folder")
-        if name is not None and name not in self.folders:
-            raise ControlError(f"no folder named {name!r}; folders: {', '.join(self.folders)}")
-        names = [name] if name is not None else list(self.folders)
-        for n in names:
-            self._request_catch_up(n, "requested")
-        self.log.info("rescan_requested", folders=names)
-        return {"rescan": names}
-
-    def _observe(self, folder: str, path: str, status: str, kind: str, nbytes: int, error: str, err_no: int,
-                 latency_ms: float) -> None:
-        self.folder_stats(folder).record(path, status, kind, nbytes, error, err_no)
-        if self.metrics is not None and status in ("copied", "renamed", "deleted"):
-            self.metrics.observe(folder, latency_ms / 1000)
-        if self.tracer is not None:
-            self.tracer.step("done", folder, path, status=status, latency_ms=latency_ms)
-
-    def _log_repeats(self, flush: bool = False) -> None:
-        for run in self.repeats.due(flush):
-            folder, error = run.key
-            self.log.error("mirror_failed_repeated", folder=folder, error=error, count=run.count,
-                           paths=run.paths, last_path=run.last_path,
-                           window_s=round(self.repeats.clock() - run.started, 1),
-                           **{k: v for k, v in run.fields.items() if k in ("errno", "fix")})

@@ -1,0 +1,159 @@
+"""Catch-ups: comparing a folder with its target and following it until the differences are mirrored.
+
+`CatchUps` owns the Reconciler thread and its walk (which feeds the ChangeQueue, holding
+back deletions that look like a failed mount), the per-folder `CatchUp` records, their
+`sync_progress` / `sync_finished` lines, and giving memory back after a big one.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from foldermirror import copier, memory
+from foldermirror.changes import ChangeQueue
+from foldermirror.config import FolderConfig
+from foldermirror.folderstate import CatchUp, FolderState
+from foldermirror.pool import process_alive
+from foldermirror.reconcile import Reconciler, Request, WalkStats, diff_tree, hold_deletions
+from foldermirror.stats import FolderStats
+
+# A catch-up with this many differences leaves enough freed memory to give back once it ends.
+RELEASE_AFTER = 1000
+
+
+class CatchUps:
+    """Requests comparisons, runs their walks (on the Reconciler thread) and tells when each ends."""
+
+    def __init__(self, log: Any, changes: ChangeQueue, folders: Mapping[str, FolderState], lock: threading.RLock,
+                 instance: str, folder_stats: Callable[[str], FolderStats], wake: Callable[[], None]) -> None:
+        self.log = log
+        self.changes = changes
+        self.folders = folders
+        self._lock = lock  # the service's: guards `folders` and each folder's catch_up
+        self.instance = instance
+        self.folder_stats = folder_stats
+        self.wake = wake
+        self.reconciler = Reconciler(self._walk)
+        self._release_memory = False
+
+    def active(self) -> bool:
+        """A catch-up is running in some folder."""
+        return any(s.catch_up is not None for s in self.folders.values())
+
+    def begin(self, reason: str) -> None:
+        """Every folder counts as catching up from now on, before its walk is requested."""
+        with self._lock:
+            for state in self.folders.values():
+                state.catch_up = state.catch_up or CatchUp(reason, time.monotonic())
+
+    def request(self, name: str, reason: str) -> None:
+        """Compare the folder with its target (again, if a catch-up is running: it goes on)."""
+        with self._lock:
+            state = self.folders.get(name)
+            if state is None:
+                return
+            if state.catch_up is None:
+                state.catch_up = CatchUp(reason, time.monotonic())
+            else:
+                state.catch_up.walk_done = False
+        self.reconciler.request(Request(name, "", reason, ready=True))
+        self.wake()
+
+    def _walk(self, req: Request) -> None:
+        state = self.folders.get(req.folder)
+        if state is None:
+            return
+        f = state.config
+        stats = WalkStats()
+        extras: list[str] = []
+        try:
+            for diff in diff_tree(str(f.source), str(f.target), state.excluder, f.delete, self.instance,
+                                  sub=req.sub, stats=stats, writer_alive=process_alive):
+                if diff.reason == "extra":
+                    extras.append(diff.path)  # judged once the walk has seen everything
+                else:
+                    self.changes.wait_for_room()
+                    self.changes.touch(f.name, diff.path, settle=f.settle, ready=req.ready)
+            if extras and req.sub == "" and hold_deletions(stats, f.max_delete_fraction):
+                self._hold_deletions(f, req, stats)
+                stats.differences -= len(extras)
+                extras = []
+            for path in extras:
+                self.changes.wait_for_room()
+                self.changes.touch(f.name, path, settle=f.settle, ready=req.ready)
+        except OSError as exc:
+            self.log.error("reconcile_failed", folder=f.name, path=req.sub, error=copier._describe(exc))
+        except Exception as exc:  # noqa: BLE001 - a bug here must not stop later walks
+            self.log.error("reconcile_failed", folder=f.name, path=req.sub, error=repr(exc))
+        for rel in stats.unreadable or ():
+            self.log.warning("source_unreadable", folder=f.name, path=rel,
+                             error="permission denied listing this directory; its files are not mirrored")
+        if req.sub == "":
+            fs = self.folder_stats(f.name)
+            fs.directories, fs.unreadable = stats.directories, len(stats.unreadable or ())
+        if stats.stale_temps:
+            self.log.info("stale_temps_removed", folder=f.name, count=stats.stale_temps)
+        self.log.debug("reconcile_walked", folder=f.name, path=req.sub, reason=req.reason,
+                       entries=stats.entries, differences=stats.differences)
+        if req.sub == "":
+            with self._lock:
+                c = state.catch_up
+                if c is not None:
+                    c.walk_done = True
+                    c.differences += stats.differences
+
+    def _hold_deletions(self, f: FolderConfig, req: Request, stats: WalkStats) -> None:
+        looks = "looks empty" if stats.entries == 0 else "lost most of what its target holds"
+        self.log.error("mass_delete_held", folder=f.name, path=str(f.source), reason=req.reason,
+                       source_entries=stats.entries, target_entries=stats.target_entries,
+                       would_delete=stats.doomed, max_delete_fraction=f.max_delete_fraction,
+                       error=f"the source {looks} (a failed mount or a wrong path?); "
+                             f"deletions in the target are held back, copies go on",
+                       fix=f"if the deletions are intended, set max_delete_fraction: 1 for folder {f.name} "
+                           f"and reload (systemctl reload foldermirror), then set it back")
+
+    def finish(self, now: float) -> None:
+        """End each catch-up whose walk is done and whose folder has settled."""
+        for name, state in self.folders.items():
+            c = state.catch_up
+            if c is None or not c.walk_done or not self.changes.settled(name):
+                continue
+            with self._lock:
+                state.catch_up = None
+            self.log.info("sync_finished", folder=name, reason=c.reason, files=c.files, bytes=c.bytes,
+                          failed=c.failed, differences=c.differences, seconds=round(now - c.started, 3))
+            self._release_memory = self._release_memory or c.differences >= RELEASE_AFTER
+        if self._release_memory and not self.active():
+            self._release_memory = False
+            self.changes.prune()
+            memory.release()
+
+    def activity(self) -> str | None:
+        """The status line's account of the first running catch-up (None: none runs)."""
+        catching = [(n, s.catch_up) for n, s in self.folders.items() if s.catch_up is not None]
+        if not catching:
+            return None
+        name, c = catching[0]
+        assert c is not None
+        if not c.walk_done:
+            return f"catching up {name}: {c.files:,} files copied, still comparing"
+        total = max(c.differences, c.files)
+        return f"catching up {name}: {c.files:,}/{total:,} files"
+
+    def report(self, tty: bool) -> None:
+        """One `sync_progress` line per running catch-up (on a terminal: a progress line instead)."""
+        for name, state in self.folders.items():
+            c = state.catch_up
+            if c is None:
+                continue
+            pending, in_flight = self.changes.counts(name)
+            if tty:
+                sys.stderr.write(f"\r{name}: {c.files} copied, {pending + in_flight} to go{' ' * 10}")
+                sys.stderr.flush()
+            else:
+                self.log.info("sync_progress", folder=name, files=c.files, bytes=c.bytes,
+                              pending=pending, in_flight=in_flight, walk_done=c.walk_done)

@@ -1,0 +1,38 @@
+"""What the service knows of each served folder: plain data shared by its parts.
+
+The service creates and removes the entries; catch-up tracking (catchup.py), result
+recording (results.py) and the root checks of the main loop read and update them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from foldermirror import copier
+from foldermirror.config import FolderConfig
+from foldermirror.paths import Excluder
+
+
+@dataclass
+class CatchUp:
+    """A comparison of a folder with its target, from its request until its differences are mirrored."""
+
+    reason: str
+    started: float
+    walk_done: bool = False
+    differences: int = 0
+    files: int = 0
+    bytes: int = 0
+    failed: int = 0
+
+
+@dataclass
+class FolderState:
+    config: FolderConfig
+    excluder: Excluder
+    catch_up: CatchUp | None = None
+    missing: bool = False
+    root_id: copier.RootId | None = None  # the source root being watched: (st_dev, st_ino)
+    suspect: bool = False                 # a worker found the root gone or replaced
+    rewatch_at: float = 0.0               # rebuild the watches then (0: no need)
+    rewatch_paths: int = 0                # suspect directory events since the last rebuild

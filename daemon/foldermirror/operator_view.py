@@ -1,0 +1,116 @@
+"""The operator's view beside the log: status socket, metrics, per-folder stats, folded failures, traces.
+
+`OperatorView` keeps what `foldermirror status` and the metrics endpoint report (the
+per-folder `FolderStats`, fed by every worker outcome), folds repeated failures into
+`mirror_failed_repeated` lines, follows traced paths, and runs the control socket and the
+metrics server. Both read the service through `status.snapshot()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from foldermirror import copier
+from foldermirror.changes import ChangeQueue
+from foldermirror.config import Config
+from foldermirror.control import ControlError, ControlServer, socket_paths
+from foldermirror.folderstate import FolderState
+from foldermirror.logs import Repeats, Tracer
+from foldermirror.stats import FolderStats
+from foldermirror.status import snapshot
+
+
+class OperatorView:
+    def __init__(self, log: Any, changes: ChangeQueue, folders: Mapping[str, FolderState],
+                 trace: tuple[str, ...]) -> None:
+        self.log = log
+        self.folders = folders
+        self.request_catch_up: Callable[[str, str], None] | None = None  # set by start()
+        self.started = time.monotonic()
+        self.started_wall = time.time()
+        self._folder_stats: dict[str, FolderStats] = {}
+        self.repeats = Repeats()
+        self.tracer: Tracer | None = None
+        self.control: ControlServer | None = None
+        self.metrics: Any = None  # metrics.Metrics when configured (prometheus-client is imported only then)
+        if log.is_enabled_for(logging.DEBUG):
+            self.tracer = Tracer(log, trace)
+            changes.tracer = self.tracer.queue_hook
+
+    def folder_stats(self, name: str) -> FolderStats:
+        """Counters of one folder since start (kept across a reload that changes the folder)."""
+        stats = self._folder_stats.get(name)
+        return stats if stats is not None else self._folder_stats.setdefault(name, FolderStats())
+
+    def start(self, config: Config, service: Any, request_catch_up: Callable[[str, str], None]) -> None:
+        """Open the control socket and (when configured) the metrics server.
+
+        `service` is what they report (read by status.snapshot()); `request_catch_up` answers a `rescan`.
+        """
+        self.request_catch_up = request_catch_up
+        control = ControlServer({"status": lambda req: {"status": snapshot(service)}, "rescan": self._rescan_request})
+        explicit = config.control_socket is not None
+        try:
+            skipped = control.bind(socket_paths(config), explicit)
+        except OSError as exc:
+            self.log.error("control_socket_unavailable", error=exc.strerror or str(exc),
+                           fix="set control_socket: to a path in a folder the service user can write (with "
+                               "systemd: RuntimeDirectory=foldermirror); mirroring goes on without it")
+        else:
+            self.control = control
+            control.start()
+            self.log.info("control_socket_listening", path=str(control.path),
+                          **({"skipped": skipped} if skipped else {}))
+        if config.metrics is not None:
+            from foldermirror.metrics import Metrics
+
+            metrics = Metrics(service)
+            try:
+                address = metrics.start(config.metrics)
+            except OSError as exc:
+                self.log.error("metrics_unavailable", listen=config.metrics.listen,
+                               error=copier._describe(exc),
+                               fix="choose a free port in metrics.listen (or stop what uses it), then restart; "
+                                   "mirroring goes on without metrics")
+            else:
+                self.metrics = metrics
+                self.log.info("metrics_listening", listen=address)
+
+    def stop(self) -> None:
+        if self.control is not None:
+            self.control.stop()
+        if self.metrics is not None:
+            self.metrics.stop()
+
+    def _rescan_request(self, req: dict[str, Any]) -> dict[str, Any]:
+        """A `rescan` on the control socket: compare one folder (or all) with its target now."""
+        name = req.get("folder")
+        if name is not None and name not in self.folders:
+            raise ControlError(f"no folder named {name!r}; folders: {', '.join(self.folders)}")
+        names = [name] if name is not None else list(self.folders)
+        assert self.request_catch_up is not None
+        for n in names:
+            self.request_catch_up(n, "requested")
+        self.log.info("rescan_requested", folders=names)
+        return {"rescan": names}
+
+    def observe(self, folder: str, path: str, status: str, kind: str, nbytes: int, error: str, err_no: int,
+                latency_ms: float) -> None:
+        """One worker outcome: into the folder's stats, the latency histogram and the trace."""
+        self.folder_stats(folder).record(path, status, kind, nbytes, error, err_no)
+        if self.metrics is not None and status in ("copied", "renamed", "deleted"):
+            self.metrics.observe(folder, latency_ms / 1000)
+        if self.tracer is not None:
+            self.tracer.step("done", folder, path, status=status, latency_ms=latency_ms)
+
+    def log_repeats(self, flush: bool = False) -> None:
+        """A `mirror_failed_repeated` line for each window of folded failures that ended (all, with flush)."""
+        for run in self.repeats.due(flush):
+            folder, error = run.key
+            self.log.error("mirror_failed_repeated", folder=folder, error=error, count=run.count,
+                           paths=run.paths, last_path=run.last_path,
+                           window_s=round(self.repeats.clock() - run.started, 1),
+                           **{k: v for k, v in run.fields.items() if k in ("errno", "fix")})
