@@ -10,7 +10,7 @@ from typing import Sequence
 from foldermirror import __version__
 from foldermirror.config import Config, load_config
 from foldermirror.errors import EXIT_FAILURE, EXIT_OK, FoldermirrorError
-from foldermirror.logs import configure_logging, get_logger
+from foldermirror.logs import configure_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
