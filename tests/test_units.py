@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 
 import pytest
@@ -224,28 +223,3 @@ def test_prune_forgets_paths_no_longer_hot_and_keeps_hot_ones(q, clock):
     assert set(q._handed_out) == {("f", "hot")}
     q.touch("f", "hot", settle=0.25, ready=True)
     assert q.take(10, timeout=0) == []  # still hot: it waits for quiet
-
-
-def test_an_unnamed_copy_whose_name_was_taken_meanwhile_gets_a_temp_name(tmp_path):
-    """Small new files are written unnamed (O_TMPFILE) and linked in when complete; if the
-    name appeared since the check, the copy is linked under a temp name to rename over it."""
-    from foldermirror import copier
-
-    dfd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fd = os.open(".", os.O_WRONLY | os.O_TMPFILE, 0o600, dir_fd=dfd)
-        os.write(fd, b"complete copy")
-        assert os.listdir(tmp_path) == []  # nothing visible while it is written
-        (tmp_path / "taken").write_bytes(b"someone else's")
-        tmp = copier._link_anonymous(fd, dfd, "taken", "feedf00d")
-        os.close(fd)
-        assert tmp is not None and copier.is_temp_name(tmp)
-        assert (tmp_path / tmp).read_bytes() == b"complete copy"
-        assert (tmp_path / "taken").read_bytes() == b"someone else's"
-        fd = os.open(".", os.O_WRONLY | os.O_TMPFILE, 0o600, dir_fd=dfd)
-        os.write(fd, b"fresh")
-        assert copier._link_anonymous(fd, dfd, "fresh", "feedf00d") is None
-        os.close(fd)
-        assert (tmp_path / "fresh").read_bytes() == b"fresh"
-    finally:
-        os.close(dfd)

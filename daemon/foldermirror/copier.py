@@ -41,13 +41,6 @@ _IS_ROOT = os.geteuid() == 0
 # Directory fds kept per side within one batch; a batch is short (BATCH_MAX items), so a
 # directory renamed meanwhile is caught by the comparison its move event triggers.
 _DIR_CACHE_MAX = 128
-# A new file up to this size is written as an unnamed O_TMPFILE and linked in under its
-# name when complete: one directory operation instead of two (create, rename), and nothing
-# left behind by a crash. Bigger ones keep a named temp file: their copy is long enough
-# for the second operation not to matter, and an interrupted one is seen (and removed).
-ANONYMOUS_MAX = 1 << 20
-# linkat() of an O_TMPFILE without CAP_DAC_READ_SEARCH goes through /proc/self/fd.
-_PROC_FD = os.path.isdir("/proc/self/fd")
 
 
 _pid = os.getpid()
@@ -258,7 +251,6 @@ class _Mirror:
         self.durable = durable
         self.instance = instance
         self.is_root = _IS_ROOT
-        self.anonymous = _PROC_FD and hasattr(os, "O_TMPFILE")
         # parts of a directory path → an open fd of it; the fds belong to these caches
         # (callers never close them) and live until close() or an invalidation.
         self._sdirs: dict[tuple[str, ...], int] = {}
@@ -422,12 +414,8 @@ class _Mirror:
             if (tst is not None and stat.S_ISREG(tst.st_mode) and tst.st_size == st.st_size
                     and tst.st_mtime_ns == st.st_mtime_ns and stat.S_IMODE(tst.st_mode) == mode):
                 return (path, "unchanged", "file", 0, "", 0)
-            tmp = None  # the temp name, or None while the file being written has no name
-            tfd = self._open_anonymous(tdir) if tst is None and st.st_size <= ANONYMOUS_MAX else -1
-            if tfd < 0:
-                tmp = temp_name(self.instance)
-                tfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                              dir_fd=tdir)
+            tmp = temp_name(self.instance)
+            tfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=tdir)
             published = False
             try:
                 pause = faults.delay("slow_copy", path) if faults.ENABLED else 0.0
@@ -444,38 +432,22 @@ class _Mirror:
                     return (path, "changed", "file", 0, "", 0)
                 if self.durable:
                     os.fsync(tfd)
-                if tmp is None:
-                    tmp = _link_anonymous(tfd, tdir, name, self.instance)
-                    published = tmp is None
                 os.close(tfd)
                 tfd = -1
-                if not published:
-                    if tst is not None and stat.S_ISDIR(tst.st_mode):
-                        self._remove_conflict(tdir, name, (*parents, name))
-                    os.rename(tmp, name, src_dir_fd=tdir, dst_dir_fd=tdir)
-                    published = True
+                if tst is not None and stat.S_ISDIR(tst.st_mode):
+                    self._remove_conflict(tdir, name, (*parents, name))
+                os.rename(tmp, name, src_dir_fd=tdir, dst_dir_fd=tdir)
+                published = True
                 if self.durable:
                     os.fsync(tdir)
                 return (path, "copied", "file", copied, "", 0)
             finally:
                 if tfd >= 0:
                     os.close(tfd)
-                if not published and tmp is not None:
+                if not published:
                     _unlink_quietly(tdir, tmp)
         finally:
             os.close(sfd)
-
-    def _open_anonymous(self, tdir: int) -> int:
-        """An unnamed file in the target directory (O_TMPFILE), or -1 where there is none."""
-        if not self.anonymous:
-            return -1
-        try:
-            return os.open(".", os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC, 0o600, dir_fd=tdir)
-        except OSError as exc:
-            if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
-                raise
-            self.anonymous = False  # a file system without O_TMPFILE: named temp files in this batch
-            return -1
 
     def _symlink(self, sdir: int, parents: list[str], name: str, path: str, st: os.stat_result) -> Outcome:
         try:
@@ -562,18 +534,6 @@ class _Mirror:
             return (path, "renamed", _kind(ost.st_mode), 0, origin, 0)
         except OSError as exc:
             return (path, "failed", "unknown", 0, f"rename from {origin}: {_describe(exc)}", exc.errno or 0)
-
-
-def _link_anonymous(fd: int, dfd: int, name: str, instance: str) -> str | None:
-    """Give the complete unnamed file `fd` its name; None once done. When something took the
-    name meanwhile, it gets a temp name instead, returned for the caller to rename over."""
-    try:
-        os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dfd, follow_symlinks=True)
-        return None
-    except FileExistsError:
-        tmp = temp_name(instance)
-        os.link(f"/proc/self/fd/{fd}", tmp, dst_dir_fd=dfd, follow_symlinks=True)
-        return tmp
 
 
 def _lstat(dfd: int, name: str) -> os.stat_result | None:
