@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -247,6 +249,41 @@ def test_no_partial_file_is_ever_visible(running):
     assert not bad, f"partial or mixed files were visible: {bad[:5]}"
     assert seen, "the reader never saw the file"
     wait_mirrored(src, dst)
+
+
+def test_a_watcher_of_the_target_sees_each_file_arrive_by_rename(running):
+    """Tools downstream watch a mirror as they watch rsync's output: `inotifywait -e
+    moved_to`. Every new or changed file must arrive under its name by a rename (IN_MOVED_TO),
+    never be created or written there in place (IN_CREATE / IN_CLOSE_WRITE)."""
+    src, dst, d = running
+    (src / "warm").write_bytes(b"x")
+    wait_mirrored(src, dst)
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+    in_close_write, in_moved_to, in_create = 0x8, 0x80, 0x100
+    assert fd >= 0 and libc.inotify_add_watch(fd, bytes(dst), in_close_write | in_moved_to | in_create) >= 0
+    try:
+        names = {f"n{i}": os.urandom(100 * i) for i in range(20)}
+        for name, data in names.items():
+            (src / name).write_bytes(data)
+        (src / "warm").write_bytes(b"changed")  # a replacement too
+        wait_mirrored(src, dst)
+        seen: dict[str, int] = {}
+        while True:
+            try:
+                buf = os.read(fd, 65536)
+            except BlockingIOError:
+                break
+            off = 0
+            while off < len(buf):
+                _, mask, _, length = struct.unpack_from("iIII", buf, off)
+                name = buf[off + 16:off + 16 + length].rstrip(b"\0").decode()
+                off += 16 + length
+                seen[name] = seen.get(name, 0) | mask
+    finally:
+        os.close(fd)
+    for name in [*names, "warm"]:
+        assert seen.get(name) == in_moved_to, f"{name}: inotify mask {seen.get(name, 0):#x}, want IN_MOVED_TO only"
 
 
 def test_worker_killed_mid_burst_loses_nothing(tmp_path, daemon_factory):

@@ -84,7 +84,9 @@ class ResultRecorder:
                 self._attempts.pop(key, None)
                 self.counters.mirrored += 1
                 self.counters.bytes += nbytes
-                if c is not None:
+                if c is not None and kind != "dir":
+                    # Not directories: one made as the parent of a file reports "unchanged" later,
+                    # so counting them would not give the same number twice (as FolderStats).
                     c.files += 1
                     c.bytes += nbytes
                 extra = {"renamed_from": error} if status == "renamed" else {}
