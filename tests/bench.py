@@ -349,6 +349,78 @@ def scenario_catchup(base: Path, trash: Trash, files: int, folders: int) -> dict
             "in_sync_start_s": t_idle - t1, "copied_when_in_sync": copied_again, **cpu}
 
 
+_EVENTS_CHILD = r"""
+import os, resource, sys, threading, time
+mode, src, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+count = [0]
+if mode == "watchdog":
+    from watchdog.events import FileSystemEventHandler
+    from watchdog.observers import Observer
+    from foldermirror.watcher import EVENT_FILTER
+
+    class Count(FileSystemEventHandler):
+        def dispatch(self, event):
+            count[0] += 1
+
+    observer = Observer()
+    observer.schedule(Count(), src, recursive=True, event_filter=EVENT_FILTER)
+    observer.start()
+else:
+    import ctypes, struct
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    fd = libc.inotify_init1(os.O_CLOEXEC)
+    mask = 0x2 | 0x4 | 0x8 | 0x40 | 0x80 | 0x100 | 0x200 | 0x400 | 0x800  # what EVENT_FILTER asks for
+    paths = {}
+    for dirpath, _, _ in os.walk(src):
+        paths[libc.inotify_add_watch(fd, dirpath.encode(), mask)] = dirpath
+
+    def read():
+        while True:
+            data, off = os.read(fd, 65536), 0
+            while off < len(data):
+                wd, _, _, length = struct.unpack_from("iIII", data, off)
+                os.path.join(paths.get(wd, ""), os.fsdecode(data[off + 16:off + 16 + length].rstrip(b"\0")))
+                off += 16 + length
+                count[0] += 1
+
+    threading.Thread(target=read, daemon=True).start()
+print("ready", flush=True)
+sys.stdin.readline()  # the files are written now
+while True:
+    seen = count[0]
+    time.sleep(0.3)  # sleep-ok: waiting for the event stream to go quiet
+    if count[0] == seen:
+        break
+usage = resource.getrusage(resource.RUSAGE_SELF)
+print(count[0], usage.ru_utime + usage.ru_stime, flush=True)
+"""
+
+
+def scenario_events(base: Path, trash: Trash, files: int, folders: int) -> dict[str, Any]:
+    """CPU to receive a burst's inotify events: watchdog's observer (with the daemon's event
+    filter and a handler that only counts) against a plain read of the inotify fd."""
+    out: dict[str, Any] = {}
+    for mode in ("watchdog", "raw"):
+        src = base / f"events-{mode}"
+        for d in range(folders):
+            (src / f"d{d:03}").mkdir(parents=True)
+        child = subprocess.Popen([sys.executable, "-c", _EVENTS_CHILD, mode, str(src), str(files)], env=ENV,
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert child.stdin is not None and child.stdout is not None
+        child.stdout.readline()
+        base_cpu = process_cpu(child.pid)
+        make_tree(src, files, 4 * KIB, folders)
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        events, cpu = child.stdout.readline().split()
+        child.wait()
+        out[f"{mode}_events"] = int(events)
+        out[f"{mode}_cpu_s"] = float(cpu) - base_cpu
+        out[f"{mode}_us_per_event"] = (float(cpu) - base_cpu) / max(1, int(events)) * 1e6
+        trash.put(src)
+    return out
+
+
 def scenario_idle(base: Path, trash: Trash, folders: int, per_folder: int, seconds: float) -> dict[str, Any]:
     src, dst = base / "idle-src", base / "idle-dst"
     make_tree(src, folders * per_folder, 64, folders)
@@ -379,7 +451,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--only", default="burst,bigfile,latency,catchup,idle")
+    p.add_argument("--only", default="burst,events,bigfile,latency,catchup,idle")
     p.add_argument("--quick", action="store_true", help="small sizes and one run: checks the script works")
     p.add_argument("--json", default="bench-results.json", help="where to write the results")
     p.add_argument("--dir", default=None, help="work folder (default: a temp folder under /var/tmp)")
@@ -392,8 +464,9 @@ def main(argv: list[str] | None = None) -> int:
         "latency": dict(writes=50 if q else 200),
         "catchup": dict(files=5000 if q else 100000, folders=100),
         "idle": dict(folders=500 if q else 10000, per_folder=10, seconds=3 if q else 10),
+        "events": dict(files=2000 if q else 20000, folders=50),
     }
-    fns = {"burst": scenario_burst, "bigfile": scenario_bigfile, "latency": scenario_latency,
+    fns = {"burst": scenario_burst, "events": scenario_events, "bigfile": scenario_bigfile, "latency": scenario_latency,
            "catchup": scenario_catchup, "idle": scenario_idle}
     base = Path(args.dir or tempfile.mkdtemp(prefix="fm-bench-", dir="/var/tmp"))
     base.mkdir(parents=True, exist_ok=True)
