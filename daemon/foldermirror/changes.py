@@ -160,6 +160,11 @@ class ChangeQueue:
             self._in_flight.add(key)
             self._flying[key[0]] = self._flying.get(key[0], 0) + 1
 
+    def _land(self, key: Key) -> None:
+        if key in self._in_flight:
+            self._in_flight.discard(key)
+            self._flying[key[0]] -= 1
+
     def wait_for_room(self) -> None:
         """Block while `backlog_max` or more items are ready and not handed out yet.
 
@@ -239,8 +244,7 @@ class ChangeQueue:
     def _pop_ready(self, limit: int, now: float) -> list[Item]:
         if len(self._handed_out) > 4096 and now >= self._next_prune:
             # At most once per settle period: in a burst, all of them may still be recent.
-            self._handed_out = {k: t for k, t in self._handed_out.items() if now - t < self._max_settle}
-            self._next_prune = now + self._max_settle
+            self._prune_locked(now)
         items: list[Item] = []
         while self._ready and len(items) < limit:
             key = self._ready.popleft()
@@ -285,9 +289,7 @@ class ChangeQueue:
                 if item.origin is not None:
                     keys.append((item.folder, item.origin))
                 for key in keys:
-                    if key in self._in_flight:
-                        self._in_flight.discard(key)
-                        self._flying[key[0]] -= 1
+                    self._land(key)
                     e = self._entries.get(key)
                     if e is not None:
                         self._schedule(key, e, now)
@@ -295,8 +297,11 @@ class ChangeQueue:
     def prune(self) -> None:
         """Forget when paths no longer hot were handed out (memory a big batch leaves behind)."""
         with self._cond:
-            now = self.clock()
-            self._handed_out = {k: t for k, t in self._handed_out.items() if now - t < self._max_settle}
+            self._prune_locked(self.clock())
+
+    def _prune_locked(self, now: float) -> None:
+        self._handed_out = {k: t for k, t in self._handed_out.items() if now - t < self._max_settle}
+        self._next_prune = now + self._max_settle
 
     def forget(self, folder: str) -> None:
         """Drop everything pending for a folder (removed or changed by a reload, or its
