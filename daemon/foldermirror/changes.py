@@ -336,7 +336,14 @@ class ChangeQueue:
         with self._cond:
             if self._in_flight:
                 return 0.0
-            return min((e.not_before for e in self._entries.values()), default=None)
+            now = self.clock()
+            earliest: float | None = None
+            for e in self._entries.values():
+                if e.not_before <= now:
+                    return e.not_before  # past already: no need to look at the rest (asked 5×/s)
+                if earliest is None or e.not_before < earliest:
+                    earliest = e.not_before
+            return earliest
 
     def settled(self, folder: str) -> bool:
         """Nothing in flight and nothing pending except paths waiting out a retry backoff."""
