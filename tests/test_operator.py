@@ -93,6 +93,9 @@ def test_status_during_catch_up_and_in_sync(tmp_path, daemon_factory):
     assert early["state"] == "catching_up", (early["problems"], early)
     assert early["files"] <= in_target <= count, (early, in_target, count)
     assert early["catch_up"]["reason"] == "startup"
+    # Progress counts up to the files to copy; the 40 directories are differences, not files.
+    c = early["catch_up"]
+    assert (c["to_copy"], c["differences"]) == ((count, count + dirs - 1) if c["walk_done"] else (0, 0)), (c, count, dirs)
     assert early["watches_complete"] in (True, False)  # present; its truth is checked once in sync
     d.wait_ready()
     snap = status(cfg)

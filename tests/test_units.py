@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 import pytest
@@ -223,3 +224,25 @@ def test_prune_forgets_paths_no_longer_hot_and_keeps_hot_ones(q, clock):
     assert set(q._handed_out) == {("f", "hot")}
     q.touch("f", "hot", settle=0.25, ready=True)
     assert q.take(10, timeout=0) == []  # still hot: it waits for quiet
+
+
+# -- comparison ----------------------------------------------------------------------------
+def test_walk_counts_the_files_to_copy_apart_from_other_differences(tmp_path):
+    """Catch-up progress counts up to `copies`: files and symlinks, not directories or extras."""
+    from foldermirror.reconcile import WalkStats, diff_tree
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    (src / "a" / "b").mkdir(parents=True)
+    (dst / "a").mkdir(parents=True)
+    (src / "top.txt").write_text("new")
+    (src / "a" / "same.txt").write_text("same")
+    (dst / "a" / "same.txt").write_text("same")
+    os.utime(dst / "a" / "same.txt", ns=(0, os.stat(src / "a" / "same.txt").st_mtime_ns))
+    (src / "a" / "b" / "deep.txt").write_text("deep")
+    (src / "link").symlink_to("top.txt")
+    (dst / "extra.txt").write_text("gone from the source")
+    stats = WalkStats()
+    found = {d.path: d.reason for d in diff_tree(str(src), str(dst), Excluder([]), True, "t", stats=stats)}
+    assert found == {"top.txt": "missing", "a/b": "missing", "a/b/deep.txt": "missing", "link": "missing",
+                     "extra.txt": "extra"}, found
+    assert (stats.differences, stats.copies) == (5, 3), stats

@@ -105,6 +105,7 @@ class CatchUps:
                 if c is not None:
                     c.walk_done = True
                     c.differences += stats.differences
+                    c.to_copy += stats.copies
 
     def _hold_deletions(self, f: FolderConfig, req: Request, stats: WalkStats) -> None:
         looks = "looks empty" if stats.entries == 0 else "lost most of what its target holds"
@@ -141,7 +142,7 @@ class CatchUps:
         assert c is not None
         if not c.walk_done:
             return f"catching up {name}: {c.files:,} files copied, still comparing"
-        total = max(c.differences, c.files)
+        total = max(c.to_copy, c.files)  # live changes during the catch-up count too
         return f"catching up {name}: {c.files:,}/{total:,} files"
 
     def report(self, tty: bool) -> None:

@@ -21,6 +21,7 @@ class CatchUp:
     started: float
     walk_done: bool = False
     differences: int = 0
+    to_copy: int = 0      # of those, files and symlinks (what `files` counts up to)
     files: int = 0        # files and symlinks mirrored (directories are not counted)
     bytes: int = 0
     failed: int = 0

@@ -34,6 +34,7 @@ class Difference:
 class WalkStats:
     entries: int = 0          # source entries compared
     differences: int = 0
+    copies: int = 0           # of those, files and symlinks to copy (what catch-up progress counts)
     stale_temps: int = 0
     directories: int = 0      # source directories walked, the root included: what inotify must watch
     unreadable: list[str] | None = None
@@ -208,10 +209,12 @@ def _compare(rel: str, sfd: int | None, tfd: int | None, s_entries: dict[str, _E
         elif s.kind == stat.S_IFREG:
             if t is None or t.kind != s.kind or (t.size, t.mtime_ns, t.mode) != (s.size, s.mtime_ns, s.mode):
                 stats.differences += 1
+                stats.copies += 1
                 yield Difference(path, "missing" if t is None else "differs")
         elif s.kind == stat.S_IFLNK:
             if t is None or t.kind != s.kind or _readlink(sfd, name) != _readlink(tfd, name):
                 stats.differences += 1
+                stats.copies += 1
                 yield Difference(path, "missing" if t is None else "differs")
         elif t is None or t.kind != s.kind:
             yield Difference(path, "special")

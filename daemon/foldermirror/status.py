@@ -101,7 +101,8 @@ def _folder(service: Any, name: str, state: Any, stats: FolderStats, watcher_ali
                                                  "time": iso(last.at)},
         "watches_complete": watches_complete,
         "watched_directories": stats.directories,
-        "catch_up": None if c is None else {"reason": c.reason, "files": c.files, "differences": c.differences,
+        "catch_up": None if c is None else {"reason": c.reason, "files": c.files, "to_copy": c.to_copy,
+                                            "differences": c.differences,
                                             "walk_done": c.walk_done,
                                             "seconds": round(time.monotonic() - c.started, 3)},
     }
@@ -127,9 +128,9 @@ def render(snap: dict[str, Any]) -> str:
     for f in snap["folders"]:
         c = f["catch_up"]
         if c is not None:
-            total = max(c["differences"], c["files"])
+            total = max(c["to_copy"], c["files"])
             walk = "" if c["walk_done"] else ", still comparing"
-            done = f"{c['files']:,} of {total:,} paths done{walk}"
+            done = f"{c['files']:,} of {total:,} files copied{walk}"
             notes.append(f"{f['name']}: catching up ({c['reason']}): {done}")
         for problem in f["problems"]:
             notes.append(f"{f['name']}: {problem}")
