@@ -39,7 +39,7 @@ KIB = 1024
 class Daemon:
     """The real daemon; counts distinct mirrored files from its JSON log lines.
 
-    Directories are not counted: one made as the parent of a file has no line of its own.
+    Directories are not counted: the comparison is with the files cp and rsync copy.
     """
 
     running: list["Daemon"] = []  # stopped at the end even when a scenario fails

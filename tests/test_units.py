@@ -246,3 +246,31 @@ def test_walk_counts_the_files_to_copy_apart_from_other_differences(tmp_path):
     assert found == {"top.txt": "missing", "a/b": "missing", "a/b/deep.txt": "missing", "link": "missing",
                      "extra.txt": "extra"}, found
     assert (stats.differences, stats.copies) == (5, 3), stats
+
+
+# -- copier ------------------------------------------------------------------------------------
+def test_directories_made_for_a_file_are_reported_before_it(tmp_path):
+    """A file in new directories: each directory made on the way has its own outcome (and so
+    its own file_mirrored line), once; the directories' own events later find them unchanged."""
+    from foldermirror import copier
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    (src / "a" / "b").mkdir(parents=True)
+    os.chmod(src / "a", 0o750)
+    (src / "a" / "b" / "c.txt").write_text("deep")
+    dst.mkdir()
+    roots = copier.open_roots(str(src), str(dst), "a/b/c.txt", None)
+    assert isinstance(roots, tuple), roots
+    m = copier._Mirror(roots[0], roots[1], delete=False, durable=False, instance="t")
+    try:
+        first = copier.mirror_path(m, "a/b/c.txt", None)
+        assert [o[:3] for o in first] == [("a", "copied", "dir"), ("a/b", "copied", "dir"),
+                                         ("a/b/c.txt", "copied", "file")], first
+        assert os.stat(dst / "a").st_mode & 0o777 == 0o750
+        again = [copier.mirror_path(m, p, None) for p in ("a", "a/b", "a/b/c.txt")]
+        assert [[o[:2] for o in outs] for outs in again] == [[("a", "unchanged")], [("a/b", "unchanged")],
+                                                             [("a/b/c.txt", "unchanged")]], again
+    finally:
+        m.close()
+        os.close(roots[0])
+        os.close(roots[1])

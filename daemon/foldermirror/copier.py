@@ -217,6 +217,7 @@ def open_roots(source: str, target: str, path: str, root_id: RootId | None) -> t
 
 def mirror_path(m: "_Mirror", path: str, origin: str | None) -> list[Outcome]:
     m.trim()
+    m.made.clear()
     out: list[Outcome] = []
     if origin is not None and m.delete:
         renamed = m.rename_in_target(origin, path)
@@ -226,9 +227,11 @@ def mirror_path(m: "_Mirror", path: str, origin: str | None) -> list[Outcome]:
         if checked[1] not in ("unchanged", "gone"):
             out.append(checked)
     result = m.sync(path)
+    # Directories made on the way (the parents of a file) are mirrored too: say so first.
+    made: list[Outcome] = [(p, "copied", "dir", 0, "", 0) for p in m.made]
     if out and out[0][1] == "renamed" and result[1] == "unchanged":
-        return out
-    return out + [result]
+        return made + out
+    return made + out + [result]
 
 
 def _open_target_root(target: str) -> int:
@@ -255,6 +258,7 @@ class _Mirror:
         # (callers never close them) and live until close() or an invalidation.
         self._sdirs: dict[tuple[str, ...], int] = {}
         self._tdirs: dict[tuple[str, ...], int] = {}
+        self.made: list[str] = []  # directories this path's operations created, as the parents of others
 
     def close(self) -> None:
         self.forget_source()
@@ -326,6 +330,7 @@ class _Mirror:
             raise OSError(errno.ENOENT, "the source directory vanished during the copy") from None
         try:
             os.mkdir(name, 0o700, dir_fd=parent)
+            self.made.append("/".join(source_parts))
         except FileExistsError:
             pass
         nfd = os.open(name, _DIR_FLAGS, dir_fd=parent)
@@ -493,9 +498,13 @@ class _Mirror:
         try:
             os.mkdir(name, 0o700, dir_fd=tdir)
         except FileExistsError:
-            # Another worker made it, for a file inside it, since the lstat above.
-            if not stat.S_ISDIR(os.stat(name, dir_fd=tdir, follow_symlinks=False).st_mode):
+            # Another worker made it, for a file inside it, since the lstat above; that
+            # worker reports it.
+            now = os.stat(name, dir_fd=tdir, follow_symlinks=False)
+            if not stat.S_ISDIR(now.st_mode):
                 raise
+            if stat.S_IMODE(now.st_mode) == mode:
+                return (path, "unchanged", "dir", 0, "", 0)
         os.chmod(name, mode, dir_fd=tdir)
         if self.is_root:
             try:

@@ -85,8 +85,8 @@ class ResultRecorder:
                 self.counters.mirrored += 1
                 self.counters.bytes += nbytes
                 if c is not None and kind != "dir":
-                    # Not directories: one made as the parent of a file reports "unchanged" later,
-                    # so counting them would not give the same number twice (as FolderStats).
+                    # Not directories (as FolderStats): two workers racing to make one may both
+                    # report it, so counting them would not give the same number twice.
                     c.files += 1
                     c.bytes += nbytes
                 extra = {"renamed_from": error} if status == "renamed" else {}

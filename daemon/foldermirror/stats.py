@@ -37,8 +37,8 @@ class FolderStats:
 
     def record(self, path: str, status: str, kind: str, nbytes: int, error: str, err_no: int) -> None:
         """Account for one outcome reported by a worker."""
-        # A directory may be created as the parent of a file before its own item reports
-        # "unchanged", so counting directories would not match the tree.
+        # Files and symlinks only: two workers racing to make one directory (a file's parent,
+        # and the directory's own item) may both report it, so a count would not match the tree.
         if status in MIRRORED and kind != "dir":
             self.files += 1
             self.bytes += nbytes
