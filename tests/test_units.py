@@ -274,3 +274,34 @@ def test_directories_made_for_a_file_are_reported_before_it(tmp_path):
         m.close()
         os.close(roots[0])
         os.close(roots[1])
+
+
+# -- pool ----------------------------------------------------------------------------------------
+@pytest.mark.timeout(60)
+def test_a_result_handler_that_raises_is_reported_and_frees_its_slot(tmp_path):
+    """A bug in the result handler is logged (on_error), and its batch leaves the registry:
+    left there, a few such batches would block every later submit."""
+    from foldermirror.changes import Item
+    from foldermirror.pool import WorkerPool
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    (src / "a.txt").write_text("a")
+    errors: list[tuple[str, BaseException]] = []
+    handled = threading.Event()
+
+    def on_results(results, pid):
+        handled.set()
+        raise RuntimeError("a bug in the handler")
+
+    pool = WorkerPool(1, on_results, lambda folder: (str(src), str(dst), False, False, None, 0),
+                      lambda pids, n: None, "t", on_error=lambda where, exc: errors.append((where, exc)))
+    try:
+        for _ in range(pool._max_tasks + 1):  # more than the slots: the last submit blocks if slots leak
+            pool.submit([Item(folder="f", path="a.txt", origin=None, first_seen=0.0, walk=False, epoch=0)])
+        wait_until(lambda: pool.in_flight() == 0 and not pool._tasks, 30,
+                   lambda: f"tasks still registered: {len(pool._tasks)}")
+        assert handled.is_set() and errors and errors[0][0] == "result collector", errors
+        assert (dst / "a.txt").read_text() == "a"
+    finally:
+        pool.stop(5.0)

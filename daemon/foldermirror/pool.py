@@ -69,10 +69,13 @@ class WorkerPool:
 
     def __init__(self, size: int, on_results: ResultHandler, spec: Callable[[str], FolderSpec | None],
                  on_worker_lost: Callable[[list[int], int], None], instance: str,
-                 wake: Callable[[], None] = lambda: None) -> None:
-        """`wake` is called (from a thread of the pool's) when a worker exits: then call supervise()."""
+                 wake: Callable[[], None] = lambda: None,
+                 on_error: Callable[[str, BaseException], None] = lambda where, exc: None) -> None:
+        """`wake` is called (from a thread of the pool's) when a worker exits: then call supervise().
+        `on_error(where, exc)` hears of a bug the pool survived (its work is not lost)."""
         self.size = size
         self._on_results = on_results
+        self._on_error = on_error
         self._spec = spec
         self._on_worker_lost = on_worker_lost
         self._wake = wake
@@ -116,8 +119,8 @@ class WorkerPool:
                     continue
                 try:
                     self._handle(gen, msg)
-                except Exception:  # noqa: BLE001 - the collector must outlive a bad message
-                    continue
+                except Exception as exc:  # noqa: BLE001 - the collector must outlive a bad message
+                    _quietly(lambda: self._on_error("result collector", exc))
         finally:
             os.close(gen.wake[0])
 
@@ -155,13 +158,15 @@ class WorkerPool:
                 if index not in task.reported:  # else a duplicate from a retired generation
                     task.reported.add(index)
                     fresh.append((task.items[index], outcomes, duration_ns / 1e6))
-        # Logged before the task leaves the registry, so stop() never outruns a result.
-        if fresh:
-            self._on_results(fresh, pid)
-        with self._lock:
-            if len(task.reported) == len(task.items) and self._tasks.get(task_id) is task:
-                del self._tasks[task_id]
-                self._lock.notify_all()
+        try:
+            # Logged before the task leaves the registry, so stop() never outruns a result.
+            if fresh:
+                self._on_results(fresh, pid)
+        finally:  # a handler that raised must not leave the task holding a slot for good
+            with self._lock:
+                if len(task.reported) == len(task.items) and self._tasks.get(task_id) is task:
+                    del self._tasks[task_id]
+                    self._lock.notify_all()
 
     # -- submission ------------------------------------------------------------
     def submit(self, items: list[Item]) -> None:
@@ -204,6 +209,7 @@ class WorkerPool:
 
     def _failed_task(self, task: _Task, exc: BaseException) -> None:
         # run_batch catches per item; this is a pickling or pool-level error: resend.
+        _quietly(lambda: self._on_error("worker batch", exc))
         with self._lock:
             if task.task_id in self._tasks and not self._stopping:
                 self._send(task, [i for i in range(len(task.items)) if i not in task.reported])

@@ -163,7 +163,7 @@ class Service:
             self._check_watch_limit()
         # The Pool (and its fork server) comes before any watcher thread (PITFALLS #8, #12).
         self.pool = WorkerPool(cfg.workers, self.results.on_results, self._spec, self._on_worker_lost, self.instance,
-                               wake=self._wake)
+                               wake=self._wake, on_error=self._on_pool_error)
         if not self.once:
             # The socket answers before the start-up walks are requested: say "catching up" from the start.
             self.catch_ups.begin("startup")
@@ -424,6 +424,9 @@ class Service:
         n = len(self.folders)
         return (f"watching {n} folder{'' if n == 1 else 's'}, {pending + in_flight:,} pending, "
                 f"{self.counters.mirrored:,} files mirrored")
+
+    def _on_pool_error(self, where: str, exc: BaseException) -> None:
+        self.log.error("internal_error", where=where, error=repr(exc))
 
     def _on_worker_lost(self, pids: list[int], resubmitted: int) -> None:
         self.log.error("worker_lost", pids=pids, resubmitted=resubmitted,
