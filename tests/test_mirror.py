@@ -308,6 +308,24 @@ def test_worker_killed_mid_burst_loses_nothing(tmp_path, daemon_factory):
     assert d.stop() == 0
 
 
+def test_every_directory_has_a_line_and_counts_are_of_files(tmp_path, daemon_factory):
+    """Each directory that appears in the mirror has a file_mirrored line (kind dir), whether
+    its own event or a file inside it made it; the counts of files mirrored leave them out."""
+    src, dst, spec = pair(tmp_path)
+    d = daemon_factory(write_config(tmp_path, [spec]))
+    d.wait_ready()
+    (src / "a" / "b").mkdir(parents=True)
+    (src / "a" / "b" / "c.txt").write_bytes(b"c")
+    (src / "a" / "d.txt").write_bytes(b"d")
+    (src / "e").mkdir()
+    wait_mirrored(src, dst)
+    for rel in ("a", "a/b", "e"):
+        d.wait_for("file_mirrored", path=rel, kind="dir")
+    assert d.stop() == 0
+    stopped = d.events("daemon_stopped")[0]
+    assert stopped["files_mirrored"] == 2, stopped
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_stop_is_clean(tmp_path, daemon_factory, sig):
     src, dst, spec = pair(tmp_path)

@@ -82,13 +82,14 @@ class ResultRecorder:
             c = state.catch_up
             if status in ("copied", "renamed"):
                 self._attempts.pop(key, None)
-                self.counters.mirrored += 1
-                self.counters.bytes += nbytes
-                if c is not None and kind != "dir":
-                    # Not directories (as FolderStats): two workers racing to make one may both
-                    # report it, so counting them would not give the same number twice.
-                    c.files += 1
-                    c.bytes += nbytes
+                if kind != "dir":
+                    # Files and symlinks, as FolderStats counts: two workers racing to make one
+                    # directory may both report it, so counting those would not match the tree.
+                    self.counters.mirrored += 1
+                    self.counters.bytes += nbytes
+                    if c is not None:
+                        c.files += 1
+                        c.bytes += nbytes
                 extra = {"renamed_from": error} if status == "renamed" else {}
                 self.log.info("file_mirrored", folder=f.name, path=path, kind=kind, bytes=nbytes,
                               duration_ms=round(duration_ms, 3), latency_ms=latency_ms, worker_pid=pid, **extra)
