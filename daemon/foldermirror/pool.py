@@ -120,7 +120,7 @@ class WorkerPool:
                 try:
                     self._handle(gen, msg)
                 except Exception as exc:  # noqa: BLE001 - the collector must outlive a bad message
-                    _quietly(lambda: self._on_error("result collector", exc))
+                    self._report_error("result collector", exc)
         finally:
             os.close(gen.wake[0])
 
@@ -207,9 +207,15 @@ class WorkerPool:
         self._gen.pool.apply_async(copier.run_batch, (self._gen.number, task.task_id, work),
                                    error_callback=lambda exc, t=task: self._failed_task(t, exc))
 
+    def _report_error(self, where: str, exc: BaseException) -> None:
+        try:
+            self._on_error(where, exc)
+        except Exception:  # noqa: BLE001 - reporting a bug must not raise another
+            pass
+
     def _failed_task(self, task: _Task, exc: BaseException) -> None:
         # run_batch catches per item; this is a pickling or pool-level error: resend.
-        _quietly(lambda: self._on_error("worker batch", exc))
+        self._report_error("worker batch", exc)
         with self._lock:
             if task.task_id in self._tasks and not self._stopping:
                 self._send(task, [i for i in range(len(task.items)) if i not in task.reported])
