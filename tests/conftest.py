@@ -162,6 +162,9 @@ def daemon_factory() -> Iterator[Callable[..., Daemon]]:
         if d.proc.poll() is None:
             d.proc.kill()
             d.proc.wait()
+    # internal_error is a bug the daemon survived: whatever the test was about, it fails.
+    bugs = [r for d in started for r in d.events("internal_error")]
+    assert not bugs, bugs
 
 
 def snapshot(root: Path, delete: bool = True) -> dict[str, tuple[Any, ...]]:

@@ -92,8 +92,9 @@ class WorkerPool:
         self._max_tasks = size * 4
         self._stopping = False
         self.restarts = 0
-        self._gen = self._start_generation(1)
+        # Before the first generation: its collector pokes it on the workers' first hello.
         self._monitor_wake = _wake_pipe()  # the set of workers to watch changed
+        self._gen = self._start_generation(1)
         self._monitor_thread = threading.Thread(target=self._monitor, name="worker-monitor", daemon=True)
         self._monitor_thread.start()
 
