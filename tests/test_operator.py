@@ -251,12 +251,20 @@ def test_metrics_are_scraped_and_match_what_was_mirrored(tmp_path, daemon_factor
     os.unlink(src / "f0")
     wait_mirrored(src, dst)
     key = (("folder", "data"),)
+    want = (len(sizes), 1, len(sizes) + 2, 0, 0)
+    seen: list[tuple[Any, ...]] = []
 
     def settled() -> dict[str, Any] | None:
+        # A scrape is not one snapshot: the counters and the latency histogram of the last
+        # outcome are updated one after the other, and its path leaves flight after them.
         m = scrape(address)
-        done = (m["foldermirror_files_mirrored_total"].get(key), m["foldermirror_deletions_total"].get(key))
-        return m if done == (len(sizes), 1) else None
-    m = wait_until(settled, 30, "counters never reached the files mirrored")
+        done = (m["foldermirror_files_mirrored_total"].get(key), m["foldermirror_deletions_total"].get(key),
+                m["foldermirror_mirror_latency_seconds_count"].get(key), m["foldermirror_pending"].get(key),
+                m["foldermirror_in_flight"].get(key))
+        seen[:] = [done]
+        return m if done == want else None
+    m = wait_until(settled, 30, lambda: f"(files, deletions, latencies, pending, in flight) stayed at {seen}, "
+                                        f"not {want}")
     assert m["foldermirror_bytes_mirrored_total"][key] == sum(sizes)
     # Latency is observed for every path done: the files, the directory and the deletion.
     assert m["foldermirror_mirror_latency_seconds_count"][key] == len(sizes) + 2
