@@ -215,15 +215,18 @@ def notify_env(listener: Listener, watchdog_usec: int = 60_000_000) -> dict[str,
     return {"NOTIFY_SOCKET": listener.address, "WATCHDOG_USEC": str(watchdog_usec)}
 
 
-def inotify_watches(pid: int) -> int:
-    total = 0
-    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+def proc_texts(pid: int, directory: str, name: str = "") -> Iterator[str]:
+    """The text of /proc/PID/DIRECTORY/*[/NAME] (each fd, each thread…); entries gone meanwhile are skipped."""
+    for entry in os.listdir(f"/proc/{pid}/{directory}"):
         try:
-            text = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
+            yield Path(f"/proc/{pid}/{directory}/{entry}", name).read_text()
         except OSError:
             continue
-        total += sum(1 for line in text.splitlines() if line.startswith("inotify wd:"))
-    return total
+
+
+def inotify_watches(pid: int) -> int:
+    return sum(1 for text in proc_texts(pid, "fdinfo") for line in text.splitlines()
+               if line.startswith("inotify wd:"))
 
 
 def datagram_sockets(pid: int) -> int:
@@ -314,15 +317,9 @@ def test_no_helper_process_outlives_the_main_process(tmp_path, daemon_factory):
 
 def _wakeups(pid: int) -> int:
     """Context switches of every thread of a process so far: a thread blocked for good has none."""
-    total = 0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
-        except OSError:
-            continue
-        total += sum(int(value) for key, value in (line.split(":", 1) for line in status.splitlines())
-                     if key.endswith("ctxt_switches"))
-    return total
+    return sum(int(value) for status in proc_texts(pid, "task", "status")
+               for key, value in (line.split(":", 1) for line in status.splitlines())
+               if key.endswith("ctxt_switches"))
 
 
 def test_an_idle_daemon_does_not_wake_up(tmp_path, daemon_factory):
