@@ -18,7 +18,7 @@ from foldermirror.changes import ChangeQueue
 from foldermirror.config import FolderConfig
 from foldermirror.folderstate import CatchUp, FolderState
 from foldermirror.pool import process_alive
-from foldermirror.reconcile import Reconciler, Request, WalkStats, diff_tree, hold_deletions
+from foldermirror.reconcile import Reconciler, Request, WalkStats, covers, diff_tree, hold_deletions
 from foldermirror.stats import FolderStats
 
 # A catch-up with this many differences leaves enough freed memory to give back once it ends.
@@ -92,9 +92,12 @@ class CatchUps:
         for rel in stats.unreadable or ():
             self.log.warning("source_unreadable", folder=f.name, path=rel,
                              error="permission denied listing this directory; its files are not mirrored")
+        fs = self.folder_stats(f.name)
+        found = tuple(sorted(stats.unreadable or ()))
         if req.sub == "":
-            fs = self.folder_stats(f.name)
-            fs.directories, fs.unreadable = stats.directories, len(stats.unreadable or ())
+            fs.directories, fs.unreadable = stats.directories, found
+        elif fs.unreadable or found:  # what this walk covered is now known afresh
+            fs.unreadable = tuple(sorted((*(p for p in fs.unreadable if not covers(req.sub, p)), *found)))
         if stats.stale_temps:
             self.log.info("stale_temps_removed", folder=f.name, count=stats.stale_temps)
         self.log.debug("reconcile_walked", folder=f.name, path=req.sub, reason=req.reason,

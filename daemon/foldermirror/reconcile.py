@@ -277,10 +277,10 @@ class Reconciler:
         with self._cond:
             # A queued walk of the same folder that covers this subtree makes it redundant.
             for queued in self._requests:
-                if queued.folder == req.folder and _covers(queued.sub, req.sub) and queued.ready >= req.ready:
+                if queued.folder == req.folder and covers(queued.sub, req.sub) and queued.ready >= req.ready:
                     return
             self._requests = [q for q in self._requests
-                              if not (q.folder == req.folder and _covers(req.sub, q.sub) and req.ready >= q.ready)]
+                              if not (q.folder == req.folder and covers(req.sub, q.sub) and req.ready >= q.ready)]
             self._requests.append(req)
             self._cond.notify()
 
@@ -310,6 +310,6 @@ class Reconciler:
                     self._busy = False
 
 
-def _covers(outer: str, inner: str) -> bool:
+def covers(outer: str, inner: str) -> bool:
     return outer == "" or inner == outer or inner.startswith(outer + "/")
 

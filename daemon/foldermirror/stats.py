@@ -33,7 +33,7 @@ class FolderStats:
     failing: dict[str, LastError] = field(default_factory=dict)  # paths whose last attempt failed
     last_error: LastError | None = None
     directories: int | None = None  # source directories in the last full walk (None: not walked yet)
-    unreadable: int = 0             # directories the last full walk could not list
+    unreadable: tuple[str, ...] = ()  # directories the walks could not list, as paths in the folder
 
     def record(self, path: str, status: str, kind: str, nbytes: int, error: str, err_no: int) -> None:
         """Account for one outcome reported by a worker."""

@@ -18,6 +18,17 @@ STATES = ("in_sync", "catching_up", "degraded")
 MAX_WATCHES_FILE = "/proc/sys/fs/inotify/max_user_watches"
 
 
+UNREADABLE_SHOWN = 5  # unreadable directories named in `status` (all are counted)
+
+
+def unreadable_text(paths: tuple[str, ...]) -> str:
+    n = len(paths)
+    shown = ", ".join(p or "." for p in paths[:UNREADABLE_SHOWN])
+    more = f" and {n - UNREADABLE_SHOWN:,} more" if n > UNREADABLE_SHOWN else ""
+    return (f"{n:,} {'directory cannot' if n == 1 else 'directories cannot'} be read, so "
+            f"{'it is' if n == 1 else 'they are'} neither watched nor mirrored: {shown}{more}")
+
+
 def iso(wall: float) -> str:
     return datetime.fromtimestamp(wall, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
@@ -73,7 +84,7 @@ def _folder(service: Any, name: str, state: Any, stats: FolderStats, watcher_ali
     elif not starting and (not watcher_alive or not service.watcher.watched(name)):
         problems.append("not watched: changes are only seen by rescans")
     if stats.unreadable:
-        problems.append(f"{stats.unreadable} directories cannot be read, so they are neither watched nor mirrored")
+        problems.append(unreadable_text(stats.unreadable))
     if over_limit:
         problems.append(f"{directories:,} directories but fs.inotify.max_user_watches is {limit:,}: "
                         f"raise it to at least {directories + directories // 10:,}")
@@ -101,6 +112,7 @@ def _folder(service: Any, name: str, state: Any, stats: FolderStats, watcher_ali
                                                  "time": iso(last.at)},
         "watches_complete": watches_complete,
         "watched_directories": stats.directories,
+        "unreadable": {"count": len(stats.unreadable), "paths": list(stats.unreadable[:UNREADABLE_SHOWN])},
         "catch_up": None if c is None else {"reason": c.reason, "files": c.files, "to_copy": c.to_copy,
                                             "differences": c.differences,
                                             "walk_done": c.walk_done,

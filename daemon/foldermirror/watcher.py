@@ -11,7 +11,7 @@ import logging
 import os
 import threading
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from watchdog.events import (
     DirAttribEvent,
@@ -55,12 +55,13 @@ class Sink(Protocol):
 
 
 class _Handler(FileSystemEventHandler):
-    def __init__(self, folder: FolderConfig, sink: Sink) -> None:
+    def __init__(self, folder: FolderConfig, sink: Sink, watch_below: Callable[[str], bool]) -> None:
         self.name = folder.name
         self.root = str(folder.source)
         self.delete = folder.delete
         self.excluded = Excluder(folder.exclude)
         self.sink = sink
+        self.watch_below = watch_below  # sets up inotify watches for a directory and what is under it
 
     def dispatch(self, event: FileSystemEvent) -> None:
         if faults.ENABLED:
@@ -93,11 +94,23 @@ class _Handler(FileSystemEventHandler):
         if not self._wanted(src):
             return
         assert src is not None
-        if isinstance(event, (FileClosedEvent, FileDeletedEvent, DirDeletedEvent, DirCreatedEvent)):
+        if isinstance(event, DirCreatedEvent):
+            self.sink.changed(self.name, src, True)
+            if not event.is_synthetic:
+                # A directory made (or moved in from outside) may already hold entries that
+                # were written before its watch existed. watchdog adds the watch before it
+                # reports the directory, so a comparison from here on misses nothing, and
+                # nothing depends on the library replaying those entries as events. A
+                # synthetic event is one of that replay: its parent's comparison covers it.
+                self.sink.subtree(self.name, src)
+        elif isinstance(event, (FileClosedEvent, FileDeletedEvent, DirDeletedEvent)):
             self.sink.changed(self.name, src, True)
         elif isinstance(event, DirAttribEvent):
-            # A directory that was unreadable may just have become readable (PITFALLS #6).
+            # A directory that could not be read had no watch and was not mirrored; a chmod
+            # that makes it readable says so only through this event. Watch it first, then
+            # compare it, so that nothing written in between is missed.
             self.sink.changed(self.name, src, False)
+            self.watch_below(os.fsdecode(event.src_path))
             self.sink.subtree(self.name, src)
         else:
             self.sink.changed(self.name, src, False)
@@ -165,6 +178,8 @@ class Watcher:
         self._folders: dict[str, _Watched] = {}
         self._observer: Any = None
         self._bridge = _WatchdogLogBridge(sink)
+        if faults.ENABLED and faults.value("no_replay") is not None:
+            _switch_off_replay()
         wd_logger = logging.getLogger("watchdog")
         wd_logger.addHandler(self._bridge)
         wd_logger.setLevel(logging.WARNING)
@@ -194,12 +209,42 @@ class Watcher:
         if identity is None:
             return (folder.name, f"source {folder.source} does not exist")
         try:
-            entry.watch = self._observer.schedule(_Handler(folder, self.sink), str(folder.source),
+            handler = _Handler(folder, self.sink, lambda path, name=folder.name: self._watch_below(name, path))
+            entry.watch = self._observer.schedule(handler, str(folder.source),
                                                   recursive=True, event_filter=EVENT_FILTER)
         except OSError as exc:
             entry.lost = True
             return (folder.name, f"cannot watch {folder.source}: {_watch_error(exc)}")
         return None
+
+    def _watch_below(self, name: str, path: str) -> bool:
+        """Watch directory `path` and those under it if it has no watch yet (True: it had none).
+
+        On the observer thread. watchdog has no public call for this, so it goes through its
+        emitter's watch group; if those internals are not there (another watchdog version),
+        the folder's watches are rebuilt once it is quiet, as after rename churn.
+        """
+        entry = self._folders.get(name)  # no lock: the main thread may hold it while stopping this thread
+        emitters = getattr(self._observer, "_emitter_for_watch", None)
+        emitter = emitters.get(entry.watch) if entry is not None and entry.watch is not None and emitters else None
+        group = getattr(emitter, "_inotify", None)
+        lock = getattr(group, "_lock", None)
+        watched = getattr(group, "_active_callbacks_by_path", None)
+        add = getattr(group, "_add_all_callbacks", None)
+        if lock is None or watched is None or add is None:
+            if entry is not None:
+                self.sink.watch_suspect(name, relative(str(entry.folder.source), path) or "")
+            return False
+        key = os.fsencode(path)
+        with lock:
+            # watchdog files a directory it was refused (EACCES) under watch descriptor -1.
+            if watched.get(key, -1) >= 0:
+                return False
+            try:
+                add(key)
+            except OSError:
+                return False  # still unreadable, or gone again: the comparison says which
+        return True
 
     def add(self, folder: FolderConfig) -> tuple[str, str] | None:
         with self._lock:
@@ -292,6 +337,14 @@ class Watcher:
                 self._observer.join(timeout=5)
                 self._observer = None
         logging.getLogger("watchdog").removeHandler(self._bridge)
+
+
+def _switch_off_replay() -> None:
+    """Test-only: watchdog no longer reports the entries a new directory already holds."""
+    from watchdog.observers import inotify
+
+    inotify.InotifyWatchGroup._recursive_simulate = lambda self, src_path: []  # type: ignore[method-assign]
+    inotify.generate_sub_created_events = lambda src_path: iter(())  # type: ignore[assignment]
 
 
 def _watch_error(exc: OSError) -> str:

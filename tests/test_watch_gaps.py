@@ -1,0 +1,108 @@
+"""What the watcher alone would miss: a directory that becomes readable, a new directory's
+contents, a file that is never closed, a target deleted under the daemon. Real daemons.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import REPO, pair, wait_mirrored, wait_until, write_config
+
+IS_ROOT = os.geteuid() == 0
+# uid 0 without the capabilities that bypass permission bits: a mode-000 directory is closed.
+LIMITED = ("setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner,-chown")
+ENV = {**os.environ, "PYTHONPATH": str(REPO / "daemon")}
+
+
+def status(config: Path) -> dict[str, Any]:
+    r = subprocess.run([sys.executable, "-m", "foldermirror", "status", "--config", str(config), "--json"],
+                       capture_output=True, text=True, env=ENV, timeout=60, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)["folders"][0]
+
+
+@pytest.mark.timeout(90)
+def test_a_directory_made_readable_is_watched_and_caught_up_at_once(tmp_path, daemon_factory):
+    if not IS_ROOT or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv: runs the daemon as uid 0 without DAC capabilities")
+    src, dst, spec = pair(tmp_path, delete=True)
+    (src / "locked" / "deep").mkdir(parents=True)
+    (src / "locked" / "old.txt").write_bytes(b"written while closed")
+    (src / "locked" / "deep" / "d.txt").write_bytes(b"deep")
+    (src / "locked2").mkdir()
+    os.chmod(src / "locked", 0)
+    os.chmod(src / "locked2", 0)
+    try:
+        # No periodic rescan: only the daemon's reaction to the chmod can mirror what follows.
+        cfg = write_config(tmp_path, [spec], rescan_interval=0, control_socket=str(tmp_path / "ctl.sock"))
+        d = daemon_factory(cfg, prefix=LIMITED)
+        d.wait_ready()
+        got = status(cfg)
+        assert got["unreadable"] == {"count": 2, "paths": ["locked", "locked2"]}, got
+        assert any("locked, locked2" in p for p in got["problems"]), got["problems"]
+
+        os.chmod(src / "locked", 0o755)
+        wait_until(lambda: (dst / "locked" / "deep" / "d.txt").exists(), 20, f"not caught up:\n{d.tail()}")
+        # Watched now: files written in it and below it are mirrored live.
+        (src / "locked" / "new.txt").write_bytes(b"new")
+        (src / "locked" / "deep" / "new2.txt").write_bytes(b"new2")
+        wait_until(lambda: (dst / "locked" / "deep" / "new2.txt").exists()
+                   and (dst / "locked" / "new.txt").exists(), 20, f"not watched:\n{d.tail()}")
+        got = status(cfg)
+        assert got["unreadable"] == {"count": 1, "paths": ["locked2"]}, got
+        assert [r["reason"] for r in d.events("sync_finished")] == ["startup"], "a full comparison ran"
+        assert not d.events("watch_rebuilt")
+    finally:
+        os.chmod(src / "locked", 0o755)
+        os.chmod(src / "locked2", 0o755)
+    wait_mirrored(src, dst)
+    assert d.stop() == 0
+
+
+@pytest.mark.timeout(90)
+def test_a_new_directory_is_compared_by_the_daemon_without_the_watchers_replay(tmp_path, daemon_factory):
+    src, dst, spec = pair(tmp_path, delete=True)
+    cfg = write_config(tmp_path, [spec], rescan_interval=0)
+    d = daemon_factory(cfg, env={"FOLDERMIRROR_FAULTS": "no_replay:on"})
+    d.wait_ready()
+    # Made outside and moved in: no event of its own for anything inside it.
+    outside = tmp_path / "outside"
+    (outside / "a" / "b").mkdir(parents=True)
+    for i in range(50):
+        (outside / "a" / f"f{i}").write_bytes(b"%d" % i)
+        (outside / "a" / "b" / f"g{i}").write_bytes(b"g%d" % i)
+    os.rename(outside / "a", src / "moved-in")
+    # Made in place, filled at once: entries may be written before its watch exists.
+    for n in range(20):
+        (src / f"made{n}" / "sub").mkdir(parents=True)
+        (src / f"made{n}" / "sub" / "x").write_bytes(b"x")
+    wait_mirrored(src, dst, timeout=30)
+    assert [r["reason"] for r in d.events("sync_finished")] == ["startup"], "a full comparison ran"
+    assert d.stop() == 0
+
+
+@pytest.mark.timeout(90)
+def test_without_the_daemons_own_comparison_the_replay_off_loses_files(tmp_path, daemon_factory):
+    """The other test's fault is real: with it, a moved-in tree's files come from nothing but the daemon."""
+    src, dst, spec = pair(tmp_path, delete=True)
+    outside = tmp_path / "outside"
+    (outside / "a").mkdir(parents=True)
+    (outside / "a" / "f").write_bytes(b"f")
+    cfg = write_config(tmp_path, [spec], rescan_interval=0, log={"level": "debug"})
+    d = daemon_factory(cfg, env={"FOLDERMIRROR_FAULTS": "no_replay:on"})
+    d.wait_ready()
+    os.rename(outside / "a", src / "a")
+    wait_mirrored(src, dst, timeout=30)
+    walks = [r for r in d.events("reconcile_walked") if r.get("path") == "a"]
+    assert walks and walks[0]["differences"] >= 1, f"the file came from elsewhere:\n{d.tail()}"
+    assert d.stop() == 0
