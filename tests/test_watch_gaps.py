@@ -106,3 +106,100 @@ def test_without_the_daemons_own_comparison_the_replay_off_loses_files(tmp_path,
     walks = [r for r in d.events("reconcile_walked") if r.get("path") == "a"]
     assert walks and walks[0]["differences"] >= 1, f"the file came from elsewhere:\n{d.tail()}"
     assert d.stop() == 0
+
+
+def _pattern(size: int) -> bytes:
+    import hashlib
+
+    block = hashlib.sha256(b"busy").digest() * 2048  # 64 KiB
+    return (block * (size // len(block) + 1))[:size]
+
+
+class _Appender(threading.Thread):
+    """Appends a chunk every `every` seconds to one open file until stopped; never closes it early."""
+
+    def __init__(self, path: Path, start: int, chunk: int, every: float, total: int) -> None:
+        super().__init__(daemon=True)
+        self.path, self.start_size, self.chunk, self.every = path, start, chunk, every
+        self.data = _pattern(total)
+        self.stop_event = threading.Event()
+        self.written = 0
+
+    def run(self) -> None:
+        with open(self.path, "wb", buffering=0) as f:
+            f.write(self.data[:self.start_size])
+            self.written = self.start_size
+            while not self.stop_event.wait(self.every) and self.written + self.chunk <= len(self.data):
+                f.write(self.data[self.written:self.written + self.chunk])
+                self.written += self.chunk
+
+
+@pytest.mark.timeout(90)
+def test_a_file_appended_for_ever_is_published_every_max_delay_as_a_real_prefix(tmp_path, daemon_factory):
+    src, dst, spec = pair(tmp_path, delete=True, max_delay="1s")
+    cfg = write_config(tmp_path, [spec], rescan_interval=0)
+    # The copy of app.log goes 1 MiB per 50 ms, so appends land in the middle of it.
+    d = daemon_factory(cfg, env={"FOLDERMIRROR_FAULTS": "slow_copy:app.log"})
+    d.wait_ready()
+    writer = _Appender(src / "app.log", start=3 << 20, chunk=16 << 10, every=0.02, total=8 << 20)
+    started = time.monotonic()
+    writer.start()
+    seen: list[int] = []
+    try:
+        def published() -> bool:
+            try:
+                data = (dst / "app.log").read_bytes()
+            except FileNotFoundError:
+                return False
+            assert writer.data.startswith(data), f"the mirror holds {len(data)} bytes that are no prefix"
+            if not seen or seen[-1] != len(data):
+                seen.append(len(data))
+            return len(seen) >= 2
+        wait_until(published, 20, lambda: f"published sizes {seen} while writing; last lines:\n{d.tail()}")
+        first = d.wait_for("file_mirrored", path="app.log")[0]
+        assert first.get("busy") is True, first
+        assert time.monotonic() - started < 15, "not published within a few max_delays"
+        assert writer.is_alive(), (f"the writer finished before two publications ({seen}, "
+                                   f"{time.monotonic() - started:.1f}s): the test proves nothing\n{d.tail()}")
+    finally:
+        writer.stop_event.set()
+        writer.join(10)
+    wait_mirrored(src, dst, timeout=30)
+    assert not d.events("file_busy"), "an append was taken for a rewrite"
+    assert d.stop() == 0
+
+
+@pytest.mark.timeout(90)
+def test_a_file_rewritten_in_place_for_ever_is_not_published_torn_nor_copied_in_a_loop(tmp_path, daemon_factory):
+    src, dst, spec = pair(tmp_path, delete=True, max_delay="500ms")
+    cfg = write_config(tmp_path, [spec], rescan_interval=0, log={"level": "debug"})
+    d = daemon_factory(cfg, env={"FOLDERMIRROR_FAULTS": "slow_copy:db.bin"})
+    d.wait_ready()
+    size = 3 << 20
+    stop = threading.Event()
+
+    def rewrite() -> None:
+        with open(src / "db.bin", "wb", buffering=0) as f:
+            f.write(b"\0" * size)
+            n = 0
+            while not stop.wait(0.02):
+                n += 1
+                f.seek((n * 7919 * 4096) % size)
+                f.write(n.to_bytes(4, "little") * 1024)
+    t = threading.Thread(target=rewrite, daemon=True)
+    t.start()
+    try:
+        d.wait_for("file_busy", path="db.bin", timeout=20)
+        window = time.monotonic()
+        before = len(d.events("file_changed_during_copy", path="db.bin"))
+        wait_until(lambda: time.monotonic() - window > 3, 5)
+        tries = len(d.events("file_changed_during_copy", path="db.bin")) - before
+        # One attempt per max_delay (each takes ~150 ms of slow copy), not one per event.
+        assert tries <= 3 / 0.5 + 2, f"{tries} copies in 3 s"
+        assert not (dst / "db.bin").exists(), "a copy of a file changing under it was published"
+    finally:
+        stop.set()
+        t.join(10)
+    wait_mirrored(src, dst, timeout=30)
+    assert len(d.events("file_busy", path="db.bin")) == 1
+    assert d.stop() == 0

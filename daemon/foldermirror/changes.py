@@ -4,9 +4,10 @@ A path is handed out when it is *ready*: a close-after-write or deletion says so
 any other event makes it ready after `settle` seconds without further events. A path that
 was handed out less than `settle` ago is *hot* (rewritten again and again): it waits for
 `settle` seconds of quiet even after a close, so a busy file is copied a few times, not
-once per write. A path in
-flight is never handed out twice: an event for it during flight leaves a pending entry
-that becomes eligible again when the flight is done ("dirty").
+once per write. Quiet may never come (a log appended to for ever): `max_delay` after its
+first event a path is handed out anyway, marked `busy`. A path in flight is never handed
+out twice: an event for it during flight leaves a pending entry that becomes eligible
+again when the flight is done ("dirty").
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class Item:
     `walk`: a directory was moved here; its contents came without events of their own, so
     the subtree is compared once the item is done, however the move was replayed.
     `epoch`: the folder's epoch when the item was handed out (see `forget`).
+    `busy`: handed out by `max_delay` while the path was still changing.
     """
 
     folder: str
@@ -42,6 +44,7 @@ class Item:
     first_seen: float
     walk: bool = False
     epoch: int = 0
+    busy: bool = False
 
 
 @dataclass
@@ -49,6 +52,7 @@ class _Entry:
     first_seen: float
     last_event: float
     settle: float
+    deadline: float = math.inf    # handed out by then even if never quiet (first_seen + max_delay)
     ready: bool = False
     not_before: float = 0.0
     origin: str | None = None
@@ -87,11 +91,12 @@ class ChangeQueue:
 
     # -- producers -------------------------------------------------------------
     def touch(self, folder: str, path: str, *, settle: float, ready: bool = False,
-              not_before: float | None = None) -> None:
+              not_before: float | None = None, max_delay: float = 0.0) -> None:
         """Record that `path` may differ from its mirror.
 
         `not_before` replaces a retry backoff: a new event passes 0 (retry as soon as the
         path settles: the cause may be fixed), a failure passes its next retry time.
+        `max_delay` (0: none) bounds how long a path that never goes quiet waits.
         """
         with self._cond:
             now = self.clock()
@@ -100,7 +105,8 @@ class ChangeQueue:
                 self.tracer("event", key)
             e = self._entries.get(key)
             if e is None:
-                e = self._add(key, _Entry(first_seen=now, last_event=now, settle=settle))
+                e = self._add(key, _Entry(first_seen=now, last_event=now, settle=settle,
+                                          deadline=now + max_delay if max_delay > 0 else math.inf))
             e.last_event = now
             e.settle = settle
             e.ready = e.ready or ready
@@ -184,13 +190,17 @@ class ChangeQueue:
         e.ready = True
         self._schedule(key, e, now)
 
-    def _eligible_at(self, key: Key, e: _Entry) -> float:
+    def _natural_at(self, key: Key, e: _Entry) -> float:
+        """When the path is due by its events alone: closed (and not hot), or quiet."""
         quiet = e.last_event + e.settle
         if e.ready:
             last = self._handed_out.get(key)
             hot = last is not None and e.last_event - last < e.settle
-            return max(e.not_before, quiet if hot else e.first_seen)
-        return max(e.not_before, quiet)
+            return quiet if hot else e.first_seen
+        return quiet
+
+    def _eligible_at(self, key: Key, e: _Entry) -> float:
+        return max(e.not_before, min(self._natural_at(key, e), e.deadline))
 
     def _schedule(self, key: Key, e: _Entry, now: float) -> None:
         if key in self._in_flight:
@@ -265,12 +275,13 @@ class ChangeQueue:
                     self._touch_locked(okey, e.settle, now)
                 else:
                     self._fly(okey)
+            busy = self._natural_at(key, e) > now
             self._remove(key)
             self._fly(key)
             self._handed_out[key] = now
             self._max_settle = max(self._max_settle, e.settle)
             items.append(Item(folder=key[0], path=key[1], origin=origin, first_seen=e.first_seen, walk=e.walk,
-                              epoch=self._epochs.get(key[0], 0)))
+                              epoch=self._epochs.get(key[0], 0), busy=busy))
             if self.tracer is not None:
                 self.tracer("dispatched", key)
         if len(self._ready) <= self.backlog_max // 2:

@@ -68,7 +68,7 @@ def describe(config: Config) -> str:
         lines.append(f"  source:  {f.source}")
         lines.append(f"  target:  {f.target}")
         lines.append(f"  delete:  {str(f.delete).lower()}   durable: {str(f.durable).lower()}   "
-                     f"settle: {f.settle * 1000:g}ms")
+                     f"settle: {f.settle * 1000:g}ms   max_delay: {f.max_delay:g}s")
         if f.delete:
             lines.append(f"  max_delete_fraction: {f.max_delete_fraction:g}")
         lines.append(f"  exclude: {', '.join(f.exclude) if f.exclude else '(none)'}")

@@ -16,6 +16,7 @@ import yaml
 from foldermirror.errors import ConfigError
 
 DEFAULT_SETTLE = 0.25
+DEFAULT_MAX_DELAY = 5.0
 DEFAULT_RESCAN = 3600.0
 DEFAULT_STOP_GRACE = 10.0
 DEFAULT_MAX_DELETE_FRACTION = 0.5
@@ -41,6 +42,7 @@ class FolderConfig:
     durable: bool = False
     create: bool = False
     max_delete_fraction: float = DEFAULT_MAX_DELETE_FRACTION
+    max_delay: float = DEFAULT_MAX_DELAY   # a file that never goes quiet is published this often (0: never)
 
 
 @dataclass(frozen=True)
@@ -228,7 +230,7 @@ _TOP_KEYS = ("workers", "rescan_interval", "stop_grace", "log", "control_socket"
 _LOG_KEYS = ("level", "format", "trace")
 _METRICS_KEYS = ("listen",)
 _FOLDER_KEYS = ("name", "source", "target", "delete", "exclude", "settle", "durable", "create",
-                "max_delete_fraction")
+                "max_delete_fraction", "max_delay")
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
@@ -345,6 +347,8 @@ def _folder(reader: _Reader, node: yaml.Node, key: str, base: Path) -> tuple[Fol
         create=create,
         max_delete_fraction=(reader.typed(m["max_delete_fraction"][1], f"{key}.max_delete_fraction", "", _fraction)
                              if "max_delete_fraction" in m else DEFAULT_MAX_DELETE_FRACTION),
+        max_delay=(reader.typed(m["max_delay"][1], f"{key}.max_delay", "", parse_duration)
+                   if "max_delay" in m else DEFAULT_MAX_DELAY),
     )
     return folder, m
 

@@ -32,8 +32,8 @@ _ROOT_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 Outcome = tuple[str, str, str, int, str, int]
 # (st_dev, st_ino) of a source root as the service last saw it
 RootId = tuple[int, int]
-# (index, source_root, target_root, path, origin, delete, durable, root_id)
-WorkItem = tuple[int, str, str, str, "str | None", bool, bool, "RootId | None"]
+# (index, source_root, target_root, path, origin, delete, durable, root_id, busy)
+WorkItem = tuple[int, str, str, str, "str | None", bool, bool, "RootId | None", bool]
 
 _results: Any = None
 _instance = "0"
@@ -139,10 +139,10 @@ def run_batch(generation: int, task_id: int, items: list[WorkItem]) -> None:
     pending: list[tuple[int, list[Outcome], int]] = []
     last_flush = time.monotonic_ns()
     try:
-        for index, source, target, path, origin, delete, durable, root_id in items:
+        for index, source, target, path, origin, delete, durable, root_id, busy in items:
             started = time.monotonic_ns()
             try:
-                outcomes = roots.mirror(source, target, path, origin, delete, durable, root_id)
+                outcomes = roots.mirror(source, target, path, origin, delete, durable, root_id, busy)
             except Exception as exc:  # noqa: BLE001 - a bug must cost one file, not the batch
                 outcomes = [(path, "failed", "unknown", 0, f"internal error: {exc!r}", 0)]
             now = time.monotonic_ns()
@@ -165,7 +165,7 @@ class _Roots:
         self._mirrors: dict[tuple[Any, bool, bool], _Mirror] = {}
 
     def mirror(self, source: str, target: str, path: str, origin: str | None, delete: bool, durable: bool,
-               root_id: RootId | None) -> list[Outcome]:
+               root_id: RootId | None, busy: bool = False) -> list[Outcome]:
         key = (source, target, tuple(root_id) if root_id is not None else None)
         fds = self._open.get(key)
         if fds is None:
@@ -175,7 +175,7 @@ class _Roots:
         m = self._mirrors.get((key, delete, durable))
         if m is None:
             m = self._mirrors[(key, delete, durable)] = _Mirror(fds[0], fds[1], delete, durable, _instance)
-        return mirror_path(m, path, origin)
+        return mirror_path(m, path, origin, busy)
 
     def close(self) -> None:
         for m in self._mirrors.values():
@@ -215,7 +215,7 @@ def open_roots(source: str, target: str, path: str, root_id: RootId | None) -> t
     return sroot, troot
 
 
-def mirror_path(m: "_Mirror", path: str, origin: str | None) -> list[Outcome]:
+def mirror_path(m: "_Mirror", path: str, origin: str | None, busy: bool = False) -> list[Outcome]:
     m.trim()
     m.made.clear()
     out: list[Outcome] = []
@@ -226,7 +226,7 @@ def mirror_path(m: "_Mirror", path: str, origin: str | None) -> list[Outcome]:
         checked = m.sync(origin)
         if checked[1] not in ("unchanged", "gone"):
             out.append(checked)
-    result = m.sync(path)
+    result = m.sync(path, busy)
     # Directories made on the way (the parents of a file) are mirrored too: say so first.
     made: list[Outcome] = [(p, "copied", "dir", 0, "", 0) for p in m.made]
     if out and out[0][1] == "renamed" and result[1] == "unchanged":
@@ -350,7 +350,9 @@ class _Mirror:
         _remove(dfd, name)
 
     # -- operations ------------------------------------------------------------
-    def sync(self, path: str) -> Outcome:
+    def sync(self, path: str, busy: bool = False) -> Outcome:
+        """Mirror one path. `busy`: it has been changing for a while; a file that only grew
+        during its copy is published as it was when the copy began (see _file)."""
         parts = path.split("/")
         parents, name = parts[:-1], parts[-1]
         try:
@@ -363,7 +365,7 @@ class _Mirror:
             except FileNotFoundError:
                 return self._absent(parents, name, path)
             if stat.S_ISREG(st.st_mode):
-                return self._file(sdir, parents, name, path)
+                return self._file(sdir, parents, name, path, busy)
             if stat.S_ISLNK(st.st_mode):
                 return self._symlink(sdir, parents, name, path, st)
             if stat.S_ISDIR(st.st_mode):
@@ -399,7 +401,7 @@ class _Mirror:
         self._remove_target(tdir, name, (*parents, name))
         return (path, "deleted", _kind(tst.st_mode), 0, "", 0)
 
-    def _file(self, sdir: int, parents: list[str], name: str, path: str) -> Outcome:
+    def _file(self, sdir: int, parents: list[str], name: str, path: str, busy: bool = False) -> Outcome:
         try:
             # O_NONBLOCK: a FIFO swapped in after the stat must not block this worker.
             sfd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=sdir)
@@ -420,7 +422,8 @@ class _Mirror:
                     and tst.st_mtime_ns == st.st_mtime_ns and stat.S_IMODE(tst.st_mode) == mode):
                 return (path, "unchanged", "file", 0, "", 0)
             tmp = temp_name(self.instance)
-            tfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=tdir)
+            # O_RDWR: a busy file's copy is read back (_grew_only).
+            tfd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=tdir)
             published = False
             try:
                 pause = faults.delay("slow_copy", path) if faults.ENABLED else 0.0
@@ -434,7 +437,15 @@ class _Mirror:
                 if (copied != after.st_size or after.st_size != st.st_size
                         or after.st_mtime_ns != st.st_mtime_ns or after.st_ctime_ns != st.st_ctime_ns
                         or not _same_inode(sdir, name, st)):
-                    return (path, "changed", "file", 0, "", 0)
+                    if not (busy and _grew_only(sfd, tfd, st, after, copied) and _same_inode(sdir, name, st)):
+                        return (path, "changed", "file", 0, "", 0)
+                    # Appended to during the copy: its first st_size bytes are the file as
+                    # it was at the first fstat, so publish exactly those, with that mtime.
+                    # The mirror then differs from the source by size and mtime, and the
+                    # next copy (at the next max_delay, or once quiet) brings the rest.
+                    os.ftruncate(tfd, st.st_size)
+                    os.utime(tfd, ns=(st.st_atime_ns, st.st_mtime_ns))
+                    copied = st.st_size
                 if self.durable:
                     os.fsync(tfd)
                 os.close(tfd)
@@ -552,6 +563,24 @@ def _lstat(dfd: int, name: str) -> os.stat_result | None:
         return None
 
 
+# Bytes re-read at the end of a busy file's copied prefix to tell an append from a rewrite.
+_GROWTH_CHECK = 4096
+
+
+def _grew_only(sfd: int, tfd: int, before: os.stat_result, after: os.stat_result, copied: int) -> bool:
+    """True when a file that changed during its copy looks appended to, not rewritten.
+
+    It grew, the copy holds at least the bytes it had at the first fstat, and the
+    last _GROWTH_CHECK bytes of that prefix in the copy still match the source. A rewrite
+    in place that leaves exactly those bytes alone is not caught.
+    """
+    size = before.st_size
+    if after.st_size <= size or copied < size:
+        return False
+    start = max(0, size - _GROWTH_CHECK)
+    return os.pread(sfd, size - start, start) == os.pread(tfd, size - start, start)
+
+
 def _same_inode(sdir: int, name: str, st: os.stat_result) -> bool:
     now = _lstat(sdir, name)
     return now is not None and now.st_ino == st.st_ino and now.st_dev == st.st_dev
@@ -594,7 +623,7 @@ def _copy_data(sfd: int, tfd: int, size: int, pause: float = 0.0) -> int:
             if n == 0:
                 return total
             total += n
-            if total >= size and not pause:
+            if total >= size:
                 return total
             if pause:
                 time.sleep(pause)

@@ -198,7 +198,7 @@ class WorkerPool:
                 task.reported.add(i)
                 dropped.append((item, [(item.path, "stale", "unknown", 0, "", 0)], 0.0))
                 continue
-            work.append((i, source, target, item.path, item.origin, delete, durable, root_id))
+            work.append((i, source, target, item.path, item.origin, delete, durable, root_id, item.busy))
         if dropped:
             self._on_results(dropped, 0)
         if not work:

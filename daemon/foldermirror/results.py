@@ -54,6 +54,7 @@ class ResultRecorder:
         self.once = once                  # `sync`: no retries, a changed root is a failure
         self.counters = Counters()
         self._attempts: dict[tuple[str, str], int] = {}
+        self._busy: set[tuple[str, str]] = set()  # paths a file_busy line was written for, until mirrored
 
     def on_results(self, results: list[Result], pid: int) -> None:
         # The paths leave flight only once their lines are written: whoever sees the folder
@@ -82,6 +83,7 @@ class ResultRecorder:
             c = state.catch_up
             if status in ("copied", "renamed"):
                 self._attempts.pop(key, None)
+                self._busy.discard(key)
                 if kind != "dir":
                     # Files and symlinks, as FolderStats counts: two workers racing to make one
                     # directory may both report it, so counting those would not match the tree.
@@ -90,7 +92,9 @@ class ResultRecorder:
                     if c is not None:
                         c.files += 1
                         c.bytes += nbytes
-                extra = {"renamed_from": error} if status == "renamed" else {}
+                extra: dict[str, Any] = {"renamed_from": error} if status == "renamed" else {}
+                if item.busy and kind == "file":
+                    extra["busy"] = True  # published while still being written (see max_delay)
                 self.log.info("file_mirrored", folder=f.name, path=path, kind=kind, bytes=nbytes,
                               duration_ms=round(duration_ms, 3), latency_ms=latency_ms, worker_pid=pid, **extra)
                 if status == "renamed" and kind == "dir" and not item.walk:
@@ -101,7 +105,15 @@ class ResultRecorder:
                 self.log.info("file_deleted", folder=f.name, path=path, kind=kind, latency_ms=latency_ms)
             elif status == "changed":
                 self.log.debug("file_changed_during_copy", folder=f.name, path=path)
-                self.changes.touch(f.name, path, settle=f.settle)
+                if item.busy and key not in self._busy:
+                    self._busy.add(key)
+                    self.log.warning(
+                        "file_busy", folder=f.name, path=path, max_delay_s=f.max_delay,
+                        error="the file keeps changing during its copy and is not only appended to; the "
+                              "mirror keeps its last complete copy and tries again every max_delay",
+                        fix="nothing to do if the file is rewritten in place on purpose (it is mirrored once "
+                            "quiet); exclude it if a mirror of it is not wanted")
+                self.changes.touch(f.name, path, settle=f.settle, max_delay=f.max_delay)
             elif status == "skipped":
                 self.log.warning("file_skipped", folder=f.name, path=path, kind=kind, error=error)
             elif status == "failed":

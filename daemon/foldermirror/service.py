@@ -438,7 +438,8 @@ class Service:
     def changed(self, folder: str, path: str, ready: bool) -> None:
         state = self.folders.get(folder)
         if state is not None:  # a fresh event ends a retry backoff: its cause may be fixed
-            self.changes.touch(folder, path, settle=state.config.settle, ready=ready, not_before=0.0)
+            self.changes.touch(folder, path, settle=state.config.settle, ready=ready, not_before=0.0,
+                               max_delay=state.config.max_delay)
 
     def moved(self, folder: str, src: str, dst: str, is_dir: bool) -> None:
         state = self.folders.get(folder)
