@@ -203,3 +203,44 @@ def test_a_file_rewritten_in_place_for_ever_is_not_published_torn_nor_copied_in_
     wait_mirrored(src, dst, timeout=30)
     assert len(d.events("file_busy", path="db.bin")) == 1
     assert d.stop() == 0
+
+
+def _fill(src: Path) -> None:
+    (src / "top.txt").write_bytes(b"top")
+    (src / "dir" / "sub").mkdir(parents=True)
+    for i in range(30):
+        (src / "dir" / f"f{i}").write_bytes(b"%d" % i)
+    (src / "dir" / "sub" / "deep.txt").write_bytes(b"deep")
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("how", ["root deleted", "root deleted and made again", "contents deleted"])
+def test_a_target_deleted_under_the_daemon_is_noticed_and_mirrored_again(tmp_path, daemon_factory, how):
+    src, dst, spec = pair(tmp_path, delete=True)
+    _fill(src)
+    cfg = write_config(tmp_path, [spec], rescan_interval=0)  # no periodic safety net
+    d = daemon_factory(cfg)
+    d.wait_ready()
+    wait_mirrored(src, dst)
+    started = time.monotonic()
+    if how == "contents deleted":
+        for entry in dst.iterdir():
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    else:
+        shutil.rmtree(dst)
+        if how == "root deleted and made again":
+            dst.mkdir()
+    wait_mirrored(src, dst, timeout=20)
+    took = time.monotonic() - started
+    assert took < 10, f"took {took:.1f}s"
+    if how != "contents deleted":
+        lost = d.wait_for("target_lost")
+        assert lost[0]["path"] == str(dst) and lost[0]["fix"], lost
+        d.wait_for("sync_finished", reason="target_restored")
+    assert not d.events("sync_finished", reason="rescan")
+    (src / "after.txt").write_bytes(b"after")  # still mirrored into the new target
+    wait_mirrored(src, dst, timeout=20)
+    assert d.stop() == 0

@@ -64,6 +64,11 @@ def is_temp_name(name: str) -> bool:
     return name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)
 
 
+def is_reserved(name: str) -> bool:
+    """A name of the daemon's own in a target, never mirrored data."""
+    return is_temp_name(name)
+
+
 def temp_owner(name: str) -> tuple[str, int]:
     """(daemon instance, worker pid) of a temp file; ("", 0) for a name not of that form."""
     parts = name[len(TEMP_PREFIX):-len(TEMP_SUFFIX)].split("-")

@@ -34,6 +34,8 @@ class FolderState:
     catch_up: CatchUp | None = None
     missing: bool = False
     root_id: copier.RootId | None = None  # the source root being watched: (st_dev, st_ino)
+    target_id: copier.RootId | None = None  # the target root as made or found at admission
+    target_lost: bool = False               # reported gone; it could not be made again yet
     suspect: bool = False                 # a worker found the root gone or replaced
     rewatch_at: float = 0.0               # rebuild the watches then (0: no need)
     rewatch_paths: int = 0                # suspect directory events since the last rebuild

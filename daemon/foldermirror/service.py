@@ -26,6 +26,7 @@ from foldermirror.catchup import CatchUps
 from foldermirror.changes import ChangeQueue
 from foldermirror.config import DEFAULT_RESCAN, Config, FolderConfig, load_config
 from foldermirror.control import ControlServer
+from foldermirror.copier import _describe as copier_describe
 from foldermirror.errors import EXIT_FAILURE, EXIT_OK, ConfigError, StartupError
 from foldermirror.folderstate import FolderState
 from foldermirror.logs import get_logger
@@ -77,6 +78,7 @@ class Service:
         self._ping_every = watchdog_interval()
         self._observer_deaths: deque[float] = deque()
         self._observer_unstable = False
+        self._targets_deleted: set[str] = set()  # by the observer thread: their roots' watches saw them go
         self._rescan_every = self.config.rescan_interval
         self.pool: WorkerPool | None = None
         self.watcher: Watcher | None = None
@@ -112,7 +114,8 @@ class Service:
                 continue
             self.unusable.pop(f.name, None)
             with self._lock:
-                self.folders[f.name] = FolderState(f, Excluder(f.exclude), root_id=path_identity(str(f.source)))
+                self.folders[f.name] = FolderState(f, Excluder(f.exclude), root_id=path_identity(str(f.source)),
+                                                   target_id=path_identity(str(f.target)))
             admitted.append(f.name)
         return admitted
 
@@ -179,6 +182,7 @@ class Service:
                 self.log.error("folder_unwatched", folder=name, error=error)
             for name, state in self.folders.items():
                 state.root_id = self.watcher.identity(name)
+                self.watcher.watch_target(state.config)
         for name in list(self.folders):
             self.catch_ups.request(name, "startup")
         if not self.once:
@@ -272,7 +276,7 @@ class Service:
         it or a parent made unreadable: every rescan looks, and this slow safety poll bounds
         how long a quiet folder can be watched at the wrong directory without a word.
         """
-        troubled = any(s.missing or s.suspect for s in self.folders.values())
+        troubled = any(s.missing or s.suspect or s.target_lost for s in self.folders.values())
         return self._last_root_check + (ROOT_CHECK_INTERVAL if troubled else ROOT_SAFETY_INTERVAL)
 
     def _run_once(self) -> int:
@@ -302,6 +306,7 @@ class Service:
             if rescan or now >= self._root_check_at():
                 self._last_root_check = now
                 self._check_roots()
+                self._check_targets()
         self._rewatch(now)
         self.catch_ups.finish(now)
         self.view.log_repeats()
@@ -341,6 +346,43 @@ class Service:
                 folder.suspect = False
                 self._adopt_root(name, folder)
                 self.catch_ups.request(name, "source_recheck")
+
+    def _check_targets(self) -> None:
+        """Make a target root again that was deleted or replaced, and compare its folder.
+
+        Its own watch reports a deleted root at once (target_lost); a root replaced by a
+        mount or unmount is found by this check on the roots' schedule.
+        """
+        assert self.watcher is not None
+        deleted, self._targets_deleted = self._targets_deleted, set()
+        for name, state in self.folders.items():
+            f = state.config
+            now = path_identity(str(f.target))
+            if now is not None and now == state.target_id and name not in deleted:
+                continue
+            what = "was deleted" if now is None or name in deleted else "was replaced by another directory"
+            try:
+                os.makedirs(f.target, exist_ok=True)
+            except OSError as exc:
+                if not state.target_lost:
+                    state.target_lost = True
+                    self.log.error("target_lost", folder=name, path=str(f.target),
+                                   error=f"the target folder {what} and cannot be made again: {copier_describe(exc)}",
+                                   fix="make the target's parent folder exist and writable for the service user; "
+                                       f"it is tried again every {ROOT_CHECK_INTERVAL:g}s")
+                continue
+            if not state.target_lost:
+                self.log.error("target_lost", folder=name, path=str(f.target),
+                               error=f"the target folder {what} while the daemon was mirroring into it",
+                               action="made it again; the folder is compared and mirrored anew",
+                               fix="nothing to do if it was removed on purpose; otherwise find what removed it "
+                                   "(a clean-up job, a mount that went away)")
+            else:
+                self.log.info("target_restored", folder=name, path=str(f.target))
+            state.target_lost = False
+            state.target_id = path_identity(str(f.target))
+            self.watcher.watch_target(f)
+            self.catch_ups.request(name, "target_restored")
 
     def _check_roots_soon(self) -> None:
         """Any thread: a source root may be gone or replaced; the main loop looks on its next pass."""
@@ -462,6 +504,20 @@ class Service:
             self.watcher.mark_lost(folder)
         self._check_roots_soon()
 
+    def target_lost(self, folder: str) -> None:
+        # Marked, not only looked at: a root made again at once may get the old inode number.
+        self._targets_deleted.add(folder)
+        self._check_roots_soon()
+
+    def target_entry_lost(self, folder: str, path: str, is_dir: bool) -> None:
+        state = self.folders.get(folder)
+        if state is None:
+            return
+        if is_dir:  # its contents went with it
+            self.reconciler.request(Request(folder, path, "target_changed", ready=True))
+        else:
+            self.changes.touch(folder, path, settle=state.config.settle, ready=True)
+
     def watch_suspect(self, folder: str, path: str) -> None:
         state = self.folders.get(folder)
         if state is not None:
@@ -516,6 +572,7 @@ class Service:
                 self.log.error("folder_unwatched", folder=name, error=error[1])
             else:
                 self.folders[name].root_id = self.watcher.identity(name)
+            self.watcher.watch_target(f)
             self.catch_ups.request(name, "reload")
         self.log.info("config_reloaded", config=str(new.path), added=added, removed=removed, changed=changed,
                       **({"unusable": sorted(self.unusable)} if self.unusable else {}),

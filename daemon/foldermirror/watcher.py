@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
@@ -32,6 +33,7 @@ from watchdog.observers.api import ObservedWatch
 
 from foldermirror import faults
 from foldermirror.config import FolderConfig
+from foldermirror.copier import is_reserved
 from foldermirror.paths import Excluder, relative
 
 # Never IN_OPEN or IN_CLOSE_NOWRITE: watchdog's own directory walks would flood the
@@ -52,6 +54,8 @@ class Sink(Protocol):
     def handler_error(self, folder: str, error: BaseException) -> None: ...
     def observer_exited(self) -> None: ...
     def watchdog_log(self, level: int, message: str) -> None: ...
+    def target_lost(self, folder: str) -> None: ...
+    def target_entry_lost(self, folder: str, path: str, is_dir: bool) -> None: ...
 
 
 class _Handler(FileSystemEventHandler):
@@ -142,6 +146,45 @@ class _Handler(FileSystemEventHandler):
                 self.sink.subtree(self.name, dst)
 
 
+# A target root's own watch: deletions only (the root's too). Not renames: publishing a file
+# is a rename, and those events would cost the observer's time in every burst.
+TARGET_EVENT_FILTER: list[type[FileSystemEvent]] = [FileDeletedEvent, DirDeletedEvent]
+
+
+class _TargetHandler(FileSystemEventHandler):
+    """Entries deleted from the top of a target by someone else (`rm -rf target/*`).
+
+    The daemon's own deletions are of paths the source no longer has (or of its temp
+    files): looking at the source tells them apart. What is left was taken from the mirror
+    behind the daemon's back and is mirrored again.
+    """
+
+    def __init__(self, folder: FolderConfig, sink: Sink) -> None:
+        self.name = folder.name
+        self.source = str(folder.source)
+        self.target = str(folder.target)
+        self.excluded = Excluder(folder.exclude)
+        self.sink = sink
+
+    def dispatch(self, event: FileSystemEvent) -> None:
+        try:
+            path = os.fsdecode(event.src_path)
+            if path == self.target:
+                if isinstance(event, DirDeletedEvent):
+                    self.sink.target_lost(self.name)
+                return
+            rel = relative(self.target, path)
+            if not rel or "/" in rel or is_reserved(rel) or self.excluded(rel):
+                return
+            try:
+                st = os.lstat(os.path.join(self.source, rel))
+            except OSError:
+                return  # the source has no such entry either: nothing was lost
+            self.sink.target_entry_lost(self.name, rel, stat.S_ISDIR(st.st_mode))
+        except Exception as exc:  # noqa: BLE001 - an escaping exception kills the observer
+            self.sink.handler_error(self.name, exc)
+
+
 class _WatchdogLogBridge(logging.Handler):
     """watchdog reports queue overflows only through its logger (PITFALLS #1)."""
 
@@ -176,6 +219,7 @@ class Watcher:
         self.sink = sink
         self._lock = threading.Lock()
         self._folders: dict[str, _Watched] = {}
+        self._targets: dict[str, tuple[FolderConfig, ObservedWatch | None]] = {}
         self._observer: Any = None
         self._bridge = _WatchdogLogBridge(sink)
         if faults.ENABLED and faults.value("no_replay") is not None:
@@ -250,8 +294,28 @@ class Watcher:
         with self._lock:
             return self._add(folder)
 
+    def watch_target(self, folder: FolderConfig) -> None:
+        """Watch the top of a folder's target (again: after it was deleted and made anew)."""
+        with self._lock:
+            self._watch_target(folder)
+
+    def _watch_target(self, folder: FolderConfig) -> None:
+        old = self._targets.pop(folder.name, None)
+        if old is not None and old[1] is not None:
+            self._unschedule(old[1])
+        watch = None
+        try:
+            watch = self._observer.schedule(_TargetHandler(folder, self.sink), str(folder.target),
+                                            recursive=False, event_filter=TARGET_EVENT_FILTER)
+        except OSError:
+            pass  # gone already: the periodic target check finds it
+        self._targets[folder.name] = (folder, watch)
+
     def remove(self, name: str) -> None:
         with self._lock:
+            target = self._targets.pop(name, None)
+            if target is not None and target[1] is not None:
+                self._unschedule(target[1])
             entry = self._folders.pop(name, None)
             if entry is not None and entry.watch is not None:
                 self._unschedule(entry.watch)
@@ -271,6 +335,8 @@ class Watcher:
             old = self._observer
             folders = [w.folder for w in self._folders.values()]
             self._folders.clear()
+            targets = [t[0] for t in self._targets.values()]
+            self._targets.clear()
             try:
                 old.stop()
             except Exception:  # noqa: BLE001 - it is already broken
@@ -278,6 +344,8 @@ class Watcher:
             self._start_observer()
             for f in folders:
                 self._add(f)
+            for f in targets:
+                self._watch_target(f)
 
     def mark_lost(self, name: str) -> None:
         with self._lock:
