@@ -1,22 +1,75 @@
-"""The command line: check, sync, --help, exit codes."""
+"""The command line: check, sync, --help, finding the config, exit codes, fix texts."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import pwd
+import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
+from typing import Iterator, Sequence
 
 import pytest
+import yaml
 
 from conftest import REPO, pair, tree_diff, write_config
+from foldermirror.errors import PERMANENT_ERRNOS, fix_for
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO / "daemon")}
+LIMITED = ("setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner,-chown")
+NOBODY = ("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups")
 
 
-def fm(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "foldermirror", *args], capture_output=True, text=True,
-                          env=ENV, timeout=timeout, stdin=subprocess.DEVNULL)
+def fm(*args: str, timeout: float = 60, env: dict[str, str] | None = None,
+       prefix: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*prefix, sys.executable, "-m", "foldermirror", *args], capture_output=True, text=True,
+                          env={**ENV, **(env or {})}, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def records(stderr: str) -> list[dict]:
+    return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A folder any user may enter (pytest's tmp_path is root's alone)."""
+    d = Path(tempfile.mkdtemp(prefix="fm-check-"))
+    d.chmod(0o755)
+    yield d
+    shutil.rmtree(d)  # as root: modes do not stop it
+
+
+def unprivileged() -> tuple[Sequence[str], str]:
+    """A command prefix under which permission bits bind, and the user `check` then names.
+
+    nobody when it can run this interpreter; otherwise (an interpreter under /root, say) uid 0
+    without the capabilities that bypass permission bits, which they bind just the same.
+    """
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run check as another user")
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is not installed")
+    try:
+        nobody = pwd.getpwnam("nobody")
+    except KeyError:
+        nobody = None
+    if nobody is not None:
+        probe = subprocess.run([*NOBODY, sys.executable, "-c", "import foldermirror.cli, structlog, yaml"],
+                               env=ENV, capture_output=True, timeout=30, cwd="/")
+        if probe.returncode == 0:
+            return NOBODY, f"nobody (uid {nobody.pw_uid})"
+    return LIMITED, "root (uid 0)"
+
+
+def config_in(base: Path, folders: list[dict]) -> Path:
+    path = base / "config.yaml"
+    path.write_text(yaml.safe_dump({"workers": 1, "folders": folders}))
+    path.chmod(0o644)
+    return path
 
 
 def test_check_prints_resolved_pairs(tmp_path):
@@ -86,3 +139,65 @@ def test_sync_reports_failures_with_exit_1(tmp_path):
     assert failed and failed[0]["path"].startswith("sub") and failed[0]["will_retry"] is False, failed
     assert (dst / "fine").read_bytes() == b"fine"
     assert (dst / "sub").read_bytes() == b"a file where the source has a folder"
+
+
+# -- fix texts fit the mode ------------------------------------------------------------------
+
+@pytest.mark.parametrize("err_no", [errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EIO, 0])
+def test_only_a_failure_that_is_retried_says_so(err_no):
+    assert "retried with backoff" in fix_for(err_no, True)
+    assert "retried with backoff" not in fix_for(err_no, False)
+    assert "run sync again" in fix_for(err_no, False)
+
+
+@pytest.mark.parametrize("err_no", sorted(PERMANENT_ERRNOS))
+def test_a_failure_no_retry_helps_promises_nothing(err_no):
+    for will_retry in (True, False):
+        fix = fix_for(err_no, will_retry)
+        assert fix and "retried" not in fix and "sync again" not in fix, fix
+
+
+def test_sync_never_says_reload(open_dir):
+    prefix, _ = unprivileged()
+    base = open_dir
+    (base / "blocker").write_bytes(b"a file where a folder of the target path should be")
+    broken_src = base / "broken-src"
+    private, private_dst = base / "private-src", base / "private-dst"
+    emptied, emptied_dst = base / "emptied-src", base / "emptied-dst"
+    for d in (broken_src, private, emptied, private_dst, emptied_dst):
+        d.mkdir()
+        d.chmod(0o777)
+    (private / "secret").write_bytes(b"secret")
+    (private / "secret").chmod(0)
+    (private / "locked").mkdir(mode=0)
+    (private / "fine").write_bytes(b"fine")
+    for i in range(3):
+        (emptied_dst / f"old{i}").write_bytes(b"old")
+    cfg = config_in(base, [
+        {"name": "broken", "source": str(broken_src), "target": str(base / "blocker" / "copy")},
+        {"name": "private", "source": str(private), "target": str(private_dst)},
+        {"name": "emptied", "source": str(emptied), "target": str(emptied_dst), "delete": True},
+    ])
+    r = fm("sync", "--config", str(cfg), prefix=prefix, timeout=90)
+    assert r.returncode == 1, r
+    lines = records(r.stderr)
+    by_event = {}
+    for rec in lines:
+        by_event.setdefault(rec["event"], []).append(rec)
+    unusable, = by_event["folder_unusable"]
+    assert unusable["folder"] == "broken" and "run sync again" in unusable["fix"], unusable
+    failed = [x for x in by_event["mirror_failed"] if x["path"] == "secret"]
+    assert failed and failed[0]["errno"] == "EACCES" and failed[0]["will_retry"] is False, by_event["mirror_failed"]
+    assert "run sync again" in failed[0]["fix"], failed
+    held, = by_event["mass_delete_held"]
+    assert "run sync again" in held["fix"], held
+    unreadable, = by_event["source_unreadable"]
+    assert unreadable["path"] == "locked" and "run sync again" in unreadable["fix"], unreadable
+    assert (private_dst / "fine").read_bytes() == b"fine"
+    for rec in lines:
+        if rec.get("level") in ("warning", "error"):
+            fix = rec.get("fix", "")
+            assert fix, rec
+            assert not any(word in fix for word in ("reload", "SIGHUP", "systemctl", "rescan")), rec
+            if rec.get("will_retry") is False:
+                assert "retried" not in fix, rec
