@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import inspect
 import json
 import os
 import pwd
@@ -17,9 +18,11 @@ import pytest
 import yaml
 
 from conftest import REPO, pair, tree_diff, write_config
-from foldermirror.errors import PERMANENT_ERRNOS, fix_for
+from foldermirror.cli import CONFIG_ENV, DEFAULT_CONFIG, find_config
+from foldermirror.errors import PERMANENT_ERRNOS, NoConfigError, fix_for
 
-ENV = {**os.environ, "PYTHONPATH": str(REPO / "daemon")}
+# The variable is the tests' to set: one in the caller's environment must not pick the config.
+ENV = {**{k: v for k, v in os.environ.items() if k != CONFIG_ENV}, "PYTHONPATH": str(REPO / "daemon")}
 LIMITED = ("setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner,-chown")
 NOBODY = ("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups")
 
@@ -100,11 +103,13 @@ def test_missing_config_exits_78(tmp_path):
     assert r.returncode == 78 and "config file not found" in r.stderr
 
 
-@pytest.mark.parametrize("command", ["run", "check", "sync"])
+@pytest.mark.parametrize("command", ["run", "check", "sync", "status", "rescan"])
 def test_help_explains_every_option(command):
     r = fm(command, "--help")
     assert r.returncode == 0
-    assert "--config" in r.stdout and "FILE" in r.stdout
+    text = " ".join(r.stdout.split())
+    assert "--config" in text and "FILE" in text
+    assert f"${CONFIG_ENV} when set, else {DEFAULT_CONFIG}" in text, text
 
 
 def test_sync_catches_up_once_and_exits(tmp_path):
@@ -139,6 +144,65 @@ def test_sync_reports_failures_with_exit_1(tmp_path):
     assert failed and failed[0]["path"].startswith("sub") and failed[0]["will_retry"] is False, failed
     assert (dst / "fine").read_bytes() == b"fine"
     assert (dst / "sub").read_bytes() == b"a file where the source has a folder"
+
+
+# -- finding the config ------------------------------------------------------------------------
+
+def test_the_default_config_is_the_units_one():
+    assert DEFAULT_CONFIG == "/etc/foldermirror/config.yaml"
+    assert inspect.signature(find_config).parameters["default"].default == DEFAULT_CONFIG
+    assert f"--config {DEFAULT_CONFIG}" in (REPO / "systemd" / "foldermirror.service").read_text()
+
+
+def test_config_is_taken_from_the_option_then_the_variable_then_the_default(tmp_path):
+    given, named, default = (tmp_path / n for n in ("given.yaml", "named.yaml", "default.yaml"))
+    for p in (given, named, default):
+        p.write_text("folders: []\n")
+    env = {CONFIG_ENV: str(named)}
+    assert find_config(str(given), env, str(default)) == str(given)      # --config beats the variable
+    assert find_config(None, env, str(default)) == str(named)            # the variable beats the default
+    assert find_config(None, {}, str(default)) == str(default)
+    assert find_config(None, {CONFIG_ENV: ""}, str(default)) == str(default)  # set but empty: not set
+    missing = str(tmp_path / "missing.yaml")
+    assert find_config(missing, env, str(default)) == missing            # loading it says it is missing
+
+
+def test_no_config_anywhere_names_every_way_to_give_one(tmp_path):
+    default = tmp_path / "default.yaml"
+    with pytest.raises(NoConfigError) as none:
+        find_config(None, {}, str(default))
+    assert str(none.value) == f"no config file: give --config FILE, set {CONFIG_ENV}, or create {default}"
+    assert none.value.exit_code == 78
+    default.write_text("folders: []\n")
+    gone = tmp_path / "gone.yaml"
+    with pytest.raises(NoConfigError) as wrong:  # a variable naming a missing file does not fall back
+        find_config(None, {CONFIG_ENV: str(gone)}, str(default))
+    assert f"{CONFIG_ENV} names {gone}, which does not exist" in str(wrong.value)
+    assert "--config FILE" in str(wrong.value) and str(default) in str(wrong.value)
+
+
+@pytest.mark.parametrize("command", ["run", "check", "sync", "status", "rescan"])
+def test_every_command_without_a_config_says_where_to_put_one(tmp_path, command):
+    gone = tmp_path / "gone.yaml"
+    r = fm(command, env={CONFIG_ENV: str(gone)}, timeout=30)
+    assert r.returncode == 78, r
+    assert r.stderr.startswith(f"foldermirror: error: no config file: {CONFIG_ENV} names {gone}"), r.stderr
+    assert DEFAULT_CONFIG in r.stderr and "--config FILE" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_commands_read_the_variable_and_the_option_beats_it(tmp_path):
+    src, dst, spec = pair(tmp_path)
+    good = write_config(tmp_path, [spec])
+    r = fm("check", env={CONFIG_ENV: str(good)}, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert f"config: {good}" in r.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text('workers: "four"\nfolders: []\n')
+    r = fm("check", "--config", str(good), env={CONFIG_ENV: str(bad)}, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert f"config: {good}" in r.stdout
+    r = fm("check", "-c", str(bad), env={CONFIG_ENV: str(good)}, timeout=30)
+    assert r.returncode == 78 and f"{bad}:1:10" in r.stderr, r
 
 
 # -- fix texts fit the mode ------------------------------------------------------------------

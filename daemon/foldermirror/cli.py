@@ -4,13 +4,51 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from collections.abc import Mapping
 from typing import Sequence
 
 from foldermirror import __version__
 from foldermirror.config import Config, load_config
-from foldermirror.errors import EXIT_FAILURE, EXIT_OK, FoldermirrorError
+from foldermirror.errors import EXIT_FAILURE, EXIT_OK, FoldermirrorError, NoConfigError
 from foldermirror.logs import configure_logging
+
+DEFAULT_CONFIG = "/etc/foldermirror/config.yaml"
+CONFIG_ENV = "FOLDERMIRROR_CONFIG"
+CONFIG_HELP = (f"the YAML config file (relative paths in it are resolved against its folder); default: "
+               f"${CONFIG_ENV} when set, else {DEFAULT_CONFIG}")
+
+
+def find_config(given: str | None, environ: Mapping[str, str], default: str = DEFAULT_CONFIG) -> str:
+    """The config file to load: --config, else $FOLDERMIRROR_CONFIG, else the default path.
+
+    A file --config names is loaded even when missing (loading says so). One the variable names
+    must exist: falling back to the default would mirror folders nobody asked for.
+    """
+    if given:
+        return given
+    named = environ.get(CONFIG_ENV)
+    if named:
+        if _absent(named):
+            raise NoConfigError(f"no config file: {CONFIG_ENV} names {named}, which does not exist; give "
+                                f"--config FILE, set {CONFIG_ENV} to an existing file, or unset it to use {default}")
+        return named
+    if _absent(default):
+        raise NoConfigError(f"no config file: give --config FILE, set {CONFIG_ENV}, or create {default}")
+    return default
+
+
+def _absent(path: str) -> bool:
+    # Not os.path.exists(): a file in a folder this user may not search is there, and loading
+    # it says "permission denied" rather than "create it".
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,8 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=description)
-        p.add_argument("--config", "-c", required=True, metavar="FILE",
-                       help="the YAML config file (relative paths in it are resolved against its folder)")
+        p.add_argument("--config", "-c", metavar="FILE", help=CONFIG_HELP)
         return p
 
     run = add("run", "watch and mirror in the foreground until SIGTERM or SIGINT",
@@ -99,7 +136,7 @@ def ask(config: Config, args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        config = load_config(args.config)
+        config = load_config(find_config(args.config, os.environ))
         if args.command == "check":
             print(describe(config))
             return EXIT_OK

@@ -41,6 +41,12 @@ class ConfigError(FoldermirrorError):
         super().__init__(text)
 
 
+class NoConfigError(FoldermirrorError):
+    """No config file was named and none stands at the default path."""
+
+    exit_code = EXIT_CONFIG
+
+
 class StartupError(FoldermirrorError):
     """The daemon could not start for a reason other than the config's shape."""
 
