@@ -17,8 +17,10 @@ from typing import Iterator, Sequence
 import pytest
 import yaml
 
-from conftest import REPO, pair, tree_diff, write_config
+from conftest import REPO, TEMP_MARK, pair, tree_diff, write_config
+from foldermirror import checks
 from foldermirror.cli import CONFIG_ENV, DEFAULT_CONFIG, find_config
+from foldermirror.config import FolderConfig
 from foldermirror.errors import PERMANENT_ERRNOS, NoConfigError, fix_for
 
 # The variable is the tests' to set: one in the caller's environment must not pick the config.
@@ -66,6 +68,16 @@ def unprivileged() -> tuple[Sequence[str], str]:
         if probe.returncode == 0:
             return NOBODY, f"nobody (uid {nobody.pw_uid})"
     return LIMITED, "root (uid 0)"
+
+
+def listing(root: Path) -> list[str]:
+    """Every path under root with its mode: what `check` must leave as it found it."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            out.append(f"{os.path.relpath(full, root)} {os.lstat(full).st_mode:o}")
+    return sorted(out)
 
 
 def config_in(base: Path, folders: list[dict]) -> Path:
@@ -203,6 +215,95 @@ def test_commands_read_the_variable_and_the_option_beats_it(tmp_path):
     assert f"config: {good}" in r.stdout
     r = fm("check", "-c", str(bad), env={CONFIG_ENV: str(good)}, timeout=30)
     assert r.returncode == 78 and f"{bad}:1:10" in r.stderr, r
+
+
+# -- check: access for the user who runs it ---------------------------------------------------
+
+def test_check_names_each_folder_the_user_cannot_serve_and_creates_nothing(open_dir):
+    prefix, user = unprivileged()
+    base = open_dir
+    open_, ro = base / "open", base / "ro"
+    for d, mode in ((open_, 0o777), (ro, 0o555)):
+        d.mkdir()
+        d.chmod(mode)
+    closed = base / "closed"
+    closed.mkdir()
+    (closed / "f").write_bytes(b"x")
+    closed.chmod(0)
+    sources = {}
+    for name in ("readonly", "full", "fine"):
+        sources[name] = base / f"{name}-src"
+        sources[name].mkdir()
+        (sources[name] / "f").write_bytes(b"x")
+    existing_ro = base / "existing-ro"
+    existing_ro.mkdir()
+    existing_ro.chmod(0o555)
+    cfg = config_in(base, [
+        {"name": "closed", "source": str(closed), "target": str(open_ / "closed")},
+        {"name": "readonly", "source": str(sources["readonly"]), "target": str(ro / "copy")},
+        {"name": "full", "source": str(sources["full"]), "target": str(existing_ro)},
+        {"name": "newsrc", "source": str(ro / "new-src"), "target": str(open_ / "newsrc"), "create": True},
+        {"name": "fine", "source": str(sources["fine"]), "target": str(open_ / "fine")},
+    ])
+    before = listing(base)
+    r = fm("check", "--config", str(cfg), prefix=prefix, timeout=60)
+    assert r.returncode == 1, r
+    lines = r.stdout.splitlines()
+    denied = f"by {user}: Permission denied (EACCES)"
+    assert f"folder closed: cannot be served: source {closed} is not readable {denied}" in lines, r.stdout
+    assert (f"folder readonly: cannot be served: cannot create target {ro / 'copy'}: {ro} is not writable "
+            f"{denied}") in lines, r.stdout
+    assert f"folder full: cannot be served: target {existing_ro} is not writable {denied}" in lines, r.stdout
+    assert (f"folder newsrc: cannot be served: cannot create source {ro / 'new-src'}: {ro} is not writable "
+            f"{denied}") in lines, r.stdout
+    assert (f"folder fine: ok (source readable; target {open_ / 'fine'} does not exist yet: run creates it in "
+            f"{open_}, writable by {user})") in lines, r.stdout
+    assert f"4 of 5 folders cannot be served by {user}: closed, readonly, full, newsrc" in r.stderr, r.stderr
+    assert listing(base) == before  # no target or source made, no probe file left
+
+
+def test_check_proves_access_and_creates_nothing(open_dir):
+    prefix, user = unprivileged()
+    base = open_dir
+    open_ = base / "open"
+    open_.mkdir()
+    open_.chmod(0o777)
+    src = base / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"x")
+    existing = open_ / "existing"
+    existing.mkdir()
+    existing.chmod(0o777)
+    cfg = config_in(base, [
+        {"name": "new", "source": str(src), "target": str(open_ / "deep" / "copy")},
+        {"name": "existing", "source": str(open_ / "new-src"), "target": str(existing), "create": True},
+    ])
+    before = listing(base)
+    r = fm("check", "--config", str(cfg), prefix=prefix, timeout=60)
+    assert r.returncode == 0, r
+    lines = r.stdout.splitlines()
+    assert (f"folder new: ok (source readable; target {open_ / 'deep' / 'copy'} does not exist yet: run creates it "
+            f"in {open_}, writable by {user})") in lines, r.stdout
+    assert (f"folder existing: ok (source {open_ / 'new-src'} does not exist yet: run creates it in {open_}, "
+            f"writable by {user}; target writable by {user})") in lines, r.stdout
+    assert f"folder new:\n  source:  {src}" in r.stdout  # the resolved config, as before
+    assert listing(base) == before
+    assert not (open_ / "deep").exists() and not (open_ / "new-src").exists()
+
+
+def test_probes_create_the_folders_only_when_asked(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "a" / "dst"
+    f = FolderConfig(name="x", source=src, target=dst, create=True)
+    dry = checks.probe_folder(f, "cafe0001", create=False)
+    assert dry.problem is None and not src.exists() and not dst.parent.exists(), dry
+    assert any(str(dst) in note for note in dry.proved), dry
+    assert checks.folder_problem(f, "cafe0001") is None
+    assert src.is_dir() and dst.is_dir()
+    assert not [n for n in os.listdir(dst) if TEMP_MARK in n]
+    (tmp_path / "file").write_bytes(b"")
+    in_the_way = FolderConfig(name="y", source=src, target=tmp_path / "file" / "dst")
+    assert checks.probe_folder(in_the_way, "cafe0001", create=False).problem == (
+        f"cannot create target {tmp_path / 'file' / 'dst'}: {tmp_path / 'file'}: Not a directory (ENOTDIR)")
 
 
 # -- fix texts fit the mode ------------------------------------------------------------------

@@ -73,9 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override log.format from the config")
     run.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
                      help="override log.level from the config")
-    add("check", "validate the config and print the resolved folder pairs",
-        "Validate the config file and print each folder pair with its resolved paths and options. "
-        "Exit 0 when valid, 78 with a message naming file, line and key when not.")
+    add("check", "validate the config and prove each folder can be served by the user running it",
+        "Validate the config file, print each folder pair with its resolved paths and options, then "
+        "prove with the probes `run` uses at start-up that the user running `check` can serve each "
+        "folder: the source readable, the target writable (by a real temp file, removed at once; for a "
+        "missing folder, the parent it would be created in). Nothing is created or left behind. Run it as "
+        "the service's user (e.g. sudo -u foldermirror foldermirror check, or runuser -u foldermirror --), "
+        "since root passes where that user may not. Prints one verdict line per folder. Exit 0 when every "
+        "folder can be served, 1 when some folder cannot, 78 with a message naming file, line and key "
+        "when the config is invalid.")
     sync = add("sync", "bring every target up to date once, then exit",
                "Compare each source with its target and mirror what differs, then exit. Shows a "
                "progress line on a terminal and sync_progress log lines otherwise. Exit 0 when "
@@ -112,6 +118,27 @@ def describe(config: Config) -> str:
     return "\n".join(lines)
 
 
+def check(config: Config) -> int:
+    """`check`: the resolved config, then one verdict per folder from the start-up probes, creating nothing."""
+    from foldermirror import checks
+
+    print(describe(config))
+    instance = os.urandom(4).hex()
+    failed = []
+    for f in config.folders:
+        access = checks.probe_folder(f, instance, create=False)
+        if access.problem is None:
+            print(f"folder {f.name}: ok ({'; '.join(access.proved)})")
+        else:
+            failed.append(f.name)
+            print(f"folder {f.name}: cannot be served: {access.problem}")
+    if failed:
+        print(f"foldermirror: error: {len(failed)} of {len(config.folders)} folders cannot be served by "
+              f"{checks.user_label()}: {', '.join(failed)}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
 def ask(config: Config, args: argparse.Namespace) -> int:
     """`status` and `rescan`: one request to the running daemon's control socket."""
     from foldermirror import control
@@ -138,8 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(find_config(args.config, os.environ))
         if args.command == "check":
-            print(describe(config))
-            return EXIT_OK
+            return check(config)
         if args.command in ("status", "rescan"):
             return ask(config, args)
         if args.command == "sync" and args.dry_run:
