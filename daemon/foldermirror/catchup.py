@@ -21,6 +21,12 @@ from foldermirror.pool import process_alive
 from foldermirror.reconcile import Reconciler, Request, WalkStats, covers, diff_tree, hold_deletions
 from foldermirror.stats import FolderStats
 
+SYNC_FIXES = {
+    "reconcile_failed": "check that the source and target folders are readable by the service user, then run "
+                        "sync again",
+    "source_unreadable": "give the service user read and execute permission on that directory (chmod, chown or "
+                         "an ACL), then run sync again",
+}
 # A catch-up with this many differences leaves enough freed memory to give back once it ends.
 RELEASE_AFTER = 1000
 
@@ -29,7 +35,8 @@ class CatchUps:
     """Requests comparisons, runs their walks (on the Reconciler thread) and tells when each ends."""
 
     def __init__(self, log: Any, changes: ChangeQueue, folders: Mapping[str, FolderState], lock: threading.RLock,
-                 instance: str, folder_stats: Callable[[str], FolderStats], wake: Callable[[], None]) -> None:
+                 instance: str, folder_stats: Callable[[str], FolderStats], wake: Callable[[], None],
+                 once: bool = False) -> None:
         self.log = log
         self.changes = changes
         self.folders = folders
@@ -37,6 +44,7 @@ class CatchUps:
         self.instance = instance
         self.folder_stats = folder_stats
         self.wake = wake
+        self.once = once  # `sync`: no reload and no next rescan to point people to
         self.reconciler = Reconciler(self._walk)
         self._release_memory = False
 
@@ -86,12 +94,15 @@ class CatchUps:
                 self.changes.wait_for_room()
                 self.changes.touch(f.name, path, settle=f.settle, ready=req.ready)
         except OSError as exc:
-            self.log.error("reconcile_failed", folder=f.name, path=req.sub, error=copier._describe(exc))
+            self.log.error("reconcile_failed", folder=f.name, path=req.sub, error=copier._describe(exc),
+                           **self._sync_fix("reconcile_failed"))
         except Exception as exc:  # noqa: BLE001 - a bug here must not stop later walks
-            self.log.error("reconcile_failed", folder=f.name, path=req.sub, error=repr(exc))
+            self.log.error("reconcile_failed", folder=f.name, path=req.sub, error=repr(exc),
+                           **self._sync_fix("reconcile_failed"))
         for rel in stats.unreadable or ():
             self.log.warning("source_unreadable", folder=f.name, path=rel,
-                             error="permission denied listing this directory; its files are not mirrored")
+                             error="permission denied listing this directory; its files are not mirrored",
+                             **self._sync_fix("source_unreadable"))
         fs = self.folder_stats(f.name)
         found = tuple(sorted(stats.unreadable or ()))
         if req.sub == "":
@@ -110,6 +121,10 @@ class CatchUps:
                     c.differences += stats.differences
                     c.to_copy += stats.copies
 
+    def _sync_fix(self, event: str) -> dict[str, str]:
+        """`sync`'s own fix for `event`; a daemon's (logs.FIXES) counts on the next rescan."""
+        return {"fix": SYNC_FIXES[event]} if self.once else {}
+
     def _hold_deletions(self, f: FolderConfig, req: Request, stats: WalkStats) -> None:
         looks = "looks empty" if stats.entries == 0 else "lost most of what its target holds"
         self.log.error("mass_delete_held", folder=f.name, path=str(f.source), reason=req.reason,
@@ -118,7 +133,8 @@ class CatchUps:
                        error=f"the source {looks} (a failed mount or a wrong path?); "
                              f"deletions in the target are held back, copies go on",
                        fix=f"if the deletions are intended, set max_delete_fraction: 1 for folder {f.name} "
-                           f"and reload (systemctl reload foldermirror), then set it back")
+                           + ("and run sync again" if self.once else "and reload (systemctl reload foldermirror)")
+                           + ", then set it back")
 
     def finish(self, now: float) -> None:
         """End each catch-up whose walk is done and whose folder has settled."""

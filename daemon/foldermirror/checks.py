@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import pwd
+import stat
 from dataclasses import dataclass
 
 from foldermirror import copier, faults
@@ -17,7 +18,8 @@ WATCHES_SYSCTL = "fs.inotify.max_user_watches"
 WATCHES_FILE = "/proc/sys/fs/inotify/max_user_watches"
 
 
-def _user() -> str:
+def user_label() -> str:
+    """This process's user as verdicts name it: `alice (uid 1000)`."""
     uid = os.geteuid()
     try:
         return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
@@ -29,42 +31,131 @@ def _why(exc: OSError) -> str:
     return copier._describe(exc)
 
 
-def folder_problem(f: FolderConfig, instance: str) -> str | None:
-    """Create what the config asks for, then prove the source readable and the target writable.
+@dataclass(frozen=True)
+class FolderAccess:
+    """What the access probes found for one folder."""
 
-    Returns one sentence naming the path and the cause, or None when the folder can be served.
-    A missing source is not a problem here: the watcher waits for it to come back.
+    problem: str | None             # one sentence naming the path and the cause; None: it can be served
+    proved: tuple[str, ...] = ()    # what was shown, for `check`'s verdict
+
+
+def folder_problem(f: FolderConfig, instance: str, create: bool = True) -> str | None:
+    """One sentence naming the path and the cause, or None when the folder can be served (see probe_folder)."""
+    return probe_folder(f, instance, create).problem
+
+
+def probe_folder(f: FolderConfig, instance: str, create: bool = True) -> FolderAccess:
+    """Prove, for this process's user, the source readable and the target writable.
+
+    create=True (run, sync) first creates what the config asks for: the target, and the source
+    with `create: true`. create=False (check) creates nothing: where a folder is missing, the
+    nearest existing parent it would be created in must be writable instead. Either way a
+    probe file is the only thing written, and it is removed at once.
+
+    A missing source is not a problem: the daemon waits for it to appear. With create=False a
+    source that exists but cannot be reached or is not a directory is one (run would start
+    and wait for it, logging folder_unwatched).
     """
+    user = user_label()
+    proved: list[str] = []
+    source, target = str(f.source), str(f.target)
     if f.create:
-        try:
-            os.makedirs(f.source, exist_ok=True)
-        except OSError as exc:
-            return f"cannot create source {f.source}: {_why(exc)}"
-    if os.path.isdir(f.source):
-        try:
-            with os.scandir(f.source) as entries:
-                next(entries, None)
-        except OSError as exc:
-            return f"source {f.source} is not readable by {_user()}: {_why(exc)}"
-        if not os.access(f.source, os.R_OK | os.X_OK):
-            return f"source {f.source} is not readable by {_user()}: permission denied"
+        if create:
+            try:
+                os.makedirs(source, exist_ok=True)
+            except OSError as exc:
+                return FolderAccess(f"cannot create source {source}: {_why(exc)}")
+        else:
+            try:
+                parent = _missing_from(source)
+            except OSError as exc:
+                return FolderAccess(f"cannot create source {source}: {_why_at(exc, source)}")
+            if parent is not None:
+                problem = _probe_write(parent, instance, f"cannot create source {source}: {parent}", user)
+                if problem is not None:
+                    return FolderAccess(problem)
+                proved.append(f"source {source} does not exist yet: run creates it in {parent}, writable by {user}")
     try:
-        os.makedirs(f.target, exist_ok=True)
+        is_dir = stat.S_ISDIR(os.stat(source).st_mode)
+    except FileNotFoundError:
+        if not proved:
+            proved.append(f"source {source} does not exist yet: it is mirrored once it appears")
     except OSError as exc:
-        return f"cannot create target {f.target}: {_why(exc)}" + _read_only_hint(exc)
+        if not create:
+            return FolderAccess(f"source {source} is not readable by {user}: {_why(exc)}")
+    else:
+        if is_dir:
+            try:
+                with os.scandir(source) as entries:
+                    next(entries, None)
+            except OSError as exc:
+                return FolderAccess(f"source {source} is not readable by {user}: {_why(exc)}")
+            if not os.access(source, os.R_OK | os.X_OK):
+                return FolderAccess(f"source {source} is not readable by {user}: permission denied")
+            proved.append("source readable")
+        elif not create:
+            return FolderAccess(f"source {source} is not a directory")
+    where = target
+    if create:
+        try:
+            os.makedirs(target, exist_ok=True)
+        except OSError as exc:
+            return FolderAccess(f"cannot create target {target}: {_why(exc)}" + _read_only_hint(exc))
+    else:
+        try:
+            where = _missing_from(target) or target
+        except OSError as exc:
+            return FolderAccess(f"cannot create target {target}: {_why_at(exc, target)}")
+    label = f"target {target}" if where == target else f"cannot create target {target}: {where}"
+    problem = _probe_write(where, instance, label, user)
+    if problem is not None:
+        return FolderAccess(problem)
+    proved.append(f"target writable by {user}" if where == target
+                  else f"target {target} does not exist yet: run creates it in {where}, writable by {user}")
+    return FolderAccess(None, tuple(proved))
+
+
+def _probe_write(directory: str, instance: str, label: str, user: str) -> str | None:
+    """Create and remove a temp file in `directory`; None when both worked, else what failed."""
     # A real write, not os.access(): that misses read-only mounts (ProtectSystem=strict
     # without ReadWritePaths=) and is always true for root.
-    probe = os.path.join(f.target, copier.temp_name(instance))
+    probe = os.path.join(directory, copier.temp_name(instance))
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError as exc:
-        return f"target {f.target} is not writable by {_user()}: {_why(exc)}" + _read_only_hint(exc)
+        return f"{label} is not writable by {user}: {_why(exc)}" + _read_only_hint(exc)
     os.close(fd)
     try:
         os.unlink(probe)
     except OSError as exc:
-        return f"target {f.target} does not let {_user()} remove files: {_why(exc)}"
+        return f"{label} does not let {user} remove files: {_why(exc)}"
     return None
+
+
+def _missing_from(path: str) -> str | None:
+    """The existing directory in which os.makedirs(path) would create its first folder.
+
+    None when `path` is a directory already. Creates nothing; raises the error makedirs would
+    for something that is not a directory in the way.
+    """
+    path = os.path.abspath(path)
+    if os.path.isdir(path):
+        return None
+    if os.path.lexists(path):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path)
+    parent = os.path.dirname(path)
+    while not os.path.lexists(parent):  # "/" exists: this ends
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), parent)
+    return parent
+
+
+def _why_at(exc: OSError, path: str) -> str:
+    """_why, naming the path that failed when it is not `path` itself."""
+    if exc.filename and os.path.abspath(exc.filename) != os.path.abspath(path):
+        return f"{exc.filename}: {_why(exc)}"
+    return _why(exc)
 
 
 def _read_only_hint(exc: OSError) -> str:

@@ -4,13 +4,51 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from collections.abc import Mapping
 from typing import Sequence
 
 from foldermirror import __version__
 from foldermirror.config import Config, load_config
-from foldermirror.errors import EXIT_FAILURE, EXIT_OK, FoldermirrorError
+from foldermirror.errors import EXIT_FAILURE, EXIT_OK, FoldermirrorError, NoConfigError
 from foldermirror.logs import configure_logging
+
+DEFAULT_CONFIG = "/etc/foldermirror/config.yaml"
+CONFIG_ENV = "FOLDERMIRROR_CONFIG"
+CONFIG_HELP = (f"the YAML config file (relative paths in it are resolved against its folder); default: "
+               f"${CONFIG_ENV} when set, else {DEFAULT_CONFIG}")
+
+
+def find_config(given: str | None, environ: Mapping[str, str], default: str = DEFAULT_CONFIG) -> str:
+    """The config file to load: --config, else $FOLDERMIRROR_CONFIG, else the default path.
+
+    A file --config names is loaded even when missing (loading says so). One the variable names
+    must exist: falling back to the default would mirror folders nobody asked for.
+    """
+    if given:
+        return given
+    named = environ.get(CONFIG_ENV)
+    if named:
+        if _absent(named):
+            raise NoConfigError(f"no config file: {CONFIG_ENV} names {named}, which does not exist; give "
+                                f"--config FILE, set {CONFIG_ENV} to an existing file, or unset it to use {default}")
+        return named
+    if _absent(default):
+        raise NoConfigError(f"no config file: give --config FILE, set {CONFIG_ENV}, or create {default}")
+    return default
+
+
+def _absent(path: str) -> bool:
+    # Not os.path.exists(): a file in a folder this user may not search is there, and loading
+    # it says "permission denied" rather than "create it".
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,8 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=description)
-        p.add_argument("--config", "-c", required=True, metavar="FILE",
-                       help="the YAML config file (relative paths in it are resolved against its folder)")
+        p.add_argument("--config", "-c", metavar="FILE", help=CONFIG_HELP)
         return p
 
     run = add("run", "watch and mirror in the foreground until SIGTERM or SIGINT",
@@ -36,9 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override log.format from the config")
     run.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
                      help="override log.level from the config")
-    add("check", "validate the config and print the resolved folder pairs",
-        "Validate the config file and print each folder pair with its resolved paths and options. "
-        "Exit 0 when valid, 78 with a message naming file, line and key when not.")
+    add("check", "validate the config and prove each folder can be served by the user running it",
+        "Validate the config file, print each folder pair with its resolved paths and options, then "
+        "prove with the probes `run` uses at start-up that the user running `check` can serve each "
+        "folder: the source readable, the target writable (by a real temp file, removed at once; for a "
+        "missing folder, the parent it would be created in). Nothing is created or left behind. Run it as "
+        "the service's user (e.g. sudo -u foldermirror foldermirror check, or runuser -u foldermirror --), "
+        "since root passes where that user may not. Prints one verdict line per folder. Exit 0 when every "
+        "folder can be served, 1 when some folder cannot, 78 with a message naming file, line and key "
+        "when the config is invalid.")
     sync = add("sync", "bring every target up to date once, then exit",
                "Compare each source with its target and mirror what differs, then exit. Shows a "
                "progress line on a terminal and sync_progress log lines otherwise. Exit 0 when "
@@ -75,6 +118,27 @@ def describe(config: Config) -> str:
     return "\n".join(lines)
 
 
+def check(config: Config) -> int:
+    """`check`: the resolved config, then one verdict per folder from the start-up probes, creating nothing."""
+    from foldermirror import checks
+
+    print(describe(config))
+    instance = os.urandom(4).hex()
+    failed = []
+    for f in config.folders:
+        access = checks.probe_folder(f, instance, create=False)
+        if access.problem is None:
+            print(f"folder {f.name}: ok ({'; '.join(access.proved)})")
+        else:
+            failed.append(f.name)
+            print(f"folder {f.name}: cannot be served: {access.problem}")
+    if failed:
+        print(f"foldermirror: error: {len(failed)} of {len(config.folders)} folders cannot be served by "
+              f"{checks.user_label()}: {', '.join(failed)}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
 def ask(config: Config, args: argparse.Namespace) -> int:
     """`status` and `rescan`: one request to the running daemon's control socket."""
     from foldermirror import control
@@ -99,10 +163,9 @@ def ask(config: Config, args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        config = load_config(args.config)
+        config = load_config(find_config(args.config, os.environ))
         if args.command == "check":
-            print(describe(config))
-            return EXIT_OK
+            return check(config)
         if args.command in ("status", "rescan"):
             return ask(config, args)
         if args.command == "sync" and args.dry_run:

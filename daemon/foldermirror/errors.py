@@ -41,6 +41,12 @@ class ConfigError(FoldermirrorError):
         super().__init__(text)
 
 
+class NoConfigError(FoldermirrorError):
+    """No config file was named and none stands at the default path."""
+
+    exit_code = EXIT_CONFIG
+
+
 class StartupError(FoldermirrorError):
     """The daemon could not start for a reason other than the config's shape."""
 
@@ -51,23 +57,36 @@ class NotRunningError(FoldermirrorError):
     exit_code = EXIT_NOT_RUNNING
 
 
+# Failures no retry can help: the daemon does not retry them, and their fix is the whole story.
+PERMANENT_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.EILSEQ, errno.EEXIST})
+
+
 def error_kind(err_no: int) -> str:
     """A short, stable name for a failure's cause: the errno name, or "other"."""
     return errno.errorcode.get(err_no, "other") if err_no else "other"
 
 
-def fix_for(err_no: int) -> str | None:
-    """What the operator can do about a copy that failed with `err_no`, when there is something."""
+def fix_for(err_no: int, will_retry: bool) -> str:
+    """What the operator can do about a copy that failed with `err_no`.
+
+    `will_retry` is the mirror_failed line's: only a copy that is tried again says so. A daemon
+    retries every failure it can (so will_retry false there means a failure no retry helps);
+    `sync` retries none.
+    """
     if err_no in (errno.EACCES, errno.EPERM):
-        return (f"give the service user (uid {os.geteuid()}) read access to the source path and write "
-                "access to its folder in the target (check chmod/chown, ACLs, chattr +i); retried with backoff")
-    return _FIXES.get(err_no)
+        fix = (f"give the service user (uid {os.geteuid()}) read access to the source path and write "
+               "access to its folder in the target (check chmod/chown, ACLs, chattr +i)")
+    else:
+        fix = _FIXES.get(err_no, "see the error: the path in the source or in the target needs attention")
+    if err_no in PERMANENT_ERRNOS:
+        return fix
+    return fix + ("; the copy is retried with backoff" if will_retry else "; then run sync again")
 
 
 _FIXES = {
-    errno.ENOSPC: "free space on the target's file system (df -h on the target); the copy is retried with backoff",
+    errno.ENOSPC: "free space on the target's file system (df -h on the target)",
     errno.EDQUOT: "raise the service user's disk quota on the target's file system, or free space there",
-    errno.EROFS: "remount the target file system read-write; the copy is retried with backoff",
+    errno.EROFS: "remount the target file system read-write",
     errno.EEXIST: "remove or rename what stands at that path in the target, or set delete: true for this folder",
     errno.ENAMETOOLONG: "shorten the name in the source: the target file system does not accept it",
     errno.EILSEQ: "rename the file in the source: the target file system does not accept the bytes of its name",

@@ -38,8 +38,7 @@ FIXES: dict[str, str] = {
     "worker_lost": "nothing to do if it is rare; if it repeats, look for the OOM killer in journalctl -k and "
                    "lower workers",
     "config_invalid": "correct the file (foldermirror check --config FILE shows the error), then reload again",
-    "mirror_failed": "see the error: the path in the source or in the target needs attention; the copy is "
-                     "retried with backoff when will_retry is true",
+    "mirror_failed": "see the error: the path in the source or in the target needs attention",
     "mirror_failed_repeated": "see the error: the paths in the source or in the target need attention",
     "internal_error": "please report this bug with this line; the next rescan compares the path again",
     "observer_unstable": "nothing to do under systemd: it restarts the service; otherwise restart it and "

@@ -7,7 +7,6 @@ catch-ups updated, failed paths queued again with a backoff (unless permanent or
 
 from __future__ import annotations
 
-import errno
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -15,14 +14,13 @@ from typing import Any
 
 from foldermirror import copier
 from foldermirror.changes import ChangeQueue, Item
-from foldermirror.errors import error_kind, fix_for
+from foldermirror.errors import PERMANENT_ERRNOS, error_kind, fix_for
 from foldermirror.folderstate import FolderState
 from foldermirror.logs import Repeats, batch
 from foldermirror.pool import Result
 from foldermirror.reconcile import Request
 
 RETRY_MAX_DELAY = 300.0
-PERMANENT_ERRNOS = {errno.ENAMETOOLONG, errno.EILSEQ, errno.EEXIST}
 
 # What the operator's view is told of each outcome: folder, path, status, kind, bytes, error, errno, latency_ms.
 Observe = Callable[[str, str, str, str, int, str, int, float], None]
@@ -142,9 +140,7 @@ class ResultRecorder:
             self.changes.touch(f.name, path, settle=f.settle, ready=True, not_before=time.monotonic() + delay)
         else:
             self._attempts.pop(key, None)
-        fix = fix_for(err_no)
-        if fix:
-            extra["fix"] = fix
+        extra["fix"] = fix_for(err_no, will_retry)
         fields = dict(folder=f.name, path=path, error=error, errno=error_kind(err_no), will_retry=will_retry,
                       attempt=attempt, **extra)
         if self.repeats.admit((f.name, error), path, error=error, errno=error_kind(err_no), **extra):

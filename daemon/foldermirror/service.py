@@ -49,6 +49,7 @@ PROGRESS_INTERVAL = 1.0
 OBSERVER_DEATHS_MAX = 3
 OBSERVER_DEATH_WINDOW = 60.0
 UNUSABLE_FIX = "the other folders are served; fix this, then reload (systemctl reload foldermirror, or SIGHUP)"
+UNUSABLE_FIX_SYNC = "the other folders are synced; fix this and run sync again"
 
 
 @dataclass
@@ -84,7 +85,7 @@ class Service:
         self.watcher: Watcher | None = None
         self.view = OperatorView(self.log, self.changes, self.folders, self.config.log.trace)
         self.catch_ups = CatchUps(self.log, self.changes, self.folders, self._lock, self.instance,
-                                  self.view.folder_stats, self._wake)
+                                  self.view.folder_stats, self._wake, once=self.once)
         self.reconciler = self.catch_ups.reconciler
         self.results = ResultRecorder(self.log, self.changes, self.folders, self.view.repeats,
                                       self.reconciler.request, self.view.observe, self._check_roots_soon,
@@ -110,7 +111,8 @@ class Service:
             problem = checks.folder_problem(f, self.instance)
             if problem is not None:
                 self.unusable[f.name] = f
-                self.log.error("folder_unusable", folder=f.name, error=problem, fix=UNUSABLE_FIX)
+                self.log.error("folder_unusable", folder=f.name, error=problem,
+                               fix=UNUSABLE_FIX_SYNC if self.once else UNUSABLE_FIX)
                 continue
             self.unusable.pop(f.name, None)
             with self._lock:
