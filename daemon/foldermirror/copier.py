@@ -24,6 +24,10 @@ from foldermirror import faults
 
 TEMP_PREFIX = ".foldermirror-"
 TEMP_SUFFIX = ".tmp"
+# The target lock (targetlock.py). Reserved at every depth, like temp names: it is never
+# copied from a source, nor deleted, replaced or moved in a target.
+LOCK_NAME = ".foldermirror.lock"
+RESERVED_REASON = f"the name {LOCK_NAME} is reserved for foldermirror's lock file"
 _CHUNK = 1 << 30
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _ROOT_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
@@ -65,8 +69,8 @@ def is_temp_name(name: str) -> bool:
 
 
 def is_reserved(name: str) -> bool:
-    """A name of the daemon's own in a target, never mirrored data."""
-    return is_temp_name(name)
+    """A name of the daemon's own in a target (a temp file or the lock file), never mirrored data."""
+    return name == LOCK_NAME or is_temp_name(name)
 
 
 def temp_owner(name: str) -> tuple[str, int]:
@@ -360,6 +364,8 @@ class _Mirror:
         during its copy is published as it was when the copy began (see _file)."""
         parts = path.split("/")
         parents, name = parts[:-1], parts[-1]
+        if is_reserved(name):  # copied, or deleted with delete: true, it would clobber ours
+            return (path, "skipped", self._source_kind(parents, name), 0, RESERVED_REASON, 0)
         try:
             try:
                 sdir = self._source_dir(parents)
@@ -382,6 +388,12 @@ class _Mirror:
             return (path, "changed", "unknown", 0, "", 0)
         except OSError as exc:
             return (path, "failed", "unknown", 0, _describe(exc), exc.errno or 0)
+
+    def _source_kind(self, parents: list[str], name: str) -> str:
+        try:
+            return _kind(os.stat(name, dir_fd=self._source_dir(parents), follow_symlinks=False).st_mode)
+        except (_Gone, OSError):
+            return "unknown"
 
     def _special(self, sdir: int, parents: list[str], name: str, path: str, st: os.stat_result) -> Outcome:
         """A FIFO, socket or device is not mirrored; with delete, a stale mirror of what
@@ -532,6 +544,8 @@ class _Mirror:
     def rename_in_target(self, origin: str, path: str) -> Outcome | None:
         """Replay a rename in the target when the origin's mirror is there to move."""
         oparts, parts = origin.split("/"), path.split("/")
+        if is_reserved(oparts[-1]) or is_reserved(parts[-1]):
+            return None  # moving ours away, or over ours: sync() skips both names instead
         try:
             try:
                 odir = self._target_dir(oparts[:-1], False)

@@ -15,6 +15,7 @@ import stat
 from dataclasses import dataclass, field
 
 from foldermirror.config import Config, FolderConfig
+from foldermirror.copier import RESERVED_REASON
 from foldermirror.paths import Excluder
 from foldermirror.reconcile import WalkStats, diff_tree
 
@@ -26,7 +27,7 @@ _MEANING = {
     "conflict": "the target has a different type here and delete: false keeps it: fails",
     "delete": "only in the target: deleted (delete: true)",
     "keep": "only in the target: kept (delete: false)",
-    "skip": "FIFO, socket or device: not mirrored",
+    "skip": "FIFO, socket, device or reserved name: not mirrored",
 }
 
 
@@ -77,6 +78,8 @@ def _action(f: FolderConfig, path: str, reason: str) -> Action:
     t = _lstat(os.path.join(f.target, path))
     if reason == "special":
         return Action("skip", path, _kind(s))
+    if reason == "reserved":
+        return Action("skip", path, f"{_kind(s)}, {RESERVED_REASON}")
     if reason == "extra":
         detail = _kind(t) + (f", {_entries(os.path.join(f.target, path))} entries inside" if _isdir(t) else "")
         return Action("delete" if f.delete else "keep", path, detail)

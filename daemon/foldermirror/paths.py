@@ -6,7 +6,7 @@ import fnmatch
 import os
 import re
 
-from foldermirror.copier import is_temp_name
+from foldermirror.copier import is_reserved
 
 
 def relative(root: str, path: str) -> str | None:
@@ -24,7 +24,7 @@ class Excluder:
 
     A pattern without "/" matches a name at any depth (and so everything below a matching
     directory); a pattern with "/" matches the relative path from the top, or a prefix of it.
-    Our own temp files are always excluded.
+    Our own names (temp files, the lock file) are always excluded.
     """
 
     def __init__(self, patterns: tuple[str, ...]) -> None:
@@ -35,7 +35,7 @@ class Excluder:
 
     def __call__(self, rel: str) -> bool:
         parts = rel.split("/")
-        if is_temp_name(parts[-1]):
+        if is_reserved(parts[-1]):
             return True
         if self._name is not None and any(self._name.match(part) for part in parts):
             return True

@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass
 from typing import Callable, Iterator, NamedTuple
 
-from foldermirror.copier import is_temp_name, temp_owner
+from foldermirror.copier import LOCK_NAME, is_reserved, is_temp_name, temp_owner
 from foldermirror.paths import Excluder
 
 
@@ -27,7 +27,7 @@ class _Entry(NamedTuple):  # a tuple: two are made per file in a walk
 @dataclass
 class Difference:
     path: str
-    reason: str        # missing | differs | extra | special
+    reason: str        # missing | differs | extra | special | reserved (a source entry named LOCK_NAME)
 
 
 @dataclass
@@ -107,7 +107,7 @@ def _count_below(dfd: int, name: str) -> int:
     try:
         total = 0
         for child, entry in _scan(fd).items():
-            if is_temp_name(child):
+            if is_reserved(child):
                 continue
             total += 1
             if entry.kind == stat.S_IFDIR:
@@ -195,6 +195,9 @@ def _compare(rel: str, sfd: int | None, tfd: int | None, s_entries: dict[str, _E
              clean_temps: bool) -> Iterator[Difference]:
     for name, s in s_entries.items():
         path = f"{rel}/{name}" if rel else name
+        if name == LOCK_NAME:
+            yield Difference(path, "reserved")  # not mirrored; the worker says so (file_skipped)
+            continue
         if excluded(path):
             continue
         stats.entries += 1
@@ -231,7 +234,7 @@ def _compare(rel: str, sfd: int | None, tfd: int | None, s_entries: dict[str, _E
                 except OSError:
                     pass
             continue
-        if name in s_entries:
+        if name in s_entries or is_reserved(name):  # the lock file: never deleted, never counted
             continue
         path = f"{rel}/{name}" if rel else name
         if delete and not excluded(path):
