@@ -113,11 +113,9 @@ class ResultRecorder:
                             "quiet); exclude it if a mirror of it is not wanted")
                 self.changes.touch(f.name, path, settle=f.settle, max_delay=f.max_delay)
             elif status == "skipped":
-                fix = (f"rename it in the source: {copier.LOCK_NAME} is never mirrored"
-                       if copier.is_reserved(path.rsplit("/", 1)[-1]) else
-                       "nothing to do: FIFOs, sockets and devices are not mirrored (only files, directories "
-                       "and symlinks); exclude the path to silence this")
-                self.log.warning("file_skipped", folder=f.name, path=path, kind=kind, error=error, fix=fix)
+                reserved = copier.is_reserved(path.rsplit("/", 1)[-1])
+                extra = {"fix": f"rename it in the source: {copier.LOCK_NAME} is never mirrored"} if reserved else {}
+                self.log.warning("file_skipped", folder=f.name, path=path, kind=kind, error=error, **extra)
             elif status == "failed":
                 self._failed(state, path, error, err_no)
             elif status == "root_changed":
