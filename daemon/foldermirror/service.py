@@ -21,13 +21,13 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from foldermirror import checks
+from foldermirror import checks, targetlock
 from foldermirror.catchup import CatchUps
 from foldermirror.changes import ChangeQueue
 from foldermirror.config import DEFAULT_RESCAN, Config, FolderConfig, load_config
 from foldermirror.control import ControlServer
 from foldermirror.copier import _describe as copier_describe
-from foldermirror.errors import EXIT_FAILURE, EXIT_OK, ConfigError, StartupError
+from foldermirror.errors import EXIT_FAILURE, EXIT_OK, ConfigError, FoldermirrorError, StartupError
 from foldermirror.folderstate import FolderState
 from foldermirror.logs import get_logger
 from foldermirror.notify import Notifier, watchdog_interval
@@ -36,6 +36,7 @@ from foldermirror.paths import Excluder
 from foldermirror.pool import FolderSpec, WorkerPool, run_dispatcher
 from foldermirror.reconcile import Request
 from foldermirror.results import ResultRecorder
+from foldermirror.targetlock import TargetLock, TargetLocked
 from foldermirror.watcher import Watcher, path_identity
 
 TICK = 0.2                   # the main loop's pace while there is work; idle, it sleeps (see _next_wait)
@@ -65,6 +66,8 @@ class Service:
         self.changes = ChangeQueue()
         self.folders: dict[str, FolderState] = {}
         self.unusable: dict[str, FolderConfig] = {}
+        self.locks: dict[str, TargetLock] = {}  # one per folder served: its target's lock
+        self._locked_out: dict[str, TargetLocked] = {}  # unusable because another process holds the target
         self._lock = threading.RLock()
         self._signals: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._sleeping = False  # the main loop waits for a deadline: _wake() interrupts it
@@ -108,11 +111,13 @@ class Service:
         """Serve each folder whose source can be read and target written; log the others."""
         admitted = []
         for f in folders:
-            problem = checks.folder_problem(f, self.instance)
+            self._locked_out.pop(f.name, None)
+            problem, fix = checks.folder_problem(f, self.instance), self._unusable_fix()
+            if problem is None:  # folder_problem made the target: it can hold the lock now
+                problem, fix = self._lock_target(f)
             if problem is not None:
                 self.unusable[f.name] = f
-                self.log.error("folder_unusable", folder=f.name, error=problem,
-                               fix=UNUSABLE_FIX_SYNC if self.once else UNUSABLE_FIX)
+                self.log.error("folder_unusable", folder=f.name, error=problem, fix=fix)
                 continue
             self.unusable.pop(f.name, None)
             with self._lock:
@@ -120,6 +125,40 @@ class Service:
                                                    target_id=path_identity(str(f.target)))
             admitted.append(f.name)
         return admitted
+
+    def _lock_target(self, f: FolderConfig) -> tuple[str | None, str]:
+        """Hold the lock of the folder's target; (problem, fix) when another process holds it."""
+        held = self.locks.get(f.name)
+        if held is not None:
+            if held.target == str(f.target) and held.intact():
+                return None, ""  # a reload that kept the target keeps the lock, without a gap
+            self._release(f.name)
+        try:
+            self.locks[f.name] = targetlock.acquire(str(f.target), str(self.config.path))
+        except TargetLocked as exc:
+            self._locked_out[f.name] = exc
+            then = "then run sync again" if self.once else "then reload (systemctl reload foldermirror, or SIGHUP)"
+            holder = f"pid {exc.pid}" if exc.pid else "the process named in the lock file"
+            return str(exc), (f"stop the other foldermirror ({holder}) or point folder {f.name} at another "
+                              f"target, {then}; the other folders are served")
+        except FoldermirrorError as exc:
+            return str(exc), self._unusable_fix()
+        return None, ""
+
+    def _unusable_fix(self) -> str:
+        return UNUSABLE_FIX_SYNC if self.once else UNUSABLE_FIX
+
+    def _release(self, name: str) -> None:
+        lock = self.locks.pop(name, None)
+        if lock is not None:
+            lock.release()
+
+    def _nothing_served(self) -> str:
+        """The start-up error when no folder is left: the holders when every target is locked."""
+        names = [f.name for f in self.config.folders]
+        if names and all(n in self._locked_out for n in names):
+            return "; ".join(str(self._locked_out[n]) for n in names)
+        return "no folder can be served (each one is named in a folder_unusable line above)"
 
     def _warn_private_tmp(self, config: Config) -> None:
         for key, path in checks.private_tmp_paths(config):
@@ -163,7 +202,7 @@ class Service:
                       folders=[f.name for f in cfg.folders], mode="sync" if self.once else "run")
         self._warn_private_tmp(cfg)
         if not self._admit(cfg.folders):
-            raise StartupError("no folder can be served (each one is named in a folder_unusable line above)")
+            raise StartupError(self._nothing_served())
         if not self.once:
             self._check_watch_limit()
         # The Pool (and its fork server) comes before any watcher thread (PITFALLS #8, #12).
@@ -559,8 +598,13 @@ class Service:
             with self._lock:
                 self.folders.pop(name, None)
             self.changes.forget(name)
+            if name in removed or fresh[name].target != old[name].target:
+                self._release(name)  # before admitting: another folder may now name that target
         self.unusable.clear()
+        self._locked_out.clear()
         admitted = self._admit(tuple(fresh[n] for n in added + changed))
+        for name in [n for n in self.locks if n not in self.folders]:
+            self._release(name)  # a changed folder that kept its target but is now unusable
         ignored = [k for k in ("workers", "control_socket", "metrics") if getattr(new, k) != getattr(self.config, k)]
         if new.rescan_interval != self.config.rescan_interval:
             self._next_rescan = time.monotonic() + new.rescan_interval
@@ -591,6 +635,8 @@ class Service:
         self._running = False
         self.changes.close()
         abandoned = self.pool.stop(self.config.stop_grace) if self.pool is not None else 0
+        for name in list(self.locks):  # no worker writes any more: another daemon may take over
+            self._release(name)
         self.view.log_repeats(flush=True)
         self.log.info("daemon_stopped", files_mirrored=self.counters.mirrored, bytes=self.counters.bytes,
                       deleted=self.counters.deleted, failed=self.counters.failed, abandoned=abandoned)
