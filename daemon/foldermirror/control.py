@@ -15,6 +15,7 @@ import json
 import os
 import socket
 import stat
+import struct
 import tempfile
 import threading
 from pathlib import Path
@@ -89,16 +90,19 @@ class ControlServer:
     def bind(self, candidates: list[Path], explicit: bool) -> list[str]:
         """Listen on the first usable candidate; returns why each earlier one was passed over.
 
-        Raises OSError naming the last problem when none is usable.
+        Raises OSError naming every problem when none is usable; its errno is EADDRINUSE
+        when a live daemon listens at one of them.
         """
         skipped: list[str] = []
+        in_use = False
         for path in candidates:
             try:
                 self._bind(path, create_parent=not explicit)
                 return skipped
             except OSError as exc:
+                in_use = in_use or exc.errno == errno.EADDRINUSE
                 skipped.append(f"{path}: {exc.strerror or exc}")
-        raise OSError(errno.EADDRNOTAVAIL, "; ".join(skipped))
+        raise OSError(errno.EADDRINUSE if in_use else errno.EADDRNOTAVAIL, "; ".join(skipped))
 
     def _bind(self, path: Path, create_parent: bool) -> None:
         if create_parent:
@@ -252,6 +256,7 @@ def _clear_stale(path: Path) -> None:
     probe.settimeout(CLIENT_TIMEOUT)
     try:
         probe.connect(str(path))
+        pid = _peer_pid(probe)
     except ConnectionRefusedError:
         os.unlink(path)
         return
@@ -259,7 +264,16 @@ def _clear_stale(path: Path) -> None:
         return  # bind reports what is wrong
     finally:
         probe.close()
-    raise OSError(errno.EADDRINUSE, "another daemon is listening there")
+    raise OSError(errno.EADDRINUSE, f"another daemon{f' (pid {pid})' if pid else ''} is listening there")
+
+
+def _peer_pid(sock: socket.socket) -> int:
+    """The pid of the process at the other end of a connected UNIX socket (0: unknown)."""
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return 0
+    return struct.unpack("3i", creds)[0]
 
 
 # -- client ------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ metrics server. Both read the service through `status.snapshot()`.
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -56,9 +57,16 @@ class OperatorView:
         try:
             skipped = control.bind(socket_paths(config), explicit)
         except OSError as exc:
-            self.log.error("control_socket_unavailable", error=exc.strerror or str(exc),
-                           fix="set control_socket: to a path in a folder the service user can write (with "
-                               "systemd: RuntimeDirectory=foldermirror); mirroring goes on without it")
+            if exc.errno == errno.EADDRINUSE:
+                # `status` and `rescan` for this config now reach the other daemon, not this one.
+                fix = ("another foldermirror listens there: it runs this config or shares its control_socket:. "
+                       "Stop one of the two if they run the same config, else give each config its own "
+                       "control_socket: (or none: the default is per config), then restart this one; "
+                       "mirroring goes on without the socket")
+            else:
+                fix = ("set control_socket: to a path in a folder the service user can write (with "
+                       "systemd: RuntimeDirectory=foldermirror); mirroring goes on without it")
+            self.log.error("control_socket_unavailable", error=exc.strerror or str(exc), fix=fix)
         else:
             self.control = control
             control.start()
