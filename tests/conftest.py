@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 # Import this checkout's package even when another checkout is pip-installed in editable mode.
 sys.path.insert(0, str(REPO / "daemon"))
 TEMP_MARK = ".foldermirror-"
+LOCK_NAME = ".foldermirror.lock"  # each target's lock file (targetlock.py): not mirrored data
 SYSTEMD_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "INVOCATION_ID")
 
 
@@ -168,10 +169,17 @@ def daemon_factory() -> Iterator[Callable[..., Daemon]]:
 
 
 def snapshot(root: Path, delete: bool = True) -> dict[str, tuple[Any, ...]]:
-    """Everything the oracle compares: type, bytes, mode and mtime of files; link targets."""
+    """Everything the oracle compares: type, bytes, mode and mtime of files; link targets.
+
+    The lock file's name is left out at every depth, as the daemon reserves it: in a
+    target it is the daemon's lock, not a mirror of anything.
+    """
     out: dict[str, tuple[Any, ...]] = {}
     for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [n for n in dirnames if n != LOCK_NAME]
         for name in dirnames + filenames:
+            if name == LOCK_NAME:
+                continue
             full = os.path.join(dirpath, name)
             rel = os.path.relpath(full, root)
             st = os.lstat(full)

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import REPO, TEMP_MARK, pair, snapshot, wait_mirrored, wait_until, write_config
+from conftest import LOCK_NAME, REPO, TEMP_MARK, pair, snapshot, wait_mirrored, wait_until, write_config
 from foldermirror import logs
 from foldermirror.logs import Repeats, Tracer
 
@@ -60,10 +60,10 @@ def ask(sock_path: Path, payload: bytes, timeout: float = 10) -> dict[str, Any]:
 
 
 def entries(root: Path) -> tuple[int, int, int]:
-    """(files below root, directories including root, bytes of files); no temp files."""
+    """(files below root, directories including root, bytes of files); no temp files, no lock file."""
     count, dirs, size = 0, 1, 0
     for dirpath, dirnames, filenames in os.walk(root):
-        names = [n for n in filenames if not n.startswith(TEMP_MARK)]
+        names = [n for n in filenames if not n.startswith(TEMP_MARK) and n != LOCK_NAME]
         count += len(names)
         dirs += len(dirnames)
         for n in names:
