@@ -138,8 +138,8 @@ class Service:
         except TargetLocked as exc:
             self._locked_out[f.name] = exc
             then = "then run sync again" if self.once else "then reload (systemctl reload foldermirror, or SIGHUP)"
-            holder = f"pid {exc.pid}" if exc.pid else "the process named in the lock file"
-            return str(exc), (f"stop the other foldermirror ({holder}) or point folder {f.name} at another "
+            holder = f" (pid {exc.pid})" if exc.pid else ""
+            return str(exc), (f"stop the other foldermirror{holder} or point folder {f.name} at another "
                               f"target, {then}; the other folders are served")
         except FoldermirrorError as exc:
             return str(exc), self._unusable_fix()
