@@ -137,10 +137,10 @@ class Service:
             self.locks[f.name] = targetlock.acquire(str(f.target), str(self.config.path))
         except TargetLocked as exc:
             self._locked_out[f.name] = exc
-            then = "then run sync again" if self.once else "then reload (systemctl reload foldermirror, or SIGHUP)"
+            then = ("then run sync again; the other folders are synced" if self.once else
+                    "then reload (systemctl reload foldermirror, or SIGHUP); the other folders are served")
             holder = f" (pid {exc.pid})" if exc.pid else ""
-            return str(exc), (f"stop the other foldermirror{holder} or point folder {f.name} at another "
-                              f"target, {then}; the other folders are served")
+            return str(exc), f"stop the other foldermirror{holder} or point folder {f.name} at another target, {then}"
         except FoldermirrorError as exc:
             return str(exc), self._unusable_fix()
         return None, ""
