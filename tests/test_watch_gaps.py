@@ -17,6 +17,9 @@ from typing import Any
 import pytest
 
 from conftest import REPO, pair, wait_mirrored, wait_until, write_config
+from foldermirror import targetlock
+from foldermirror.copier import LOCK_NAME
+from foldermirror.targetlock import TargetLocked
 
 IS_ROOT = os.geteuid() == 0
 # uid 0 without the capabilities that bypass permission bits: a mode-000 directory is closed.
@@ -214,7 +217,7 @@ def _fill(src: Path) -> None:
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.parametrize("how", ["root deleted", "root deleted and made again", "contents deleted"])
+@pytest.mark.parametrize("how", ["root deleted", "root deleted and made again", "emptied", "emptied but the lock file"])
 def test_a_target_deleted_under_the_daemon_is_noticed_and_mirrored_again(tmp_path, daemon_factory, how):
     src, dst, spec = pair(tmp_path, delete=True)
     _fill(src)
@@ -223,11 +226,11 @@ def test_a_target_deleted_under_the_daemon_is_noticed_and_mirrored_again(tmp_pat
     d.wait_ready()
     wait_mirrored(src, dst)
     started = time.monotonic()
-    if how == "contents deleted":
+    if how.startswith("emptied"):
         for entry in dst.iterdir():
             if entry.is_dir():
                 shutil.rmtree(entry)
-            else:
+            elif entry.name != LOCK_NAME or how == "emptied":
                 entry.unlink()
     else:
         shutil.rmtree(dst)
@@ -236,11 +239,14 @@ def test_a_target_deleted_under_the_daemon_is_noticed_and_mirrored_again(tmp_pat
     wait_mirrored(src, dst, timeout=20)
     took = time.monotonic() - started
     assert took < 10, f"took {took:.1f}s"
-    if how != "contents deleted":
+    if how != "emptied but the lock file":  # that one is mended path by path, with no line of its own
         lost = d.wait_for("target_lost")
         assert lost[0]["path"] == str(dst) and lost[0]["fix"], lost
         d.wait_for("sync_finished", reason="target_restored")
     assert not d.events("sync_finished", reason="rescan")
+    # The new target is this daemon's: its lock is held again.
+    with pytest.raises(TargetLocked, match=f"pid {d.proc.pid}"):
+        targetlock.acquire(str(dst), str(cfg))
     (src / "after.txt").write_bytes(b"after")  # still mirrored into the new target
     wait_mirrored(src, dst, timeout=20)
     assert d.stop() == 0

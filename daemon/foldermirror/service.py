@@ -43,6 +43,7 @@ TICK = 0.2                   # the main loop's pace while there is work; idle, i
 ROOT_CHECK_INTERVAL = 1.0    # a missing or suspect source root is looked at this often
 ROOT_SAFETY_INTERVAL = 30.0  # a healthy one this often (see _root_check_at)
 WAKE = 0                     # on the signal queue: not a signal, "look again"
+TARGET_QUIET = 1.0           # seconds without deletions in a target before what was taken from it is mended
 REWATCH_QUIET = 2.0       # seconds without suspect directory events before watches are rebuilt
 PROGRESS_INTERVAL = 1.0
 # An observer that dies more often than this is rebuilt but no longer reported healthy,
@@ -83,6 +84,8 @@ class Service:
         self._observer_deaths: deque[float] = deque()
         self._observer_unstable = False
         self._targets_deleted: set[str] = set()  # by the observer thread: their roots' watches saw them go
+        self._target_losses: dict[str, dict[str, bool]] = {}  # folder → top-level path → is a directory
+        self._target_losses_at = 0.0
         self._rescan_every = self.config.rescan_interval
         self.pool: WorkerPool | None = None
         self.watcher: Watcher | None = None
@@ -297,6 +300,8 @@ class Service:
             deadlines.append(self._next_rescan)
         if self._observer_deaths:
             deadlines.append(self._observer_deaths[0] + OBSERVER_DEATH_WINDOW)
+        if self._target_losses:
+            deadlines.append(self._target_losses_at)
         if self._status_text() != self._last_status:
             deadlines.append(self._last_progress + PROGRESS_INTERVAL)
         wait = min(deadlines) - now if deadlines else None
@@ -348,6 +353,7 @@ class Service:
                 self._last_root_check = now
                 self._check_roots()
                 self._check_targets()
+            self._mend_targets(now)
         self._rewatch(now)
         self.catch_ups.finish(now)
         self.view.log_repeats()
@@ -396,12 +402,19 @@ class Service:
         """
         assert self.watcher is not None
         deleted, self._targets_deleted = self._targets_deleted, set()
-        for name, state in self.folders.items():
+        for name, state in list(self.folders.items()):
             f = state.config
             now = path_identity(str(f.target))
-            if now is not None and now == state.target_id and name not in deleted:
+            lock = self.locks.get(name)
+            locked = lock is None or lock.intact()
+            if now is not None and now == state.target_id and name not in deleted and locked:
                 continue
-            what = "was deleted" if now is None or name in deleted else "was replaced by another directory"
+            if now is None or name in deleted:
+                what = "was deleted"
+            elif now != state.target_id:
+                what = "was replaced by another directory"
+            else:
+                what = "was emptied (its lock file is gone)"
             try:
                 os.makedirs(f.target, exist_ok=True)
             except OSError as exc:
@@ -411,6 +424,12 @@ class Service:
                                    error=f"the target folder {what} and cannot be made again: {copier_describe(exc)}",
                                    fix="make the target's parent folder exist and writable for the service user; "
                                        f"it is tried again every {ROOT_CHECK_INTERVAL:g}s")
+                continue
+            problem, fix = self._lock_target(f)  # another daemon may have taken the new one
+            if problem is not None:
+                self._stop_serving(name)
+                self.unusable[name] = f
+                self.log.error("folder_unusable", folder=name, error=problem, fix=fix)
                 continue
             if not state.target_lost:
                 self.log.error("target_lost", folder=name, path=str(f.target),
@@ -424,6 +443,14 @@ class Service:
             state.target_id = path_identity(str(f.target))
             self.watcher.watch_target(f)
             self.catch_ups.request(name, "target_restored")
+
+    def _stop_serving(self, name: str) -> None:
+        assert self.watcher is not None
+        self.watcher.remove(name)
+        with self._lock:
+            self.folders.pop(name, None)
+        self.changes.forget(name)
+        self._release(name)
 
     def _check_roots_soon(self) -> None:
         """Any thread: a source root may be gone or replaced; the main loop looks on its next pass."""
@@ -545,19 +572,38 @@ class Service:
             self.watcher.mark_lost(folder)
         self._check_roots_soon()
 
-    def target_lost(self, folder: str) -> None:
-        # Marked, not only looked at: a root made again at once may get the old inode number.
-        self._targets_deleted.add(folder)
-        self._check_roots_soon()
+    def target_lost(self, folder: str, root_deleted: bool) -> None:
+        if root_deleted:  # marked, not only looked at: a root made again at once may get the old inode number
+            self._targets_deleted.add(folder)
+            self._check_roots_soon()
+        else:  # its lock file went: looked at once the target is quiet (see target_entry_lost)
+            self.target_entry_lost(folder, "", True)
 
     def target_entry_lost(self, folder: str, path: str, is_dir: bool) -> None:
-        state = self.folders.get(folder)
-        if state is None:
-            return
-        if is_dir:  # its contents went with it
-            self.reconciler.request(Request(folder, path, "target_changed", ready=True))
-        else:
-            self.changes.touch(folder, path, settle=state.config.settle, ready=True)
+        # Mended once the target has been quiet for TARGET_QUIET: mending each entry at once
+        # would fight an `rm -rf` of the whole target that is still under way.
+        with self._lock:
+            self._target_losses.setdefault(folder, {})[path] = is_dir
+            self._target_losses_at = time.monotonic() + TARGET_QUIET
+        self._wake()
+
+    def _mend_targets(self, now: float) -> None:
+        """Mirror again what was deleted from the top of a target behind the daemon's back."""
+        with self._lock:
+            if not self._target_losses or now < self._target_losses_at:
+                return
+            losses, self._target_losses = self._target_losses, {}
+        if any("" in paths for paths in losses.values()):
+            self._check_targets()  # a lock file deleted: the target was emptied
+        for folder, paths in losses.items():
+            state = self.folders.get(folder)
+            if state is None or state.target_lost or folder in self._targets_deleted or "" in paths:
+                continue  # gone or emptied as a whole: its comparison covers everything
+            for path, is_dir in paths.items():
+                if is_dir:  # its contents went with it
+                    self.reconciler.request(Request(folder, path, "target_changed", ready=True))
+                else:
+                    self.changes.touch(folder, path, settle=state.config.settle, ready=True)
 
     def watch_suspect(self, folder: str, path: str) -> None:
         state = self.folders.get(folder)

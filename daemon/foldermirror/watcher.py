@@ -33,7 +33,7 @@ from watchdog.observers.api import ObservedWatch
 
 from foldermirror import faults
 from foldermirror.config import FolderConfig
-from foldermirror.copier import is_reserved
+from foldermirror.copier import LOCK_NAME, is_reserved
 from foldermirror.paths import Excluder, relative
 
 # Never IN_OPEN or IN_CLOSE_NOWRITE: watchdog's own directory walks would flood the
@@ -54,7 +54,7 @@ class Sink(Protocol):
     def handler_error(self, folder: str, error: BaseException) -> None: ...
     def observer_exited(self) -> None: ...
     def watchdog_log(self, level: int, message: str) -> None: ...
-    def target_lost(self, folder: str) -> None: ...
+    def target_lost(self, folder: str, root_deleted: bool) -> None: ...
     def target_entry_lost(self, folder: str, path: str, is_dir: bool) -> None: ...
 
 
@@ -171,9 +171,12 @@ class _TargetHandler(FileSystemEventHandler):
             path = os.fsdecode(event.src_path)
             if path == self.target:
                 if isinstance(event, DirDeletedEvent):
-                    self.sink.target_lost(self.name)
+                    self.sink.target_lost(self.name, True)
                 return
             rel = relative(self.target, path)
+            if rel == LOCK_NAME:
+                self.sink.target_lost(self.name, False)  # emptied, lock file and all: take the lock again
+                return
             if not rel or "/" in rel or is_reserved(rel) or self.excluded(rel):
                 return
             try:
