@@ -473,6 +473,8 @@ def _yaml_error(exc: yaml.YAMLError, loader: _Loader) -> ConfigError:
     problem = ", ".join(part for part in (exc.context, exc.problem) if part) or "invalid YAML"
     if "'\\t'" in problem:
         problem += " (indent with spaces: YAML does not allow tabs there)"
+    elif "'<document start>'" in problem:
+        problem += " (after a '...' line; a config file holds exactly one YAML document)"
     if mark is None:
         return ConfigError(loader.file, f"invalid YAML: {problem}", key=key)
     context = exc.context_mark if exc.context_mark is not None and exc.context_mark.index <= mark.index else mark
