@@ -285,12 +285,11 @@ def test_wrong_type_at_each_log_key(base, key, value):
 
 @pytest.mark.parametrize("key, value", FOLDER_WRONG)
 def test_wrong_type_at_each_folder_key(base, key, value):
-    text = PAIR.replace(f"    {key}: ", "    old_") + f"    {key}: {value}\n"
     if key in ("source", "target"):
-        text = f"folders:\n  - {'target: dst' if key == 'source' else 'source: src'}\n    {key}: {value}\n"
-        line = 3
+        other = "target: dst" if key == "source" else "source: src"
+        text, line = f"folders:\n  - {other}\n    {key}: {value}\n", 3
     else:
-        line = 4
+        text, line = PAIR + f"    {key}: {value}\n", 4
     item = "[0]" if value in ("[1]", "[[a]]", "[~]") else ""
     message = located(text, base, f"folders[0].{key}{item}", line)
     assert "expected" in message, message
