@@ -309,6 +309,14 @@ def test_nesting_and_size_are_bounded(base, monkeypatch):
     assert "more than 50 values" in message
 
 
+def test_the_number_of_folders_is_bounded(base, monkeypatch):
+    import foldermirror.config as config
+
+    monkeypatch.setattr(config, "MAX_FOLDERS", 2)
+    text = "folders:\n" + "".join(f"  - {{source: src, target: t{i}, name: n{i}}}\n" for i in range(3))
+    assert "at most 2 folder pairs, got 3" in located(text, base, "folders", 2, 3)
+
+
 def test_an_unexpected_exception_becomes_a_config_error_naming_it(base, monkeypatch):
     import foldermirror.config as config
 

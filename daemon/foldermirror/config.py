@@ -32,6 +32,7 @@ MAX_DURATION = 366 * 86400.0   # also keeps every timeout far below threading.TI
 MAX_CONFIG_BYTES = 1 << 20
 MAX_DEPTH = 32
 MAX_NODES = 100_000
+MAX_FOLDERS = 1000    # every pair of folders is checked for overlap: 1000 take about a second
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -526,6 +527,8 @@ def _parse(loader: _Loader, file: str) -> Config:
     fnode = top["folders"][1]
     if not isinstance(fnode, yaml.SequenceNode) or not fnode.value:
         raise reader.error(fnode, "folders", "expected a non-empty list of folder pairs")
+    if len(fnode.value) > MAX_FOLDERS:
+        raise reader.error(fnode, "folders", f"at most {MAX_FOLDERS} folder pairs, got {len(fnode.value)}")
     folders = [_folder(reader, node, f"folders[{i}]", base) for i, node in enumerate(fnode.value)]
     _check_pairs(reader, folders, fnode.value)
     return Config(path=Path(os.path.abspath(file)), folders=tuple(f for f, _ in folders), **values)
@@ -614,7 +617,9 @@ def _resolve(raw: str, base: Path) -> Path:
 
 
 def _inside(inner: Path, outer: Path) -> bool:
-    return inner == outer or outer in inner.parents
+    # On strings: both are real absolute paths, and every pair of folders is compared.
+    i, o = str(inner), str(outer)
+    return i == o or i.startswith(o.rstrip("/") + "/")
 
 
 def _check_pairs(reader: _Reader, folders: list[tuple[FolderConfig, dict[str, tuple[yaml.Node, yaml.Node]]]],
