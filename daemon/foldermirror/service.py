@@ -627,8 +627,11 @@ class Service:
         self.notifier.reloading()
         try:
             new = load_config(self.config.path)
-        except ConfigError as exc:
-            self.log.error("config_invalid", config=str(self.config.path), error=str(exc),
+        except Exception as exc:
+            # load_config turns every bad file into a ConfigError; anything else is a bug in
+            # it, which must still not take the running daemon down.
+            error = str(exc) if isinstance(exc, ConfigError) else f"{self.config.path}: {exc!r}"
+            self.log.error("config_invalid", config=str(self.config.path), error=error,
                            action="kept the running configuration")
             self.notifier.ready(self._status_text())
             return
