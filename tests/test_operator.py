@@ -403,10 +403,10 @@ def test_console_format_on_a_tty_is_aligned_and_coloured():
 
 @pytest.mark.parametrize("top, message", [
     ("metrics: {listen: localhost}", "1:19: metrics.listen: expected host:port such as 127.0.0.1:9108"),
-    ("metrics: {listen: '127.0.0.1:70000'}", "metrics.listen: port must be between 0 and 65535, got 70000"),
+    ("metrics: {listen: '127.0.0.1:70000'}", "metrics.listen: port must be between 0 and 65535, got '70000'"),
     ("metrics: {listen: '::1:9108'}", "metrics.listen: write an IPv6 address in brackets"),
     ("metrics: {}", "metrics.listen: missing: give host:port"),
-    ("control_socket: /" + "s" * 120, "1:17: control_socket: /sss"),
+    ("control_socket: /" + "s" * 120, "1:17: control_socket: '/sss"),
     ("log: {trace: []}", ""),
 ])
 def test_operator_config_keys_are_validated(tmp_path, top, message):
