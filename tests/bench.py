@@ -374,7 +374,7 @@ count = [0]
 if mode == "watchdog":
     from watchdog.events import FileSystemEventHandler
     from watchdog.observers import Observer
-    from foldermirror.watcher import EVENT_FILTER
+    from foldermirror.pipeline.watcher import EVENT_FILTER
 
     class Count(FileSystemEventHandler):
         def dispatch(self, event):

@@ -26,11 +26,11 @@ import pytest
 import yaml
 
 from conftest import LOCK_NAME, TEMP_MARK, _children, pair, snapshot, wait_mirrored, wait_until, write_config
-from foldermirror import copier
+from foldermirror.pipeline import copier
 from foldermirror.config import parse_config
 from foldermirror.errors import ConfigError
-from foldermirror.pool import process_alive
-from foldermirror.reconcile import MASS_DELETE_MIN, WalkStats, hold_deletions
+from foldermirror.pipeline.pool import process_alive
+from foldermirror.catchup.compare import MASS_DELETE_MIN, WalkStats, hold_deletions
 
 MiB = 1 << 20
 IS_ROOT = os.geteuid() == 0

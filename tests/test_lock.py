@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from conftest import LOCK_NAME, REPO, _children, pair, wait_mirrored, wait_until, write_config
-from foldermirror import copier, targetlock
+from foldermirror import targetlock
+from foldermirror.pipeline import copier
 from foldermirror.errors import FoldermirrorError
 from foldermirror.paths import Excluder
-from foldermirror.reconcile import WalkStats, diff_tree
+from foldermirror.catchup.compare import WalkStats, diff_tree
 from foldermirror.targetlock import TargetLocked
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO / "daemon")}

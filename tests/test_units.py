@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from conftest import wait_until
-from foldermirror.changes import ChangeQueue
+from foldermirror.pipeline.changes import ChangeQueue
 from foldermirror.paths import Excluder, relative
 
 
@@ -229,7 +229,7 @@ def test_prune_forgets_paths_no_longer_hot_and_keeps_hot_ones(q, clock):
 # -- comparison ----------------------------------------------------------------------------
 def test_walk_counts_the_files_to_copy_apart_from_other_differences(tmp_path):
     """Catch-up progress counts up to `copies`: files and symlinks, not directories or extras."""
-    from foldermirror.reconcile import WalkStats, diff_tree
+    from foldermirror.catchup.compare import WalkStats, diff_tree
 
     src, dst = tmp_path / "src", tmp_path / "dst"
     (src / "a" / "b").mkdir(parents=True)
@@ -252,7 +252,7 @@ def test_walk_counts_the_files_to_copy_apart_from_other_differences(tmp_path):
 def test_directories_made_for_a_file_are_reported_before_it(tmp_path):
     """A file in new directories: each directory made on the way has its own outcome (and so
     its own file_mirrored line), once; the directories' own events later find them unchanged."""
-    from foldermirror import copier
+    from foldermirror.pipeline import copier
 
     src, dst = tmp_path / "src", tmp_path / "dst"
     (src / "a" / "b").mkdir(parents=True)
@@ -281,8 +281,8 @@ def test_directories_made_for_a_file_are_reported_before_it(tmp_path):
 def test_a_result_handler_that_raises_is_reported_and_frees_its_slot(tmp_path):
     """A bug in the result handler is logged (on_error), and its batch leaves the registry:
     left there, a few such batches would block every later submit."""
-    from foldermirror.changes import Item
-    from foldermirror.pool import WorkerPool
+    from foldermirror.pipeline.changes import Item
+    from foldermirror.pipeline.pool import WorkerPool
 
     src, dst = tmp_path / "src", tmp_path / "dst"
     src.mkdir()

@@ -11,7 +11,8 @@ import pwd
 import stat
 from dataclasses import dataclass
 
-from foldermirror import copier, faults
+from foldermirror import faults
+from foldermirror.pipeline import copier
 from foldermirror.config import Config, FolderConfig, under_private_tmp
 
 WATCHES_SYSCTL = "fs.inotify.max_user_watches"

@@ -141,8 +141,8 @@ def check(config: Config) -> int:
 
 def ask(config: Config, args: argparse.Namespace) -> int:
     """`status` and `rescan`: one request to the running daemon's control socket."""
-    from foldermirror import control
-    from foldermirror.status import render
+    from foldermirror.view import control
+    from foldermirror.view.status_report import render
 
     if args.command == "status":
         reply = control.ask_daemon(config, {"request": "status"})
@@ -169,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in ("status", "rescan"):
             return ask(config, args)
         if args.command == "sync" and args.dry_run:
-            from foldermirror import dryrun
+            from foldermirror.catchup import dryrun
 
             print(dryrun.render(dryrun.plan(config)))
             return EXIT_OK

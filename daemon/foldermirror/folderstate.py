@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from foldermirror import copier
+from foldermirror.pipeline import copier
 from foldermirror.config import FolderConfig
 from foldermirror.paths import Excluder
 

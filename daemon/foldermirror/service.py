@@ -22,22 +22,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from foldermirror import checks, targetlock
-from foldermirror.catchup import CatchUps
-from foldermirror.changes import ChangeQueue
+from foldermirror.catchup.tracking import CatchUps
+from foldermirror.pipeline.changes import ChangeQueue
 from foldermirror.config import DEFAULT_RESCAN, Config, FolderConfig, load_config
-from foldermirror.control import ControlServer
-from foldermirror.copier import _describe as copier_describe
+from foldermirror.view.control import ControlServer
+from foldermirror.pipeline.copier import _describe as copier_describe
 from foldermirror.errors import EXIT_FAILURE, EXIT_OK, ConfigError, FoldermirrorError, StartupError
 from foldermirror.folderstate import FolderState
 from foldermirror.logs import get_logger
 from foldermirror.notify import Notifier, watchdog_interval
-from foldermirror.operator_view import OperatorView
+from foldermirror.view.operator import OperatorView
 from foldermirror.paths import Excluder
-from foldermirror.pool import FolderSpec, WorkerPool, run_dispatcher
-from foldermirror.reconcile import Request
-from foldermirror.results import ResultRecorder
+from foldermirror.pipeline.pool import FolderSpec, WorkerPool, run_dispatcher
+from foldermirror.catchup.compare import Request
+from foldermirror.pipeline.results import ResultRecorder
 from foldermirror.targetlock import TargetLock, TargetLocked
-from foldermirror.watcher import Watcher, path_identity
+from foldermirror.pipeline.watcher import Watcher, path_identity
 
 TICK = 0.2                   # the main loop's pace while there is work; idle, it sleeps (see _next_wait)
 ROOT_CHECK_INTERVAL = 1.0    # a missing or suspect source root is looked at this often

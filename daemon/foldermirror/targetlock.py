@@ -19,7 +19,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from foldermirror.copier import LOCK_NAME, _alive, _describe
+from foldermirror.pipeline.copier import LOCK_NAME, _alive, _describe
 from foldermirror.errors import FoldermirrorError
 
 _OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC

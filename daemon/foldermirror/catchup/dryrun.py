@@ -15,9 +15,9 @@ import stat
 from dataclasses import dataclass, field
 
 from foldermirror.config import Config, FolderConfig
-from foldermirror.copier import RESERVED_REASON
+from foldermirror.pipeline.copier import RESERVED_REASON
 from foldermirror.paths import Excluder
-from foldermirror.reconcile import WalkStats, diff_tree
+from foldermirror.catchup.compare import WalkStats, diff_tree
 
 VERBS = ("copy", "replace", "update", "conflict", "delete", "keep", "skip")
 _MEANING = {

@@ -13,13 +13,14 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from foldermirror import copier, memory
-from foldermirror.changes import ChangeQueue
+from foldermirror import memory
+from foldermirror.pipeline import copier
+from foldermirror.pipeline.changes import ChangeQueue
 from foldermirror.config import FolderConfig
 from foldermirror.folderstate import CatchUp, FolderState
-from foldermirror.pool import process_alive
-from foldermirror.reconcile import Reconciler, Request, WalkStats, covers, diff_tree, hold_deletions
-from foldermirror.stats import FolderStats
+from foldermirror.pipeline.pool import process_alive
+from foldermirror.catchup.compare import Reconciler, Request, WalkStats, covers, diff_tree, hold_deletions
+from foldermirror.view.folder_stats import FolderStats
 
 SYNC_FIXES = {
     "reconcile_failed": "check that the source and target folders are readable by the service user, then run "

@@ -23,8 +23,8 @@ from multiprocessing import forkserver, resource_tracker
 from multiprocessing.connection import wait
 from typing import Any, Callable
 
-from foldermirror import copier
-from foldermirror.changes import ChangeQueue, Item
+from foldermirror.pipeline import copier
+from foldermirror.pipeline.changes import ChangeQueue, Item
 
 BATCH_MAX = 64
 RETIRED_DRAIN = 0.2  # a retired generation's collector leaves after this long without a message
@@ -83,7 +83,7 @@ class WorkerPool:
         self._ctx = multiprocessing.get_context("forkserver")
         # Workers are forked from the fork server with the copier and the Pool's own modules
         # already imported: pages shared with the fork server, not imported again per worker.
-        self._ctx.set_forkserver_preload(["foldermirror.copier", "multiprocessing.pool", "multiprocessing.queues"])
+        self._ctx.set_forkserver_preload(["foldermirror.pipeline.copier", "multiprocessing.pool", "multiprocessing.queues"])
         self._lock = threading.Condition()
         self._tasks: dict[int, _Task] = {}
         self._next_task = 0

@@ -12,13 +12,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from foldermirror import copier
-from foldermirror.changes import ChangeQueue, Item
+from foldermirror.pipeline import copier
+from foldermirror.pipeline.changes import ChangeQueue, Item
 from foldermirror.errors import PERMANENT_ERRNOS, error_kind, fix_for
 from foldermirror.folderstate import FolderState
 from foldermirror.logs import Repeats, batch
-from foldermirror.pool import Result
-from foldermirror.reconcile import Request
+from foldermirror.pipeline.pool import Result
+from foldermirror.catchup.compare import Request
 
 RETRY_MAX_DELAY = 300.0
 

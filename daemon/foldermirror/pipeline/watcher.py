@@ -33,7 +33,7 @@ from watchdog.observers.api import ObservedWatch
 
 from foldermirror import faults
 from foldermirror.config import FolderConfig
-from foldermirror.copier import LOCK_NAME, is_reserved
+from foldermirror.pipeline.copier import LOCK_NAME, is_reserved
 from foldermirror.paths import Excluder, relative
 
 # Never IN_OPEN or IN_CLOSE_NOWRITE: watchdog's own directory walks would flood the

@@ -14,14 +14,14 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from foldermirror import copier
-from foldermirror.changes import ChangeQueue
+from foldermirror.pipeline import copier
+from foldermirror.pipeline.changes import ChangeQueue
 from foldermirror.config import Config
-from foldermirror.control import ControlError, ControlServer, socket_paths
+from foldermirror.view.control import ControlError, ControlServer, socket_paths
 from foldermirror.folderstate import FolderState
 from foldermirror.logs import Repeats, Tracer
-from foldermirror.stats import FolderStats
-from foldermirror.status import snapshot
+from foldermirror.view.folder_stats import FolderStats
+from foldermirror.view.status_report import snapshot
 
 
 class OperatorView:
@@ -73,7 +73,7 @@ class OperatorView:
             self.log.info("control_socket_listening", path=str(control.path),
                           **({"skipped": skipped} if skipped else {}))
         if config.metrics is not None:
-            from foldermirror.metrics import Metrics
+            from foldermirror.view.metrics import Metrics
 
             metrics = Metrics(service)
             try:

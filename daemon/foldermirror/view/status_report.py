@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from foldermirror import __version__
-from foldermirror.stats import FolderStats
+from foldermirror.view.folder_stats import FolderStats
 
 STATES = ("in_sync", "catching_up", "degraded")
 MAX_WATCHES_FILE = "/proc/sys/fs/inotify/max_user_watches"
