@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from conftest import LOCK_NAME, TEMP_MARK, _children, pair, snapshot, wait_mirrored, wait_until, write_config
-from foldermirror.pipeline import copier
+from foldermirror import tempnames
 from foldermirror.config import parse_config
 from foldermirror.errors import ConfigError
 from foldermirror.pipeline.pool import process_alive
@@ -456,7 +456,7 @@ def test_full_target_disk_retries_with_backoff_and_catches_up(tmp_path, daemon_f
         assert [r["retry_in_s"] for r in attempts[:3]] == [1.0, 2.0, 4.0], attempts
         # No partial file under a real name, no temp file left by a failed copy.
         for name in os.listdir(dst):
-            assert TEMP_MARK not in name or process_alive(copier.temp_owner(name)[1]), name
+            assert TEMP_MARK not in name or process_alive(tempnames.temp_owner(name)[1]), name
             if TEMP_MARK not in name and name != LOCK_NAME:
                 assert (dst / name).read_bytes() == files[name], f"{name} is partial"
         filler.unlink()
@@ -621,7 +621,7 @@ def test_hostile_names_are_mirrored_exactly_and_logged_as_one_record(tmp_path, d
     got = set(os.listdir(os.fsencode(dst)))
     assert set(names) <= got, set(names) - got
     # The temp file name never grows with the file's name.
-    assert len(copier.temp_name("ffffffff")) < 64
+    assert len(tempnames.temp_name("ffffffff")) < 64
     # Logs: one JSON record per line, the names escaped, nothing forged.
     for name in names:
         d.wait_for("file_mirrored", path=os.fsdecode(name))

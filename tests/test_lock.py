@@ -13,8 +13,11 @@ from pathlib import Path
 import pytest
 
 from conftest import LOCK_NAME, REPO, _children, pair, wait_mirrored, wait_until, write_config
-from foldermirror import targetlock
-from foldermirror.pipeline import copier
+from foldermirror import targetlock, tempnames
+from foldermirror.pipeline.copier import Mirror, SourceTree
+from foldermirror.pipeline.records import Outcome, Status
+from foldermirror.pipeline.targets import LocalTarget
+from foldermirror.tempnames import RESERVED_REASON, is_reserved, temp_name
 from foldermirror.errors import FoldermirrorError
 from foldermirror.paths import Excluder
 from foldermirror.catchup.compare import WalkStats, diff_tree
@@ -59,7 +62,7 @@ def lock_fd_holders(pid: int, lock: Path) -> list[int]:
 
 @pytest.mark.timeout(10)
 def test_the_lock_conflicts_with_a_second_open_file_description_and_names_its_holder(tmp_path):
-    assert LOCK_NAME == copier.LOCK_NAME
+    assert LOCK_NAME == tempnames.LOCK_NAME  # the tests' own copy of the name
     lock = targetlock.acquire(str(tmp_path), "/etc/foldermirror/a.yaml")
     assert lock.path == str(tmp_path / LOCK_NAME) and lock.intact()
     assert holder(tmp_path) == {"pid": os.getpid(), "config": "/etc/foldermirror/a.yaml"}
@@ -164,8 +167,8 @@ def test_comparisons_never_delete_or_count_the_lock_file(tmp_path):
     diffs = {d.path: d.reason for d in diff_tree(str(src), str(dst), Excluder(()), True, "i")}
     assert diffs[LOCK_NAME] == "reserved" and diffs[f"sub/{LOCK_NAME}"] == "reserved", diffs
     assert Excluder(())(LOCK_NAME) and Excluder(())(f"sub/{LOCK_NAME}")  # no event reaches a worker
-    assert copier.is_reserved(LOCK_NAME) and copier.is_reserved(copier.temp_name("abc"))
-    assert not copier.is_reserved(LOCK_NAME + ".bak") and not copier.is_reserved("foldermirror.lock")
+    assert is_reserved(LOCK_NAME) and is_reserved(temp_name("abc"))
+    assert not is_reserved(LOCK_NAME + ".bak") and not is_reserved("foldermirror.lock")
 
 
 @pytest.mark.timeout(10)
@@ -176,25 +179,25 @@ def test_a_worker_never_replaces_deletes_or_moves_the_lock_file(tmp_path):
     (dst / LOCK_NAME).write_text("ours")
     sroot = os.open(src, os.O_RDONLY | os.O_DIRECTORY)
     troot = os.open(dst, os.O_RDONLY | os.O_DIRECTORY)
-    m = copier._Mirror(sroot, troot, True, False, "i")
+    os.close(troot)
+    m = Mirror(SourceTree(sroot), LocalTarget(str(dst), delete=True, durable=False, instance="i"), delete=True)
     try:
         # source has no such file and delete is on: a plain sync would delete the target's
-        assert copier.mirror_path(m, LOCK_NAME, None)[-1][1:2] == ("skipped",)
+        assert m.mirror(LOCK_NAME, None)[-1][1:2] == ("skipped",)
         (src / LOCK_NAME).write_text("theirs")
-        out = copier.mirror_path(m, LOCK_NAME, None)
-        assert out == [(LOCK_NAME, "skipped", "file", 0, copier.RESERVED_REASON, 0)]
+        out = m.mirror(LOCK_NAME, None)
+        assert out == [Outcome(LOCK_NAME, Status.SKIPPED, "file", 0, RESERVED_REASON)]
         # a rename replayed onto or away from the name moves nothing over or out of it
         (src / "renamed").write_text("r")
-        out = copier.mirror_path(m, "renamed", LOCK_NAME)
+        out = m.mirror("renamed", LOCK_NAME)
         assert [o[1] for o in out] == ["skipped", "copied"], out
         os.rename(src / "renamed", src / "x")
         (dst / "x").write_text("old mirror of x")
-        copier.mirror_path(m, LOCK_NAME, "x")
+        m.mirror(LOCK_NAME, "x")
         assert (dst / LOCK_NAME).read_text() == "ours"
     finally:
-        m.close()
-        os.close(sroot)
-        os.close(troot)
+        m.source.close()
+        m.target.close()
     assert (dst / LOCK_NAME).read_text() == "ours"
 
 
@@ -384,7 +387,7 @@ def test_a_source_file_with_the_reserved_name_is_skipped_with_a_warning(tmp_path
     d = daemon_factory(cfg)
     d.wait_ready()
     skipped = d.wait_for("file_skipped", path=LOCK_NAME)[0]
-    assert skipped["error"] == copier.RESERVED_REASON and "rename" in skipped["fix"], skipped
+    assert skipped["error"] == RESERVED_REASON and "rename" in skipped["fix"], skipped
     wait_mirrored(src, dst)  # the oracle leaves the reserved name out on both sides
     assert holder(dst)["pid"] == d.proc.pid
     (src / LOCK_NAME).write_text("rewritten: still not copied")
@@ -395,7 +398,7 @@ def test_a_source_file_with_the_reserved_name_is_skipped_with_a_warning(tmp_path
     assert d.stop() == 0
     (src / LOCK_NAME).write_text("back")
     r = fm("sync", "--dry-run", "--config", str(cfg))
-    assert f"skip  {LOCK_NAME}  (file, {copier.RESERVED_REASON})" in r.stdout, r.stdout
+    assert f"skip  {LOCK_NAME}  (file, {RESERVED_REASON})" in r.stdout, r.stdout
 
 
 @pytest.mark.timeout(90)

@@ -252,28 +252,28 @@ def test_walk_counts_the_files_to_copy_apart_from_other_differences(tmp_path):
 def test_directories_made_for_a_file_are_reported_before_it(tmp_path):
     """A file in new directories: each directory made on the way has its own outcome (and so
     its own file_mirrored line), once; the directories' own events later find them unchanged."""
-    from foldermirror.pipeline import copier
+    from foldermirror.pipeline.copier import Mirror
+    from foldermirror.pipeline.records import FolderSpec
+    from foldermirror.pipeline.worker import open_folder
 
     src, dst = tmp_path / "src", tmp_path / "dst"
     (src / "a" / "b").mkdir(parents=True)
     os.chmod(src / "a", 0o750)
     (src / "a" / "b" / "c.txt").write_text("deep")
     dst.mkdir()
-    roots = copier.open_roots(str(src), str(dst), "a/b/c.txt", None)
-    assert isinstance(roots, tuple), roots
-    m = copier._Mirror(roots[0], roots[1], delete=False, durable=False, instance="t")
+    m = open_folder(FolderSpec(str(src), str(dst), False, False, None), "a/b/c.txt")
+    assert isinstance(m, Mirror), m
     try:
-        first = copier.mirror_path(m, "a/b/c.txt", None)
+        first = m.mirror("a/b/c.txt", None)
         assert [o[:3] for o in first] == [("a", "copied", "dir"), ("a/b", "copied", "dir"),
                                          ("a/b/c.txt", "copied", "file")], first
         assert os.stat(dst / "a").st_mode & 0o777 == 0o750
-        again = [copier.mirror_path(m, p, None) for p in ("a", "a/b", "a/b/c.txt")]
+        again = [m.mirror(p, None) for p in ("a", "a/b", "a/b/c.txt")]
         assert [[o[:2] for o in outs] for outs in again] == [[("a", "unchanged")], [("a/b", "unchanged")],
                                                              [("a/b/c.txt", "unchanged")]], again
     finally:
-        m.close()
-        os.close(roots[0])
-        os.close(roots[1])
+        m.source.close()
+        m.target.close()
 
 
 # -- pool ----------------------------------------------------------------------------------------
@@ -283,6 +283,7 @@ def test_a_result_handler_that_raises_is_reported_and_frees_its_slot(tmp_path):
     left there, a few such batches would block every later submit."""
     from foldermirror.pipeline.changes import Item
     from foldermirror.pipeline.pool import WorkerPool
+    from foldermirror.pipeline.records import FolderSpec, WorkItem
 
     src, dst = tmp_path / "src", tmp_path / "dst"
     src.mkdir()
@@ -294,11 +295,13 @@ def test_a_result_handler_that_raises_is_reported_and_frees_its_slot(tmp_path):
         handled.set()
         raise RuntimeError("a bug in the handler")
 
-    pool = WorkerPool(1, on_results, lambda folder: (str(src), str(dst), False, False, None, 0),
-                      lambda pids, n: None, "t", on_error=lambda where, exc: errors.append((where, exc)))
+    pool = WorkerPool(1, on_results=on_results, on_worker_lost=lambda pids, n: None, instance="t",
+                      on_error=lambda where, exc: errors.append((where, exc)))
+    spec = FolderSpec(str(src), str(dst), False, False, None)
     try:
         for _ in range(pool._max_tasks + 1):  # more than the slots: the last submit blocks if slots leak
-            pool.submit([Item(folder="f", path="a.txt", origin=None, first_seen=0.0, walk=False, epoch=0)])
+            pool.submit([Item(folder="f", path="a.txt", origin=None, first_seen=0.0, walk=False, epoch=0)],
+                        [WorkItem(0, spec, "a.txt")])
         wait_until(lambda: pool.in_flight() == 0 and not pool._tasks, 30,
                    lambda: f"tasks still registered: {len(pool._tasks)}")
         assert handled.is_set() and errors and errors[0][0] == "result collector", errors

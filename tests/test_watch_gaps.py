@@ -18,7 +18,7 @@ import pytest
 
 from conftest import REPO, pair, wait_mirrored, wait_until, write_config
 from foldermirror import targetlock
-from foldermirror.pipeline.copier import LOCK_NAME
+from foldermirror.tempnames import LOCK_NAME
 from foldermirror.targetlock import TargetLocked
 
 IS_ROOT = os.geteuid() == 0

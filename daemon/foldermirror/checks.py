@@ -12,7 +12,8 @@ import stat
 from dataclasses import dataclass
 
 from foldermirror import faults
-from foldermirror.pipeline import copier
+from foldermirror.pipeline.copier import describe
+from foldermirror.tempnames import temp_name
 from foldermirror.config import Config, FolderConfig, under_private_tmp
 
 WATCHES_SYSCTL = "fs.inotify.max_user_watches"
@@ -29,7 +30,7 @@ def user_label() -> str:
 
 
 def _why(exc: OSError) -> str:
-    return copier._describe(exc)
+    return describe(exc)
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,7 @@ def _probe_write(directory: str, instance: str, label: str, user: str) -> str | 
     """Create and remove a temp file in `directory`; None when both worked, else what failed."""
     # A real write, not os.access(): that misses read-only mounts (ProtectSystem=strict
     # without ReadWritePaths=) and is always true for root.
-    probe = os.path.join(directory, copier.temp_name(instance))
+    probe = os.path.join(directory, temp_name(instance))
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError as exc:

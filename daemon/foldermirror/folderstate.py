@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from foldermirror.pipeline import copier
+from foldermirror.pipeline.folder_stats import Tally
+from foldermirror.pipeline.records import RootId
 from foldermirror.config import FolderConfig
 from foldermirror.paths import Excluder
 
@@ -19,12 +20,10 @@ class CatchUp:
 
     reason: str
     started: float
+    start: Tally          # the folder's counts when it began: what it did is the difference
     walk_done: bool = False
     differences: int = 0
     to_copy: int = 0      # of those, files and symlinks (what `files` counts up to)
-    files: int = 0        # files and symlinks mirrored (directories are not counted)
-    bytes: int = 0
-    failed: int = 0
 
 
 @dataclass
@@ -33,8 +32,8 @@ class FolderState:
     excluder: Excluder
     catch_up: CatchUp | None = None
     missing: bool = False
-    root_id: copier.RootId | None = None  # the source root being watched: (st_dev, st_ino)
-    target_id: copier.RootId | None = None  # the target root as made or found at admission
+    root_id: RootId | None = None  # the source root being watched: (st_dev, st_ino)
+    target_id: RootId | None = None  # the target root as made or found at admission
     target_lost: bool = False               # reported gone; it could not be made again yet
     suspect: bool = False                 # a worker found the root gone or replaced
     rewatch_at: float = 0.0               # rebuild the watches then (0: no need)

@@ -6,7 +6,7 @@ import fnmatch
 import os
 import re
 
-from foldermirror.pipeline.copier import is_reserved
+from foldermirror.tempnames import is_reserved
 
 
 def relative(root: str, path: str) -> str | None:

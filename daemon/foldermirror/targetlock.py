@@ -4,7 +4,7 @@
 file description: it dies with its holder however that ends (exit, crash, SIGKILL), so a
 lock file left behind is never stale and is never removed. The file says who holds it
 (one JSON line: pid and config path), written once the lock is taken; its name is
-reserved (copier.LOCK_NAME): comparisons, workers and dry runs never treat it as data.
+reserved (tempnames.LOCK_NAME): comparisons, workers and dry runs never treat it as data.
 
 The fd is O_CLOEXEC, and the pool's workers come from a fork server started by exec, so
 no child holds a copy of the lock (a forked holder would keep it alive after we exit).
@@ -19,7 +19,9 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from foldermirror.pipeline.copier import LOCK_NAME, _alive, _describe
+from foldermirror.pipeline.copier import describe as _describe
+from foldermirror.pipeline.worker import pid_alive as _alive
+from foldermirror.tempnames import LOCK_NAME
 from foldermirror.errors import FoldermirrorError
 
 _OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC

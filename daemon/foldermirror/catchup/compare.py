@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass
 from typing import Callable, Iterator, NamedTuple
 
-from foldermirror.pipeline.copier import LOCK_NAME, is_reserved, is_temp_name, temp_owner
+from foldermirror.tempnames import LOCK_NAME, is_reserved, is_temp_name, temp_owner
 from foldermirror.paths import Excluder
 
 

@@ -15,7 +15,7 @@ import stat
 from dataclasses import dataclass, field
 
 from foldermirror.config import Config, FolderConfig
-from foldermirror.pipeline.copier import RESERVED_REASON
+from foldermirror.tempnames import RESERVED_REASON
 from foldermirror.paths import Excluder
 from foldermirror.catchup.compare import WalkStats, diff_tree
 

@@ -14,13 +14,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from foldermirror import memory
-from foldermirror.pipeline import copier
+from foldermirror.pipeline.copier import describe
 from foldermirror.pipeline.changes import ChangeQueue
 from foldermirror.config import FolderConfig
 from foldermirror.folderstate import CatchUp, FolderState
 from foldermirror.pipeline.pool import process_alive
 from foldermirror.catchup.compare import Reconciler, Request, WalkStats, covers, diff_tree, hold_deletions
-from foldermirror.view.folder_stats import FolderStats
+from foldermirror.pipeline.folder_stats import FolderStats, Tally
 
 SYNC_FIXES = {
     "reconcile_failed": "check that the source and target folders are readable by the service user, then run "
@@ -49,6 +49,13 @@ class CatchUps:
         self.reconciler = Reconciler(self._walk)
         self._release_memory = False
 
+    def _new(self, name: str, reason: str) -> CatchUp:
+        return CatchUp(reason, time.monotonic(), self.folder_stats(name).tally())
+
+    def done(self, name: str, c: CatchUp) -> Tally:
+        """What the folder mirrored, deleted and failed since catch-up `c` began."""
+        return self.folder_stats(name).tally().since(c.start)
+
     def active(self) -> bool:
         """A catch-up is running in some folder."""
         return any(s.catch_up is not None for s in self.folders.values())
@@ -56,8 +63,8 @@ class CatchUps:
     def begin(self, reason: str) -> None:
         """Every folder counts as catching up from now on, before its walk is requested."""
         with self._lock:
-            for state in self.folders.values():
-                state.catch_up = state.catch_up or CatchUp(reason, time.monotonic())
+            for name, state in self.folders.items():
+                state.catch_up = state.catch_up or self._new(name, reason)
 
     def request(self, name: str, reason: str) -> None:
         """Compare the folder with its target (again, if a catch-up is running: it goes on)."""
@@ -66,7 +73,7 @@ class CatchUps:
             if state is None:
                 return
             if state.catch_up is None:
-                state.catch_up = CatchUp(reason, time.monotonic())
+                state.catch_up = self._new(name, reason)
             else:
                 state.catch_up.walk_done = False
         self.reconciler.request(Request(name, "", reason, ready=True))
@@ -95,7 +102,7 @@ class CatchUps:
                 self.changes.wait_for_room()
                 self.changes.touch(f.name, path, settle=f.settle, ready=req.ready)
         except OSError as exc:
-            self.log.error("reconcile_failed", folder=f.name, path=req.sub, error=copier._describe(exc),
+            self.log.error("reconcile_failed", folder=f.name, path=req.sub, error=describe(exc),
                            **self._sync_fix("reconcile_failed"))
         except Exception as exc:  # noqa: BLE001 - a bug here must not stop later walks
             self.log.error("reconcile_failed", folder=f.name, path=req.sub, error=repr(exc),
@@ -145,8 +152,9 @@ class CatchUps:
                 continue
             with self._lock:
                 state.catch_up = None
-            self.log.info("sync_finished", folder=name, reason=c.reason, files=c.files, bytes=c.bytes,
-                          failed=c.failed, differences=c.differences, seconds=round(now - c.started, 3))
+            done = self.done(name, c)
+            self.log.info("sync_finished", folder=name, reason=c.reason, files=done.files, bytes=done.bytes,
+                          failed=done.failed, differences=c.differences, seconds=round(now - c.started, 3))
             self._release_memory = self._release_memory or c.differences >= RELEASE_AFTER
         if self._release_memory and not self.active():
             self._release_memory = False
@@ -160,10 +168,11 @@ class CatchUps:
             return None
         name, c = catching[0]
         assert c is not None
+        files = self.done(name, c).files
         if not c.walk_done:
-            return f"catching up {name}: {c.files:,} files copied, still comparing"
-        total = max(c.to_copy, c.files)  # live changes during the catch-up count too
-        return f"catching up {name}: {c.files:,}/{total:,} files"
+            return f"catching up {name}: {files:,} files copied, still comparing"
+        total = max(c.to_copy, files)  # live changes during the catch-up count too
+        return f"catching up {name}: {files:,}/{total:,} files"
 
     def report(self, tty: bool) -> None:
         """One `sync_progress` line per running catch-up (on a terminal: a progress line instead)."""
@@ -172,9 +181,10 @@ class CatchUps:
             if c is None:
                 continue
             pending, in_flight = self.changes.counts(name)
+            done = self.done(name, c)
             if tty:
-                sys.stderr.write(f"\r{name}: {c.files} copied, {pending + in_flight} to go{' ' * 10}")
+                sys.stderr.write(f"\r{name}: {done.files} copied, {pending + in_flight} to go{' ' * 10}")
                 sys.stderr.flush()
             else:
-                self.log.info("sync_progress", folder=name, files=c.files, bytes=c.bytes,
+                self.log.info("sync_progress", folder=name, files=done.files, bytes=done.bytes,
                               pending=pending, in_flight=in_flight, walk_done=c.walk_done)

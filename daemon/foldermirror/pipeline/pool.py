@@ -21,17 +21,23 @@ import time
 from dataclasses import dataclass, field
 from multiprocessing import forkserver, resource_tracker
 from multiprocessing.connection import wait
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
-from foldermirror.pipeline import copier
-from foldermirror.pipeline.changes import ChangeQueue, Item
+from foldermirror.pipeline import worker
+from foldermirror.pipeline.changes import Item
+from foldermirror.pipeline.records import BatchResults, Hello, Outcome, WorkItem
 
-BATCH_MAX = 64
 RETIRED_DRAIN = 0.2  # a retired generation's collector leaves after this long without a message
-# source, target, delete, durable, root id, epoch (see ChangeQueue.forget)
-FolderSpec = tuple[str, str, bool, bool, "copier.RootId | None", int]
-# (item, its outcomes, duration in ms): the results of one message from one worker
-Result = tuple[Item, list[copier.Outcome], float]
+
+
+class Result(NamedTuple):
+    """What became of one queue item, as one worker message told it."""
+
+    item: Item
+    outcomes: list[Outcome]
+    duration_ms: float
+
+
 ResultHandler = Callable[[list[Result], int], None]
 
 
@@ -39,9 +45,8 @@ ResultHandler = Callable[[list[Result], int], None]
 class _Task:
     task_id: int
     items: list[Item]
+    work: list[WorkItem]           # work[i] is items[i]
     generation: int
-    submitted: float
-    pid: int | None = None
     reported: set[int] = field(default_factory=set)
 
 
@@ -67,23 +72,22 @@ class _Generation:
 class WorkerPool:
     """A persistent multiprocessing.Pool that never loses a submitted item."""
 
-    def __init__(self, size: int, on_results: ResultHandler, spec: Callable[[str], FolderSpec | None],
-                 on_worker_lost: Callable[[list[int], int], None], instance: str,
-                 wake: Callable[[], None] = lambda: None,
+    def __init__(self, size: int, *, on_results: ResultHandler, on_worker_lost: Callable[[list[int], int], None],
+                 instance: str, wake: Callable[[], None] = lambda: None,
                  on_error: Callable[[str, BaseException], None] = lambda where, exc: None) -> None:
         """`wake` is called (from a thread of the pool's) when a worker exits: then call supervise().
         `on_error(where, exc)` hears of a bug the pool survived (its work is not lost)."""
         self.size = size
         self._on_results = on_results
         self._on_error = on_error
-        self._spec = spec
         self._on_worker_lost = on_worker_lost
         self._wake = wake
         self._instance = instance
         self._ctx = multiprocessing.get_context("forkserver")
-        # Workers are forked from the fork server with the copier and the Pool's own modules
+        # Workers are forked from the fork server with their code and the Pool's own modules
         # already imported: pages shared with the fork server, not imported again per worker.
-        self._ctx.set_forkserver_preload(["foldermirror.pipeline.copier", "multiprocessing.pool", "multiprocessing.queues"])
+        self._ctx.set_forkserver_preload(["foldermirror.pipeline.worker", "multiprocessing.pool",
+                                          "multiprocessing.queues"])
         self._lock = threading.Condition()
         self._tasks: dict[int, _Task] = {}
         self._next_task = 0
@@ -101,7 +105,7 @@ class WorkerPool:
     # -- generations -----------------------------------------------------------
     def _start_generation(self, number: int) -> _Generation:
         results = self._ctx.Queue()
-        pool = self._ctx.Pool(self.size, initializer=copier.init_worker, initargs=(results, self._instance, os.getpid()))
+        pool = self._ctx.Pool(self.size, initializer=worker.init_worker, initargs=(results, self._instance, os.getpid()))
         gen = _Generation(number=number, pool=pool, results=results)
         gen.collector = threading.Thread(target=self._collect, args=(gen,), name=f"results-{number}", daemon=True)
         gen.collector.start()
@@ -125,7 +129,7 @@ class WorkerPool:
         finally:
             os.close(gen.wake[0])
 
-    def _next_message(self, gen: _Generation) -> tuple[Any, ...] | None:
+    def _next_message(self, gen: _Generation) -> Hello | BatchResults | None:
         """The next message; None when woken by retirement. Raises queue.Empty once a
         retired generation has been quiet for RETIRED_DRAIN (its late results were taken)."""
         if gen.retired:
@@ -135,78 +139,50 @@ class WorkerPool:
             return None
         return gen.results.get()
 
-    def _handle(self, gen: _Generation, msg: tuple[Any, ...]) -> None:
-        kind = msg[0]
-        if kind == "hello":
+    def _handle(self, gen: _Generation, msg: Hello | BatchResults) -> None:
+        if isinstance(msg, Hello):
             with self._lock:
-                gen.pids.add(msg[1])
+                gen.pids.add(msg.pid)
             _poke(self._monitor_wake[1])
             return
-        if kind == "start":
-            _, _, task_id, pid = msg
-            with self._lock:
-                task = self._tasks.get(task_id)
-                if task is not None:
-                    task.pid = pid
-            return
-        _, _, task_id, results, pid = msg
         fresh: list[Result] = []
         with self._lock:
-            task = self._tasks.get(task_id)
+            task = self._tasks.get(msg.task_id)
             if task is None:
                 return
-            for index, outcomes, duration_ns in results:
-                if index not in task.reported:  # else a duplicate from a retired generation
-                    task.reported.add(index)
-                    fresh.append((task.items[index], outcomes, duration_ns / 1e6))
+            for r in msg.results:
+                if r.index not in task.reported:  # else a duplicate from a retired generation
+                    task.reported.add(r.index)
+                    fresh.append(Result(task.items[r.index], r.outcomes, r.duration_ns / 1e6))
         try:
             # Logged before the task leaves the registry, so stop() never outruns a result.
             if fresh:
-                self._on_results(fresh, pid)
+                self._on_results(fresh, msg.pid)
         finally:  # a handler that raised must not leave the task holding a slot for good
             with self._lock:
-                if len(task.reported) == len(task.items) and self._tasks.get(task_id) is task:
-                    del self._tasks[task_id]
+                if len(task.reported) == len(task.items) and self._tasks.get(msg.task_id) is task:
+                    del self._tasks[msg.task_id]
                     self._lock.notify_all()
 
     # -- submission ------------------------------------------------------------
-    def submit(self, items: list[Item]) -> None:
-        """Hand a batch to the workers; blocks while enough work is already in flight."""
+    def submit(self, items: list[Item], work: list[WorkItem]) -> None:
+        """Hand a batch to the workers (work[i] is items[i], with index i); blocks while
+        enough work is already in flight."""
         with self._lock:
             while len(self._tasks) >= self._max_tasks and not self._stopping:
                 self._lock.wait(0.5)
-            task = _Task(self._next_task, items, self._gen.number, time.monotonic())
+            task = _Task(self._next_task, items, work, self._gen.number)
             self._next_task += 1
             self._tasks[task.task_id] = task
-            self._send(task, range(len(items)))
+            self._send(task, work)
 
-    def _send(self, task: _Task, indexes: Any) -> None:
-        work: list[copier.WorkItem] = []
-        dropped: list[Result] = []
-        specs: dict[str, FolderSpec | None] = {}
-        for i in indexes:
-            item = task.items[i]
-            if item.folder not in specs:
-                specs[item.folder] = self._spec(item.folder)
-            spec = specs[item.folder]
-            if spec is None:  # the folder was removed by a reload
-                task.reported.add(i)
-                dropped.append((item, [], 0.0))
-                continue
-            source, target, delete, durable, root_id, epoch = spec
-            if item.epoch != epoch:  # seen before the folder's root or config changed
-                task.reported.add(i)
-                dropped.append((item, [(item.path, "stale", "unknown", 0, "", 0)], 0.0))
-                continue
-            work.append((i, source, target, item.path, item.origin, delete, durable, root_id, item.busy))
-        if dropped:
-            self._on_results(dropped, 0)
-        if not work:
-            self._tasks.pop(task.task_id, None)
-            return
+    def _send(self, task: _Task, work: list[WorkItem]) -> None:
         task.generation = self._gen.number
-        self._gen.pool.apply_async(copier.run_batch, (self._gen.number, task.task_id, work),
+        self._gen.pool.apply_async(worker.run_batch, (self._gen.number, task.task_id, work),
                                    error_callback=lambda exc, t=task: self._failed_task(t, exc))
+
+    def _unreported(self, task: _Task) -> list[WorkItem]:
+        return [w for w in task.work if w.index not in task.reported]
 
     def _report_error(self, where: str, exc: BaseException) -> None:
         try:
@@ -219,7 +195,7 @@ class WorkerPool:
         self._report_error("worker batch", exc)
         with self._lock:
             if task.task_id in self._tasks and not self._stopping:
-                self._send(task, [i for i in range(len(task.items)) if i not in task.reported])
+                self._send(task, self._unreported(task))
 
     # -- health ----------------------------------------------------------------
     def supervise(self) -> None:
@@ -235,7 +211,7 @@ class WorkerPool:
             _poke(self._monitor_wake[1])
             lost = list(self._tasks.values())
             for task in lost:
-                self._send(task, [i for i in range(len(task.items)) if i not in task.reported])
+                self._send(task, self._unreported(task))
             resubmitted = sum(len(t.items) - len(t.reported) for t in lost)
         _retire(gen)
         self._on_worker_lost(dead, resubmitted)
@@ -292,10 +268,6 @@ class WorkerPool:
         with self._lock:
             return sum(len(t.items) - len(t.reported) for t in self._tasks.values())
 
-    def worker_pids(self) -> set[int]:
-        with self._lock:
-            return set(self._gen.pids)
-
     # -- shutdown --------------------------------------------------------------
     def stop(self, grace: float) -> int:
         """Let in-flight work finish for up to `grace` seconds, then stop the workers.
@@ -317,14 +289,6 @@ class WorkerPool:
         _retire(gen)
         _stop_helpers(5.0)
         return abandoned
-
-
-def run_dispatcher(changes: ChangeQueue, pool: WorkerPool, running: Callable[[], bool]) -> None:
-    """Thread body: move ready batches from the ChangeQueue to the Pool."""
-    while running():
-        items = changes.take(BATCH_MAX, timeout=None, spread=pool.size)  # close() wakes it to stop
-        if items:
-            pool.submit(items)
 
 
 def process_alive(pid: int) -> bool:

@@ -1,56 +1,50 @@
-"""Worker outcomes → log lines, counters and retries (run on the pool's result collector thread).
+"""Worker outcomes → log lines, counts and retries (run on the pool's result collector thread).
 
 `ResultRecorder.on_results` is the pool's results callback: one `file_mirrored`,
-`file_deleted`, `mirror_failed`… line per outcome, the service's counters and the running
-catch-ups updated, failed paths queued again with a backoff (unless permanent or `sync`).
+`file_deleted`, `mirror_failed`… line per outcome, the folder's FolderStats fed, failed
+paths queued again with a backoff (unless permanent or `sync`).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from foldermirror.pipeline import copier
-from foldermirror.pipeline.changes import ChangeQueue, Item
+from foldermirror.catchup.compare import Request
 from foldermirror.errors import PERMANENT_ERRNOS, error_kind, fix_for
 from foldermirror.folderstate import FolderState
 from foldermirror.logs import Repeats, batch
+from foldermirror.pipeline.changes import ChangeQueue
+from foldermirror.pipeline.folder_stats import FolderStats
 from foldermirror.pipeline.pool import Result
-from foldermirror.catchup.compare import Request
+from foldermirror.pipeline.records import Outcome, Status
+from foldermirror.tempnames import LOCK_NAME, is_reserved
 
 RETRY_MAX_DELAY = 300.0
 
-# What the operator's view is told of each outcome: folder, path, status, kind, bytes, error, errno, latency_ms.
-Observe = Callable[[str, str, str, str, int, str, int, float], None]
-
-
-@dataclass
-class Counters:
-    mirrored: int = 0
-    bytes: int = 0
-    deleted: int = 0
-    failed: int = 0
-    overflows: int = 0
+# What else hears of each outcome (the metrics' latency histogram, the debug trace).
+Observe = Callable[[str, Outcome, float], None]
 
 
 class ResultRecorder:
-    """Turns the results the pool collects into log lines, counters and retries."""
+    """Turns the results the pool collects into log lines, counts and retries."""
 
-    def __init__(self, log: Any, changes: ChangeQueue, folders: Mapping[str, FolderState], repeats: Repeats,
-                 request_walk: Callable[[Request], None], observe: Observe, root_suspect: Callable[[], None],
-                 wake: Callable[[], None], once: bool = False) -> None:
+    def __init__(self, *, log: Any, changes: ChangeQueue, folders: Mapping[str, FolderState],
+                 folder_stats: Callable[[str], FolderStats], repeats: Repeats, wake: Callable[[], None],
+                 request_walk: Callable[[Request], None] = lambda req: None,
+                 root_suspect: Callable[[], None] = lambda: None,
+                 observe: Observe = lambda folder, outcome, latency_ms: None, once: bool = False) -> None:
         self.log = log
         self.changes = changes
         self.folders = folders
+        self.folder_stats = folder_stats
         self.repeats = repeats
         self.request_walk = request_walk  # a directory's contents to compare (the Reconciler's request)
         self.observe = observe
         self.root_suspect = root_suspect  # a worker found a source root gone or replaced: look at the roots
         self.wake = wake
         self.once = once                  # `sync`: no retries, a changed root is a failure
-        self.counters = Counters()
         self._attempts: dict[tuple[str, str], int] = {}
         self._busy: set[tuple[str, str]] = set()  # paths a file_busy line was written for, until mirrored
 
@@ -59,81 +53,77 @@ class ResultRecorder:
         # settled (sync_finished, status) also sees every line of what settled it.
         try:
             with batch():
-                for item, outcomes, duration_ms in results:
+                for r in results:
                     try:
-                        self._record(item, outcomes, duration_ms, pid)
+                        self._record(r, pid)
                     except Exception as exc:  # noqa: BLE001 - one bad result must not strand the others
-                        self.log.error("internal_error", folder=item.folder, path=item.path, error=repr(exc))
+                        self.log.error("internal_error", folder=r.item.folder, path=r.item.path, error=repr(exc))
         finally:
-            self.changes.done_all([item for item, _, _ in results])
+            self.changes.done_all([r.item for r in results])
 
-    def _record(self, item: Item, outcomes: list[copier.Outcome], duration_ms: float, pid: int) -> None:
+    def _record(self, r: Result, pid: int) -> None:
+        item = r.item
         state = self.folders.get(item.folder)
         if state is None:
             return
         f = state.config
+        stats = self.folder_stats(f.name)
         latency_ms = round((time.monotonic() - item.first_seen) * 1000, 3)
         if item.walk:  # a directory moved here: its contents, however the move was replayed
             self.request_walk(Request(f.name, item.path, "subtree", ready=True))
-        for path, status, kind, nbytes, error, err_no in outcomes:
-            self.observe(f.name, path, status, kind, nbytes, error, err_no, latency_ms)
-            key = (item.folder, path)
-            c = state.catch_up
-            if status in ("copied", "renamed"):
+        for o in r.outcomes:
+            if o.status is Status.ROOT_CHANGED and self.once:
+                o = o._replace(status=Status.FAILED)  # no watcher to wait for it: `sync` fails the path
+            stats.record(o)
+            self.observe(f.name, o, latency_ms)
+            key = (item.folder, o.path)
+            if o.status.mirrored:
                 self._attempts.pop(key, None)
                 self._busy.discard(key)
-                if kind != "dir":
-                    # Files and symlinks, as FolderStats counts: two workers racing to make one
-                    # directory may both report it, so counting those would not match the tree.
-                    self.counters.mirrored += 1
-                    self.counters.bytes += nbytes
-                    if c is not None:
-                        c.files += 1
-                        c.bytes += nbytes
-                extra: dict[str, Any] = {"renamed_from": error} if status == "renamed" else {}
-                if item.busy and kind == "file":
+                extra: dict[str, Any] = {"renamed_from": o.renamed_from} if o.renamed_from is not None else {}
+                if item.busy and o.kind == "file":
                     extra["busy"] = True  # published while still being written (see max_delay)
-                self.log.info("file_mirrored", folder=f.name, path=path, kind=kind, bytes=nbytes,
-                              duration_ms=round(duration_ms, 3), latency_ms=latency_ms, worker_pid=pid, **extra)
-                if status == "renamed" and kind == "dir" and not item.walk:
-                    self.request_walk(Request(f.name, path, "subtree", ready=True))
-            elif status == "deleted":
+                self.log.info("file_mirrored", folder=f.name, path=o.path, kind=o.kind, bytes=o.bytes,
+                              duration_ms=round(r.duration_ms, 3), latency_ms=latency_ms, worker_pid=pid, **extra)
+                if o.status is Status.RENAMED and o.kind == "dir" and not item.walk:
+                    self.request_walk(Request(f.name, o.path, "subtree", ready=True))
+            elif o.status is Status.DELETED:
                 self._attempts.pop(key, None)
-                self.counters.deleted += 1
-                self.log.info("file_deleted", folder=f.name, path=path, kind=kind, latency_ms=latency_ms)
-            elif status == "changed":
-                self.log.debug("file_changed_during_copy", folder=f.name, path=path)
+                self.log.info("file_deleted", folder=f.name, path=o.path, kind=o.kind, latency_ms=latency_ms)
+            elif o.status is Status.CHANGED:
+                self.log.debug("file_changed_during_copy", folder=f.name, path=o.path)
                 if item.busy and key not in self._busy:
                     self._busy.add(key)
                     self.log.warning(
-                        "file_busy", folder=f.name, path=path, max_delay_s=f.max_delay,
+                        "file_busy", folder=f.name, path=o.path, max_delay_s=f.max_delay,
                         error="the file keeps changing during its copy and is not only appended to; the "
                               "mirror keeps its last complete copy and tries again every max_delay",
                         fix="nothing to do if the file is rewritten in place on purpose (it is mirrored once "
                             "quiet); exclude it if a mirror of it is not wanted")
-                self.changes.touch(f.name, path, settle=f.settle, max_delay=f.max_delay)
-            elif status == "skipped":
-                reserved = copier.is_reserved(path.rsplit("/", 1)[-1])
-                extra = {"fix": f"rename it in the source: {copier.LOCK_NAME} is never mirrored"} if reserved else {}
-                self.log.warning("file_skipped", folder=f.name, path=path, kind=kind, error=error, **extra)
-            elif status == "failed":
-                self._failed(state, path, error, err_no)
-            elif status == "root_changed":
-                self._root_changed(state, path, error, err_no)
-            elif status == "stale":  # the comparison after the change that made it stale covers it
-                self.log.debug("file_set_aside", folder=f.name, path=path, error="seen before the folder changed")
+                self.changes.touch(f.name, o.path, settle=f.settle, max_delay=f.max_delay)
+            elif o.status is Status.SKIPPED:
+                reserved = is_reserved(o.path.rsplit("/", 1)[-1])
+                extra = {"fix": f"rename it in the source: {LOCK_NAME} is never mirrored"} if reserved else {}
+                self.log.warning("file_skipped", folder=f.name, path=o.path, kind=o.kind, error=o.error, **extra)
+            elif o.status is Status.FAILED:
+                self._failed(state, o)
+            elif o.status is Status.ROOT_CHANGED:
+                # Nothing was done for the path: the source root is gone or another folder stands there.
+                self.log.debug("file_set_aside", folder=f.name, path=o.path, error=o.error)
+                state.suspect = True
+                self.root_suspect()
+            elif o.status is Status.STALE:  # the comparison after the change that made it stale covers it
+                self.log.debug("file_set_aside", folder=f.name, path=o.path, error="seen before the folder changed")
             else:
                 self._attempts.pop(key, None)
-                self.log.debug("file_checked", folder=f.name, path=path, status=status)
+                self.log.debug("file_checked", folder=f.name, path=o.path, status=str(o.status))
 
-    def _failed(self, state: FolderState, path: str, error: str, err_no: int) -> None:
+    def _failed(self, state: FolderState, o: Outcome) -> None:
         f = state.config
+        path, error, err_no = o.path, o.error, o.errno
         key = (f.name, path)
         attempt = self._attempts.get(key, 0) + 1
         will_retry = not self.once and err_no not in PERMANENT_ERRNOS
-        self.counters.failed += 1
-        if state.catch_up is not None:
-            state.catch_up.failed += 1
         extra: dict[str, Any] = {}
         if will_retry:
             self._attempts[key] = attempt
@@ -151,13 +141,3 @@ class ResultRecorder:
             # Folded into the next mirror_failed_repeated line; every attempt is still there at debug level.
             self.log.debug("mirror_failed", folded=True, **fields)
             self.wake()  # the window's end is a deadline of the main loop's
-
-    def _root_changed(self, state: FolderState, path: str, error: str, err_no: int) -> None:
-        """Nothing was done for `path`: the source root is gone or another folder stands there."""
-        if self.once:
-            self._failed(state, path, error, err_no)
-            return
-        self.log.debug("file_set_aside", folder=state.config.name, path=path, error=error)
-        state.suspect = True
-        self.root_suspect()
-

@@ -1,7 +1,10 @@
-"""watchdog observers and handlers → Change records for the ChangeQueue. Copies nothing.
+"""watchdog observers and handlers: events into the ChangeQueue. Copies nothing.
 
-Every event only means "re-check this path" (PITFALLS #2). The handler is kept tiny and
-never lets an exception reach watchdog, which would kill the observer thread (#3).
+Every event only means "re-check this path": a close is a hint, not a completeness signal
+(an editor's save is a rename, a file moved in has no close, a lost event has nothing).
+The handler puts paths straight into the ChangeQueue; what is not about one path (a
+subtree to compare, a root lost, an overflow) goes to the Sink (WatchHealth). The handler
+never lets an exception reach watchdog: it would kill the observer thread without a word.
 """
 
 from __future__ import annotations
@@ -33,11 +36,12 @@ from watchdog.observers.api import ObservedWatch
 
 from foldermirror import faults
 from foldermirror.config import FolderConfig
-from foldermirror.pipeline.copier import LOCK_NAME, is_reserved
+from foldermirror.pipeline.changes import ChangeQueue
+from foldermirror.tempnames import LOCK_NAME, is_reserved
 from foldermirror.paths import Excluder, relative
 
-# Never IN_OPEN or IN_CLOSE_NOWRITE: watchdog's own directory walks would flood the
-# queue on large trees (PITFALLS #9).
+# Never IN_OPEN or IN_CLOSE_NOWRITE: watchdog's own directory walks (while it adds watches)
+# would flood the queue on large trees, the overflow handler would walk again, and so on.
 EVENT_FILTER: list[type[FileSystemEvent]] = [
     FileCreatedEvent, DirCreatedEvent, FileModifiedEvent, FileAttribEvent, DirAttribEvent,
     FileClosedEvent, FileDeletedEvent, DirDeletedEvent, FileMovedEvent, DirMovedEvent,
@@ -45,8 +49,6 @@ EVENT_FILTER: list[type[FileSystemEvent]] = [
 
 
 class Sink(Protocol):
-    def changed(self, folder: str, path: str, ready: bool) -> None: ...
-    def moved(self, folder: str, src: str, dst: str, is_dir: bool) -> None: ...
     def subtree(self, folder: str, path: str) -> None: ...
     def overflow(self) -> None: ...
     def root_lost(self, folder: str) -> None: ...
@@ -59,13 +61,21 @@ class Sink(Protocol):
 
 
 class _Handler(FileSystemEventHandler):
-    def __init__(self, folder: FolderConfig, sink: Sink, watch_below: Callable[[str], bool]) -> None:
+    def __init__(self, folder: FolderConfig, changes: ChangeQueue, sink: Sink,
+                 watch_below: Callable[[str], bool]) -> None:
         self.name = folder.name
         self.root = str(folder.source)
         self.delete = folder.delete
+        self.settle = folder.settle
+        self.max_delay = folder.max_delay
         self.excluded = Excluder(folder.exclude)
+        self.changes = changes
         self.sink = sink
         self.watch_below = watch_below  # sets up inotify watches for a directory and what is under it
+
+    def _changed(self, path: str, ready: bool) -> None:
+        # A fresh event ends a retry backoff (not_before=0): its cause may be fixed.
+        self.changes.touch(self.name, path, settle=self.settle, ready=ready, not_before=0.0, max_delay=self.max_delay)
 
     def dispatch(self, event: FileSystemEvent) -> None:
         if faults.ENABLED:
@@ -99,7 +109,7 @@ class _Handler(FileSystemEventHandler):
             return
         assert src is not None
         if isinstance(event, DirCreatedEvent):
-            self.sink.changed(self.name, src, True)
+            self._changed(src, True)
             if not event.is_synthetic:
                 # A directory made (or moved in from outside) may already hold entries that
                 # were written before its watch existed. watchdog adds the watch before it
@@ -108,16 +118,16 @@ class _Handler(FileSystemEventHandler):
                 # synthetic event is one of that replay: its parent's comparison covers it.
                 self.sink.subtree(self.name, src)
         elif isinstance(event, (FileClosedEvent, FileDeletedEvent, DirDeletedEvent)):
-            self.sink.changed(self.name, src, True)
+            self._changed(src, True)
         elif isinstance(event, DirAttribEvent):
             # A directory that could not be read had no watch and was not mirrored; a chmod
             # that makes it readable says so only through this event. Watch it first, then
             # compare it, so that nothing written in between is missed.
-            self.sink.changed(self.name, src, False)
+            self._changed(src, False)
             self.watch_below(os.fsdecode(event.src_path))
             self.sink.subtree(self.name, src)
         else:
-            self.sink.changed(self.name, src, False)
+            self._changed(src, False)
 
     def _check_dir(self, full: str, rel: str) -> None:
         """A directory event whose directory moved on before we heard of it.
@@ -134,14 +144,14 @@ class _Handler(FileSystemEventHandler):
         src_ok, dst_ok = self._wanted(src), self._wanted(dst)
         if src_ok and dst_ok and self.delete:
             assert src is not None and dst is not None
-            self.sink.moved(self.name, src, dst, is_dir)
+            self.changes.moved(self.name, src, dst, settle=self.settle, is_dir=is_dir)
             return
         if src_ok and self.delete:
             assert src is not None
-            self.sink.changed(self.name, src, True)
+            self._changed(src, True)
         if dst_ok:
             assert dst is not None
-            self.sink.changed(self.name, dst, True)
+            self._changed(dst, True)
             if is_dir:
                 self.sink.subtree(self.name, dst)
 
@@ -189,7 +199,7 @@ class _TargetHandler(FileSystemEventHandler):
 
 
 class _WatchdogLogBridge(logging.Handler):
-    """watchdog reports queue overflows only through its logger (PITFALLS #1)."""
+    """watchdog tells of a queue overflow only through its logger, never to a handler."""
 
     def __init__(self, sink: Sink) -> None:
         super().__init__(logging.DEBUG)
@@ -218,8 +228,9 @@ class _Watched:
 class Watcher:
     """One inotify observer for all folders, rebuilt if its thread dies."""
 
-    def __init__(self, sink: Sink) -> None:
+    def __init__(self, sink: Sink, changes: ChangeQueue) -> None:
         self.sink = sink
+        self.changes = changes
         self._lock = threading.Lock()
         self._folders: dict[str, _Watched] = {}
         self._targets: dict[str, tuple[FolderConfig, ObservedWatch | None]] = {}
@@ -241,7 +252,7 @@ class Watcher:
     def _start_observer(self) -> None:
         self._observer = Observer()
         self._observer.start()
-        # An observer thread killed by an exception says nothing (PITFALLS #3): this one
+        # An observer thread killed by an exception says nothing: this one
         # tells the sink, whose main loop then restarts it, instead of polling alive().
         threading.Thread(target=self._await_exit, args=(self._observer,), name="observer-exit", daemon=True).start()
 
@@ -256,7 +267,8 @@ class Watcher:
         if identity is None:
             return (folder.name, f"source {folder.source} does not exist")
         try:
-            handler = _Handler(folder, self.sink, lambda path, name=folder.name: self._watch_below(name, path))
+            handler = _Handler(folder, self.changes, self.sink,
+                               lambda path, name=folder.name: self._watch_below(name, path))
             entry.watch = self._observer.schedule(handler, str(folder.source),
                                                   recursive=True, event_filter=EVENT_FILTER)
         except OSError as exc:
@@ -372,7 +384,8 @@ class Watcher:
                     continue
                 if entry.lost or entry.stale or now != entry.identity:
                     # A deleted root's emitter is gone for good and a renamed one reports
-                    # the wrong paths: unschedule, then schedule afresh (PITFALLS #4).
+                    # the wrong paths, and scheduling the same path again is a silent no-op:
+                    # unschedule, then schedule afresh.
                     if entry.watch is not None:
                         self._unschedule(entry.watch)
                     if self._add(entry.folder) is None:

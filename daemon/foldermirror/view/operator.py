@@ -14,19 +14,19 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from foldermirror.pipeline import copier
+from foldermirror.pipeline.copier import describe
 from foldermirror.pipeline.changes import ChangeQueue
 from foldermirror.config import Config
 from foldermirror.view.control import ControlError, ControlServer, socket_paths
 from foldermirror.folderstate import FolderState
 from foldermirror.logs import Repeats, Tracer
-from foldermirror.view.folder_stats import FolderStats
+from foldermirror.pipeline.folder_stats import FolderStats
+from foldermirror.pipeline.records import Outcome, Status
 from foldermirror.view.status_report import snapshot
 
 
 class OperatorView:
-    def __init__(self, log: Any, changes: ChangeQueue, folders: Mapping[str, FolderState],
-                 trace: tuple[str, ...]) -> None:
+    def __init__(self, *, log: Any, folders: Mapping[str, FolderState], trace: tuple[str, ...]) -> None:
         self.log = log
         self.folders = folders
         self.request_catch_up: Callable[[str, str], None] | None = None  # set by start()
@@ -39,12 +39,20 @@ class OperatorView:
         self.metrics: Any = None  # metrics.Metrics when configured (prometheus-client is imported only then)
         if log.is_enabled_for(logging.DEBUG):
             self.tracer = Tracer(log, trace)
+
+    def follow(self, changes: ChangeQueue) -> None:
+        """At debug level, trace paths through the queue too."""
+        if self.tracer is not None:
             changes.tracer = self.tracer.queue_hook
 
     def folder_stats(self, name: str) -> FolderStats:
         """Counters of one folder since start (kept across a reload that changes the folder)."""
         stats = self._folder_stats.get(name)
         return stats if stats is not None else self._folder_stats.setdefault(name, FolderStats())
+
+    def all_stats(self) -> list[FolderStats]:
+        """Every folder's counts since start, removed folders' included."""
+        return list(self._folder_stats.values())
 
     def start(self, config: Config, service: Any, request_catch_up: Callable[[str, str], None]) -> None:
         """Open the control socket and (when configured) the metrics server.
@@ -80,7 +88,7 @@ class OperatorView:
                 address = metrics.start(config.metrics)
             except OSError as exc:
                 self.log.error("metrics_unavailable", listen=config.metrics.listen,
-                               error=copier._describe(exc),
+                               error=describe(exc),
                                fix="choose a free port in metrics.listen (or stop what uses it), then restart; "
                                    "mirroring goes on without metrics")
             else:
@@ -105,14 +113,12 @@ class OperatorView:
         self.log.info("rescan_requested", folders=names)
         return {"rescan": names}
 
-    def observe(self, folder: str, path: str, status: str, kind: str, nbytes: int, error: str, err_no: int,
-                latency_ms: float) -> None:
-        """One worker outcome: into the folder's stats, the latency histogram and the trace."""
-        self.folder_stats(folder).record(path, status, kind, nbytes, error, err_no)
-        if self.metrics is not None and status in ("copied", "renamed", "deleted"):
+    def observe(self, folder: str, outcome: Outcome, latency_ms: float) -> None:
+        """One worker outcome (already counted in its FolderStats): the latency histogram and the trace."""
+        if self.metrics is not None and (outcome.status.mirrored or outcome.status is Status.DELETED):
             self.metrics.observe(folder, latency_ms / 1000)
         if self.tracer is not None:
-            self.tracer.step("done", folder, path, status=status, latency_ms=latency_ms)
+            self.tracer.step("done", folder, outcome.path, status=str(outcome.status), latency_ms=latency_ms)
 
     def log_repeats(self, flush: bool = False) -> None:
         """A `mirror_failed_repeated` line for each window of folded failures that ended (all, with flush)."""

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from foldermirror import __version__
-from foldermirror.view.folder_stats import FolderStats
+from foldermirror.pipeline.folder_stats import FolderStats
 
 STATES = ("in_sync", "catching_up", "degraded")
 MAX_WATCHES_FILE = "/proc/sys/fs/inotify/max_user_watches"
@@ -53,7 +53,6 @@ def snapshot(service: Any) -> dict[str, Any]:
     over_limit = limit is not None and directories > limit
     for name, state in states.items():
         folders.append(_folder(service, name, state, all_stats[name], watcher_alive, over_limit, directories, limit))
-    pool = service.pool
     return {
         "version": __version__,
         "pid": os.getpid(),
@@ -61,8 +60,8 @@ def snapshot(service: Any) -> dict[str, Any]:
         "started": iso(service.started_wall),
         "uptime_s": round(time.monotonic() - service.started, 3),
         "workers": service.config.workers,
-        "worker_restarts": pool.restarts if pool is not None else 0,
-        "overflow_rescans": service.counters.overflows,
+        "worker_restarts": service.pipeline.restarts,
+        "overflow_rescans": service.health.overflows,
         "watcher_alive": watcher_alive,
         "control_socket": str(service.control.path) if service.control is not None else None,
         "metrics": service.metrics.address if service.metrics is not None else None,
@@ -113,7 +112,8 @@ def _folder(service: Any, name: str, state: Any, stats: FolderStats, watcher_ali
         "watches_complete": watches_complete,
         "watched_directories": stats.directories,
         "unreadable": {"count": len(stats.unreadable), "paths": list(stats.unreadable[:UNREADABLE_SHOWN])},
-        "catch_up": None if c is None else {"reason": c.reason, "files": c.files, "to_copy": c.to_copy,
+        "catch_up": None if c is None else {"reason": c.reason, "files": stats.tally().since(c.start).files,
+                                            "to_copy": c.to_copy,
                                             "differences": c.differences,
                                             "walk_done": c.walk_done,
                                             "seconds": round(time.monotonic() - c.started, 3)},

@@ -1,0 +1,116 @@
+"""The path of a change, owned in one place: ChangeQueue → dispatcher → WorkerPool → ResultRecorder.
+
+`Pipeline` makes the ChangeQueue and the ResultRecorder at once (the catch-ups and the
+watcher feed the queue before anything runs) and the WorkerPool with its dispatcher thread
+on start(): the Pool and its fork server must exist before any watcher thread does, since
+a fork of a multi-threaded process inherits its locks in whatever state they were.
+
+It also owns the rule that drops work seen before its folder was removed or reloaded, or
+before its source root changed (the folder's epoch, see ChangeQueue.forget): items are
+judged here, before the pool's lock is taken, and only live ones become WorkItems.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from foldermirror.catchup.compare import Request
+from foldermirror.folderstate import FolderState
+from foldermirror.logs import Repeats
+from foldermirror.pipeline.changes import ChangeQueue, Item
+from foldermirror.pipeline.folder_stats import FolderStats
+from foldermirror.pipeline.pool import Result, WorkerPool
+from foldermirror.pipeline.records import FolderSpec, Outcome, Status, WorkItem
+from foldermirror.pipeline.results import Observe, ResultRecorder
+
+BATCH_MAX = 64
+
+
+class Pipeline:
+    def __init__(self, *, log: Any, folders: Mapping[str, FolderState], folder_stats: Callable[[str], FolderStats],
+                 repeats: Repeats, wake: Callable[[], None], once: bool = False) -> None:
+        self.folders = folders
+        self.changes = ChangeQueue()
+        self.recorder = ResultRecorder(log=log, changes=self.changes, folders=folders, folder_stats=folder_stats,
+                                       repeats=repeats, wake=wake, once=once)
+        self.pool: WorkerPool | None = None
+        self._running = False
+        self._dispatcher: threading.Thread | None = None
+
+    def connect(self, *, request_walk: Callable[[Request], None], root_suspect: Callable[[], None],
+                observe: Observe) -> None:
+        """The parts made after this one that outcomes lead to: the comparison of a moved
+        directory, the root checks, the operator's view."""
+        self.recorder.request_walk = request_walk
+        self.recorder.root_suspect = root_suspect
+        self.recorder.observe = observe
+
+    def start(self, *, workers: int, instance: str, on_worker_lost: Callable[[list[int], int], None],
+              on_error: Callable[[str, BaseException], None], wake: Callable[[], None]) -> None:
+        self.pool = WorkerPool(workers, on_results=self.recorder.on_results, on_worker_lost=on_worker_lost,
+                               instance=instance, wake=wake, on_error=on_error)
+        self._running = True
+        self._dispatcher = threading.Thread(target=self._dispatch, name="dispatcher", daemon=True)
+        self._dispatcher.start()
+
+    def _dispatch(self) -> None:
+        """Thread body: move ready batches from the ChangeQueue to the Pool."""
+        assert self.pool is not None
+        while self._running:
+            items = self.changes.take(BATCH_MAX, timeout=None, spread=self.pool.size)  # close() wakes it
+            if items:
+                self.submit(items)
+
+    def submit(self, items: list[Item]) -> None:
+        """Send live items to the workers; record the rest as dropped (their folder changed)."""
+        assert self.pool is not None
+        specs: dict[str, tuple[FolderSpec, int] | None] = {}
+        live: list[Item] = []
+        work: list[WorkItem] = []
+        dropped: list[Result] = []
+        for item in items:
+            if item.folder not in specs:
+                specs[item.folder] = self._spec(item.folder)
+            spec = specs[item.folder]
+            if spec is None:  # the folder was removed by a reload
+                dropped.append(Result(item, [], 0.0))
+            elif item.epoch != spec[1]:  # seen before the folder's root or config changed
+                dropped.append(Result(item, [Outcome(item.path, Status.STALE)], 0.0))
+            else:
+                work.append(WorkItem(len(live), spec[0], item.path, item.origin, item.busy))
+                live.append(item)
+        if dropped:
+            self.recorder.on_results(dropped, 0)
+        if live:
+            self.pool.submit(live, work)
+
+    def _spec(self, name: str) -> tuple[FolderSpec, int] | None:
+        state = self.folders.get(name)
+        if state is None:
+            return None
+        f = state.config
+        return FolderSpec(str(f.source), str(f.target), f.delete, f.durable, state.root_id), self.changes.epoch(name)
+
+    def forget(self, folder: str) -> None:
+        """Drop a folder's pending work; what is in flight for it is now stale."""
+        self.changes.forget(folder)
+
+    def supervise(self) -> None:
+        if self.pool is not None:
+            self.pool.supervise()
+
+    def healthy(self) -> bool:
+        return self.pool is not None and self.pool.healthy()
+
+    @property
+    def restarts(self) -> int:
+        return self.pool.restarts if self.pool is not None else 0
+
+    def stop(self, grace: float) -> int:
+        """Stop taking work, let what is in flight finish for up to `grace` seconds; returns
+        how many items were abandoned (the next start's catch-up redoes them)."""
+        self._running = False
+        self.changes.close()
+        return self.pool.stop(grace) if self.pool is not None else 0

@@ -1,0 +1,99 @@
+"""The records that cross the process boundary between the daemon and its workers.
+
+Standard library only: the workers import this. Named tuples, not dataclasses, because a
+batch pickles thousands of them and a tuple subclass pickles as little more than its values.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import NamedTuple
+
+# (st_dev, st_ino) of a folder root as the daemon last saw it
+RootId = tuple[int, int]
+
+
+class Status(str, Enum):
+    """What a worker did with one path; every reader of outcomes shares these."""
+
+    COPIED = "copied"              # published: a file, symlink or directory (or its mode)
+    RENAMED = "renamed"            # a rename replayed in the target
+    DELETED = "deleted"            # removed from the target
+    UNCHANGED = "unchanged"        # the mirror already matched
+    GONE = "gone"                  # absent from both sides (or the target keeps it: delete: false)
+    SKIPPED = "skipped"            # not mirrored by design (FIFO, socket, device, a reserved name)
+    CHANGED = "changed"            # the source changed during the copy: nothing published, look again
+    FAILED = "failed"              # an error; `error` and `errno` say which
+    ROOT_CHANGED = "root_changed"  # the source root is gone or replaced: nothing was touched
+    STALE = "stale"                # seen before its folder was reloaded or its root changed: dropped
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def mirrored(self) -> bool:
+        return self in (Status.COPIED, Status.RENAMED)
+
+    @property
+    def settled(self) -> bool:
+        """The path's last attempt ended without an error to report."""
+        return self in _SETTLED
+
+
+_SETTLED = frozenset({Status.COPIED, Status.RENAMED, Status.DELETED, Status.UNCHANGED, Status.GONE, Status.SKIPPED})
+
+
+class Outcome(NamedTuple):
+    """The result of one path (a file's parents made on the way have outcomes of their own)."""
+
+    path: str
+    status: Status
+    kind: str = "unknown"          # file, dir, symlink, fifo, socket, device or unknown
+    bytes: int = 0
+    error: str = ""
+    errno: int = 0
+    renamed_from: str | None = None
+
+
+class FolderSpec(NamedTuple):
+    """What a worker needs of a folder; one object per folder per batch."""
+
+    source: str
+    target: str
+    delete: bool
+    durable: bool
+    root_id: RootId | None
+
+
+class WorkItem(NamedTuple):
+    """One path for a worker: mirror it; with `origin`, first try to rename origin → path."""
+
+    index: int                     # its place in the batch, echoed in its ItemResult
+    folder: FolderSpec
+    path: str
+    origin: str | None = None
+    busy: bool = False             # changing for max_delay already: publish what it was if it only grew
+
+
+class ItemResult(NamedTuple):
+    index: int
+    outcomes: list[Outcome]
+    duration_ns: int
+
+
+class Hello(NamedTuple):
+    """A worker started (so the pool can tell when one is gone)."""
+
+    pid: int
+
+
+class BatchResults(NamedTuple):
+    """Results of part of a batch: workers send them in groups, not per item."""
+
+    generation: int
+    task_id: int
+    results: list[ItemResult]
+    pid: int
+
+
+WorkerMessage = Hello | BatchResults
