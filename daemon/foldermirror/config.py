@@ -363,8 +363,11 @@ def _as_socket_path(base: Path) -> Callable[[Any], Path]:
 # A field whose metadata holds a Setting is a config key of the same name. The Setting says how
 # the key's node is read (and so validated), what a missing key means (the field's own default,
 # one derived from the other keys, or an error), how `check` shows the value, and what the key
-# is for. The reader, `check` and the test that holds config/example.yaml to every key all walk
-# these declarations, so a new key is one field (plus its lines in example.yaml and README.md).
+# is for. The reader, `check` and tests/test_config_settings.py (which holds config/example.yaml
+# and README.md to every key) all walk these declarations, so a new key is one field, plus its
+# lines in example.yaml and README.md. flag, duration, choice and globs are the common kinds;
+# section and sections nest a dataclass of settings as a mapping or a list of mappings; setting
+# takes any reader.
 
 _SETTING = "foldermirror.setting"   # the field metadata key that holds a field's Setting
 Read = Callable[["_Reader", yaml.Node, str], Any]
@@ -428,16 +431,22 @@ def section(cls: type, doc: str, **how: Any) -> Any:
     return setting(doc, lambda r, n, k: r.section(cls, n, k)[0], section=cls, **how)
 
 
-def sections(cls: type, doc: str, *, what: str, limit: Callable[[], int],
-             check: Callable[[_Reader, list[tuple[Any, _Nodes]], list[yaml.Node]], None], **how: Any) -> Any:
-    """A non-empty list of mappings of `cls`'s settings; `check` sees them all once each is read."""
+def sections(cls: type, doc: str, *, what: str, limit: Callable[[], int] | None = None,
+             check: Callable[[_Reader, list[tuple[Any, _Nodes]], list[yaml.Node]], None] | None = None,
+             **how: Any) -> Any:
+    """A non-empty list of mappings of `cls`'s settings (`what` names them in errors).
+
+    `limit` is called when reading, so a test can lower it; `check` sees every item, with
+    the nodes it came from, once all are read.
+    """
     def read(reader: _Reader, node: yaml.Node, key: str) -> tuple[Any, ...]:
         if not isinstance(node, yaml.SequenceNode) or not node.value:
             raise reader.error(node, key, f"expected a non-empty list of {what}")
-        if len(node.value) > limit():
+        if limit is not None and len(node.value) > limit():
             raise reader.error(node, key, f"at most {limit()} {what}, got {len(node.value)}")
         items = [reader.section(cls, item, f"{key}[{i}]") for i, item in enumerate(node.value)]
-        check(reader, items, node.value)
+        if check is not None:
+            check(reader, items, node.value)
         return tuple(obj for obj, _ in items)
     return setting(doc, read, section=cls, many=True, **how)
 
