@@ -91,7 +91,10 @@ def test_check_prints_resolved_pairs(tmp_path):
     src, dst, spec = pair(tmp_path, delete=True, exclude=["*.tmp"])
     r = fm("check", "--config", str(write_config(tmp_path, [spec])))
     assert r.returncode == 0, r.stderr
-    assert str(src) in r.stdout and str(dst) in r.stdout and "*.tmp" in r.stdout and "delete:  true" in r.stdout
+    lines = r.stdout.splitlines()
+    assert "folders[0]:" in lines and "  name:                data" in lines, r.stdout
+    assert f"  source:              {src}" in lines and f"  target:              {dst}" in lines, r.stdout
+    assert "  exclude:             *.tmp" in lines and "  delete:              true" in lines, r.stdout
 
 
 def test_demo_config_is_valid():
@@ -286,7 +289,7 @@ def test_check_proves_access_and_creates_nothing(open_dir):
             f"in {open_}, writable by {user})") in lines, r.stdout
     assert (f"folder existing: ok (source {open_ / 'new-src'} does not exist yet: run creates it in {open_}, "
             f"writable by {user}; target writable by {user})") in lines, r.stdout
-    assert f"folder new:\n  source:  {src}" in r.stdout  # the resolved config, as before
+    assert f"folders[0]:\n  name:                new\n  source:              {src}\n" in r.stdout  # the resolved config
     assert listing(base) == before
     assert not (open_ / "deep").exists() and not (open_ / "new-src").exists()
 

@@ -7,10 +7,10 @@ import json
 import os
 import sys
 from collections.abc import Mapping
-from typing import Sequence
+from typing import Any, Sequence
 
 from foldermirror import __version__
-from foldermirror.config import Config, load_config
+from foldermirror.config import Config, load_config, settings
 from foldermirror.errors import EXIT_FAILURE, EXIT_OK, FoldermirrorError, NoConfigError
 from foldermirror.logs import configure_logging
 
@@ -104,18 +104,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def describe(config: Config) -> str:
-    lines = [f"config: {config.path}", f"workers: {config.workers}",
-             f"rescan_interval: {config.rescan_interval:g}s", f"stop_grace: {config.stop_grace:g}s"]
-    for f in config.folders:
-        lines.append(f"folder {f.name}:")
-        lines.append(f"  source:  {f.source}")
-        lines.append(f"  target:  {f.target}")
-        lines.append(f"  delete:  {str(f.delete).lower()}   durable: {str(f.durable).lower()}   "
-                     f"settle: {f.settle * 1000:g}ms   max_delay: {f.max_delay:g}s")
-        if f.delete:
-            lines.append(f"  max_delete_fraction: {f.max_delete_fraction:g}")
-        lines.append(f"  exclude: {', '.join(f.exclude) if f.exclude else '(none)'}")
-    return "\n".join(lines)
+    """Every setting with its resolved value: the top level, log, metrics, then each folder."""
+    return "\n".join([f"config: {config.path}", *_setting_lines(Config, config, "")])
+
+
+def _setting_lines(cls: type, obj: Any, indent: str, unset: str | None = None) -> list[str]:
+    """One line per setting `cls` declares, then each nested section under a header naming its key.
+
+    `obj` is None for a section that is not configured (no metrics:); each of its settings then
+    shows `unset`.
+    """
+    declared = settings(cls)
+    plain = [(name, s) for name, s in declared.items() if s.section is None]
+    width = max((len(name) for name, _ in plain), default=0) + 1
+    lines = [f"{indent}{name + ':':<{width}} {unset if obj is None else s.format(getattr(obj, name))}"
+             for name, s in plain]
+    for name, s in declared.items():
+        if s.section is None:
+            continue
+        value = None if obj is None else getattr(obj, name)
+        items = [(f"{name}[{i}]", item) for i, item in enumerate(value)] if s.many else [(name, value)]
+        for header, item in items:
+            lines.append(f"{indent}{header}:")
+            lines += _setting_lines(s.section, item, indent + "  ", s.unset if item is None else None)
+    return lines
 
 
 def check(config: Config) -> int:

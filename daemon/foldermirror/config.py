@@ -9,19 +9,14 @@ import math
 import os
 import re
 import stat
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import yaml
 
 from foldermirror.errors import ConfigError
 
-DEFAULT_SETTLE = 0.25
-DEFAULT_MAX_DELAY = 5.0
-DEFAULT_RESCAN = 3600.0
-DEFAULT_STOP_GRACE = 10.0
-DEFAULT_MAX_DELETE_FRACTION = 0.5
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "json", "console")
 PRIVATE_TMP_DIRS = ("/tmp", "/var/tmp")
@@ -44,54 +39,7 @@ _SIGILS = {"*": "an alias", "!": "a tag", "&": "an anchor"}
 _SIGIL_START = re.compile(r"(?:^|(?<=[\s\[{,]))([*!&])", re.M)
 _SIGIL_WORD = re.compile(r"[*!&][^\s,\[\]{}]*")
 
-
-@dataclass(frozen=True)
-class FolderConfig:
-    name: str
-    source: Path
-    target: Path
-    delete: bool = False
-    exclude: tuple[str, ...] = ()
-    settle: float = DEFAULT_SETTLE
-    durable: bool = False
-    create: bool = False
-    max_delete_fraction: float = DEFAULT_MAX_DELETE_FRACTION
-    max_delay: float = DEFAULT_MAX_DELAY   # a file that never goes quiet is published this often (0: never)
-
-
-@dataclass(frozen=True)
-class LogConfig:
-    level: str = "info"
-    format: str = "auto"
-    trace: tuple[str, ...] = ()   # globs of paths whose pipeline is logged at debug level
-
-
-@dataclass(frozen=True)
-class MetricsConfig:
-    host: str
-    port: int
-
-    @property
-    def listen(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-
-@dataclass(frozen=True)
-class Config:
-    path: Path
-    folders: tuple[FolderConfig, ...]
-    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
-    rescan_interval: float = DEFAULT_RESCAN
-    stop_grace: float = DEFAULT_STOP_GRACE
-    log: LogConfig = LogConfig()
-    control_socket: Path | None = None   # None: $RUNTIME_DIRECTORY or /run/foldermirror (control.py)
-    metrics: MetricsConfig | None = None
-
-    def folder(self, name: str) -> FolderConfig:
-        for f in self.folders:
-            if f.name == name:
-                return f
-        raise KeyError(name)
+T = TypeVar("T")
 
 
 def parse_duration(value: Any) -> float:
@@ -237,9 +185,10 @@ def _quote_hint(text: str, start: int, end: int | None = None) -> str:
 class _Reader:
     """Walks the composed YAML node tree so every error can point at a line and column."""
 
-    def __init__(self, file: str, loader: _Loader) -> None:
+    def __init__(self, file: str, loader: _Loader, base: Path) -> None:
         self.file = file
         self.loader = loader
+        self.base = base   # what relative paths are resolved against: the config file's folder
 
     def error(self, node: yaml.Node | None, key: str | None, message: str) -> ConfigError:
         if node is None:
@@ -289,6 +238,37 @@ class _Reader:
         except (TypeError, ValueError, ArithmeticError) as exc:
             detail = str(exc) or f"expected {kind}, got {_show(value)}"
             raise self.error(node, key, detail) from None
+
+    def strings(self, node: yaml.Node, key: str, what: str, one: bool = False) -> tuple[str, ...]:
+        """A list of non-empty strings; with `one`, a single string may also stand alone."""
+        if isinstance(node, yaml.SequenceNode):
+            return tuple(self.typed(item, f"{key}[{i}]", "", _as_str) for i, item in enumerate(node.value))
+        if one:
+            return (self.typed(node, key, "", _as_str),)
+        raise self.error(node, key, f"expected {what}")
+
+    def values(self, cls: type, node: yaml.Node, key: str) -> tuple[dict[str, Any], _Nodes]:
+        """The settings `cls` declares, read from the mapping `node`, and the nodes they came from.
+
+        Keys the mapping leaves out are left out too (the field's default applies), except
+        those with a derived default.
+        """
+        declared = settings(cls)
+        m = self.mapping(node, key, tuple(declared))
+        out: dict[str, Any] = {}
+        for name, s in declared.items():
+            if name in m:
+                out[name] = s.read(self, m[name][1], _join(key, name))
+            elif s.required is not None:
+                raise self.error(node, _join(key, name), s.required)
+        for name, s in declared.items():
+            if name not in m and s.derive is not None:
+                out[name] = s.derive(out)
+        return out, m
+
+    def section(self, cls: type[T], node: yaml.Node, key: str) -> tuple[T, _Nodes]:
+        values, nodes = self.values(cls, node, key)
+        return cls(**values), nodes
 
 
 def _describe(node: yaml.Node) -> str:
@@ -344,8 +324,11 @@ def _one_of(choices: tuple[str, ...]) -> Callable[[Any], str]:
     return convert
 
 
-def _as_listen(value: Any) -> MetricsConfig:
-    """host:port, [v6-address]:port; port 0 asks the kernel for a free one."""
+def _as_listen(value: Any) -> str:
+    """host:port or [v6-address]:port, written back in the one form MetricsConfig takes apart.
+
+    Port 0 asks the kernel for a free one.
+    """
     if not isinstance(value, str):
         raise ValueError(f"expected host:port such as 127.0.0.1:9108, got {_show(value)}")
     host, sep, port = value.strip().rpartition(":")
@@ -361,7 +344,7 @@ def _as_listen(value: Any) -> MetricsConfig:
         raise ValueError(f"expected host:port such as 127.0.0.1:9108, got {_show(value)}")
     if len(port) > 5 or not 0 <= int(port) <= 65535:
         raise ValueError(f"port must be between 0 and 65535, got {_show(port)}")
-    return MetricsConfig(host, int(port))
+    return f"[{host}]:{int(port)}" if ":" in host else f"{host}:{int(port)}"
 
 
 def _as_socket_path(base: Path) -> Callable[[Any], Path]:
@@ -375,11 +358,225 @@ def _as_socket_path(base: Path) -> Callable[[Any], Path]:
     return convert
 
 
-_TOP_KEYS = ("workers", "rescan_interval", "stop_grace", "log", "control_socket", "metrics", "folders")
-_LOG_KEYS = ("level", "format", "trace")
-_METRICS_KEYS = ("listen",)
-_FOLDER_KEYS = ("name", "source", "target", "delete", "exclude", "settle", "durable", "create",
-                "max_delete_fraction", "max_delay")
+# -- settings: each config key is declared once, as a dataclass field ------------------------------
+#
+# A field whose metadata holds a Setting is a config key of the same name. The Setting says how
+# the key's node is read (and so validated), what a missing key means (the field's own default,
+# one derived from the other keys, or an error), how `check` shows the value, and what the key
+# is for. The reader, `check` and tests/test_config_settings.py (which holds config/example.yaml
+# and README.md to every key) all walk these declarations, so a new key is one field, plus its
+# lines in example.yaml and README.md. flag, duration, choice and globs are the common kinds;
+# section and sections nest a dataclass of settings as a mapping or a list of mappings; setting
+# takes any reader.
+
+_SETTING = "foldermirror.setting"   # the field metadata key that holds a field's Setting
+Read = Callable[["_Reader", yaml.Node, str], Any]
+_Nodes = dict[str, tuple[yaml.Node, yaml.Node]]   # a mapping's keys, each with its key and value node
+
+
+@dataclass(frozen=True)
+class Setting:
+    """How one config key is read, defaulted, shown and documented."""
+
+    doc: str
+    read: Read
+    show: Callable[[Any], str] = str
+    unset: str = "(none)"            # how `check` shows None
+    required: str | None = None      # the error when the key is missing; None: it is optional
+    derive: Callable[[dict[str, Any]], Any] | None = None   # the default, from the keys read before
+    section: type | None = None      # the key holds a mapping of this class's settings...
+    many: bool = False               # ...or a list of them
+
+    def format(self, value: Any) -> str:
+        return self.unset if value is None else self.show(value)
+
+
+def setting(doc: str, read: Read, *, default: Any = MISSING, default_factory: Callable[[], Any] | Any = MISSING,
+            **how: Any) -> Any:
+    """A dataclass field that is a config key; `how` is the rest of Setting."""
+    return field(default=default, default_factory=default_factory,
+                 metadata={_SETTING: Setting(doc=doc, read=read, **how)})
+
+
+def settings(cls: type) -> dict[str, Setting]:
+    """The config keys a section class declares, in declaration order (the order they are read in)."""
+    return {f.name: f.metadata[_SETTING] for f in fields(cls) if _SETTING in f.metadata}
+
+
+def _default_of(cls: type, name: str) -> Any:
+    f = next(f for f in fields(cls) if f.name == name)
+    return f.default_factory() if f.default is MISSING else f.default
+
+
+def flag(default: bool, doc: str) -> Any:
+    return setting(doc, lambda r, n, k: r.typed(n, k, "", _as_bool), default=default, show=show_bool)
+
+
+def duration(default: float, doc: str) -> Any:
+    return setting(doc, lambda r, n, k: r.typed(n, k, "", parse_duration), default=default, show=format_duration)
+
+
+def choice(choices: tuple[str, ...], default: str, doc: str) -> Any:
+    return setting(doc, lambda r, n, k: r.typed(n, k, "", _one_of(choices)), default=default)
+
+
+def globs(doc: str, *, one: bool = False) -> Any:
+    """A list of glob patterns; with `one`, a single pattern may also be given on its own."""
+    return setting(doc, lambda r, n, k: r.strings(n, k, "a list of glob patterns", one=one), default=(),
+                   show=show_list)
+
+
+def section(cls: type, doc: str, **how: Any) -> Any:
+    """A nested mapping whose keys are the settings `cls` declares."""
+    return setting(doc, lambda r, n, k: r.section(cls, n, k)[0], section=cls, **how)
+
+
+def sections(cls: type, doc: str, *, what: str, limit: Callable[[], int] | None = None,
+             check: Callable[[_Reader, list[tuple[Any, _Nodes]], list[yaml.Node]], None] | None = None,
+             **how: Any) -> Any:
+    """A non-empty list of mappings of `cls`'s settings (`what` names them in errors).
+
+    `limit` is called when reading, so a test can lower it; `check` sees every item, with
+    the nodes it came from, once all are read.
+    """
+    def read(reader: _Reader, node: yaml.Node, key: str) -> tuple[Any, ...]:
+        if not isinstance(node, yaml.SequenceNode) or not node.value:
+            raise reader.error(node, key, f"expected a non-empty list of {what}")
+        if limit is not None and len(node.value) > limit():
+            raise reader.error(node, key, f"at most {limit()} {what}, got {len(node.value)}")
+        items = [reader.section(cls, item, f"{key}[{i}]") for i, item in enumerate(node.value)]
+        if check is not None:
+            check(reader, items, node.value)
+        return tuple(obj for obj, _ in items)
+    return setting(doc, read, section=cls, many=True, **how)
+
+
+def format_duration(seconds: float) -> str:
+    """`seconds` in the largest unit it is a whole number of (250ms, 90s, 5m, 1h, 2d), as parse_duration reads it."""
+    if seconds == 0:
+        return "0s"
+    for unit in ("d", "h", "m", "s", "ms"):
+        count = seconds / _UNITS[unit]
+        if count >= 1 and math.isclose(count, round(count), rel_tol=1e-12):
+            return f"{round(count)}{unit}"
+    return f"{seconds:.9f}".rstrip("0").rstrip(".") + "s"   # not :g, whose 1e-05 is no duration
+
+
+def show_bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def show_list(values: tuple[str, ...]) -> str:
+    return ", ".join(values) if values else "(none)"
+
+
+# What a setting reads: each looks its converter up when called, so the converters stay patchable.
+def _read_text(reader: _Reader, node: yaml.Node, key: str) -> str:
+    return reader.typed(node, key, "", _as_str)
+
+
+def _read_folder(reader: _Reader, node: yaml.Node, key: str) -> Path:
+    return reader.typed(node, key, "", _as_folder(reader.base))
+
+
+def _read_socket(reader: _Reader, node: yaml.Node, key: str) -> Path:
+    return reader.typed(node, key, "", _as_socket_path(reader.base))
+
+
+def _check_folders(reader: _Reader, folders: list[tuple[FolderConfig, _Nodes]], nodes: list[yaml.Node]) -> None:
+    for i, (f, m) in enumerate(folders):
+        if not f.create:
+            _check_source(reader, f.source, m["source"][1], f"folders[{i}].source")
+    _check_pairs(reader, folders, nodes)
+
+
+def _check_source(reader: _Reader, source: Path, node: yaml.Node, key: str) -> None:
+    try:
+        st = os.stat(source)
+    except FileNotFoundError:
+        raise reader.error(node, key, f"{source} does not exist (set create: true to create it)"
+                           + private_tmp_hint(str(source))) from None
+    except OSError as exc:
+        raise reader.error(node, key, f"{source}: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise reader.error(node, key, f"{source} is not a directory")
+
+
+_PAIR_NEEDS = "missing (every folder pair needs a source and a target)"
+
+
+@dataclass(frozen=True)
+class FolderConfig:
+    name: str = setting("the folder's name in logs, status and metrics; default: the source folder's name",
+                        _read_text, derive=lambda values: values["source"].name or "root")
+    source: Path = setting("the folder to watch; must exist and be a directory unless create is true",
+                           _read_folder, required=_PAIR_NEEDS)
+    target: Path = setting("where the mirror is kept; created if missing; must not overlap any source or target",
+                           _read_folder, required=_PAIR_NEEDS)
+    delete: bool = flag(False, "replay deletions and renames in the source into the target")
+    exclude: tuple[str, ...] = globs("glob patterns on the path relative to the source that are not mirrored")
+    settle: float = duration(0.25, "how long a file written without close must stay quiet before it is copied")
+    durable: bool = flag(False, "fsync each file and its folder before reporting it mirrored")
+    create: bool = flag(False, "create a missing source folder instead of refusing it")
+    max_delete_fraction: float = setting(
+        "with delete, a whole-folder comparison that would delete more than this fraction of the target "
+        "holds those deletions back (1 turns the guard off)",
+        lambda r, n, k: r.typed(n, k, "", _fraction), default=0.5, show=lambda v: f"{v:g}")
+    max_delay: float = duration(5.0, "a file that never goes quiet is published this often anyway (0: only once quiet)")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = choice(LOG_LEVELS, "info", "the lowest level logged: debug, info, warning or error")
+    format: str = choice(LOG_FORMATS, "auto", "auto (console on a terminal, JSON otherwise), json or console")
+    trace: tuple[str, ...] = globs("globs of paths whose every pipeline step is logged at level debug", one=True)
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    listen: str = setting("host:port (or [v6-address]:port) of the Prometheus endpoint; port 0 picks a free one",
+                          lambda r, n, k: r.typed(n, k, "", _as_listen),
+                          required="missing: give host:port, e.g. 127.0.0.1:9108")
+
+    @property
+    def host(self) -> str:
+        host = self.listen.rpartition(":")[0]
+        return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    path: Path
+    workers: int = setting("size of the worker pool that copies files; default: the number of CPUs",
+                           lambda r, n, k: r.typed(n, k, "a whole number", _as_workers),
+                           default_factory=lambda: os.cpu_count() or 1)
+    rescan_interval: float = duration(3600.0, "how often every folder is compared with its target as a safety net "
+                                              "(0: never)")
+    stop_grace: float = duration(10.0, "how long copies in flight may finish on SIGTERM")
+    log: LogConfig = section(LogConfig, "logging", default_factory=LogConfig)
+    control_socket: Path | None = setting(
+        "the UNIX socket `status` and `rescan` talk to", _read_socket, default=None,
+        unset="(default: $RUNTIME_DIRECTORY/control.sock, else /run/foldermirror/control-HASH.sock)")
+    metrics: MetricsConfig | None = section(MetricsConfig, "the Prometheus endpoint, off unless given",
+                                            default=None, unset="(off)")
+    folders: tuple[FolderConfig, ...] = sections(
+        FolderConfig, "the source/target pairs to mirror", what="folder pairs", limit=lambda: MAX_FOLDERS,
+        check=_check_folders, required="missing: list at least one source/target pair")
+
+    def folder(self, name: str) -> FolderConfig:
+        for f in self.folders:
+            if f.name == name:
+                return f
+        raise KeyError(name)
+
+
+# For code that needs a default without a config at hand.
+DEFAULT_RESCAN: float = _default_of(Config, "rescan_interval")
+DEFAULT_STOP_GRACE: float = _default_of(Config, "stop_grace")
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
@@ -499,91 +696,9 @@ def _parse(loader: _Loader, file: str) -> Config:
                           key=loader.key() or None) from None
     if root is None:
         raise ConfigError(file, "the config file is empty; it needs at least a 'folders' list")
-    reader = _Reader(file, loader)
-    top = reader.mapping(root, "", _TOP_KEYS)
-    base = Path(os.path.dirname(os.path.abspath(file)))
-
-    values: dict[str, Any] = {}
-    if "workers" in top:
-        values["workers"] = reader.typed(top["workers"][1], "workers", "a whole number", _as_workers)
-    for key in ("rescan_interval", "stop_grace"):
-        if key in top:
-            values[key] = reader.typed(top[key][1], key, "a duration", parse_duration)
-    if "log" in top:
-        log = reader.mapping(top["log"][1], "log", _LOG_KEYS)
-        values["log"] = LogConfig(
-            level=reader.typed(log["level"][1], "log.level", "", _one_of(LOG_LEVELS)) if "level" in log else "info",
-            format=reader.typed(log["format"][1], "log.format", "", _one_of(LOG_FORMATS)) if "format" in log else "auto",
-            trace=_globs(reader, log["trace"][1], "log.trace") if "trace" in log else (),
-        )
-    if "control_socket" in top:
-        values["control_socket"] = reader.typed(top["control_socket"][1], "control_socket", "",
-                                                _as_socket_path(base))
-    if "metrics" in top:
-        metrics = reader.mapping(top["metrics"][1], "metrics", _METRICS_KEYS)
-        if "listen" not in metrics:
-            raise reader.error(top["metrics"][1], "metrics.listen", "missing: give host:port, e.g. 127.0.0.1:9108")
-        values["metrics"] = reader.typed(metrics["listen"][1], "metrics.listen", "", _as_listen)
-    if "folders" not in top:
-        raise reader.error(root, "folders", "missing: list at least one source/target pair")
-    fnode = top["folders"][1]
-    if not isinstance(fnode, yaml.SequenceNode) or not fnode.value:
-        raise reader.error(fnode, "folders", "expected a non-empty list of folder pairs")
-    if len(fnode.value) > MAX_FOLDERS:
-        raise reader.error(fnode, "folders", f"at most {MAX_FOLDERS} folder pairs, got {len(fnode.value)}")
-    folders = [_folder(reader, node, f"folders[{i}]", base) for i, node in enumerate(fnode.value)]
-    _check_pairs(reader, folders, fnode.value)
-    return Config(path=Path(os.path.abspath(file)), folders=tuple(f for f, _ in folders), **values)
-
-
-def _globs(reader: _Reader, node: yaml.Node, key: str) -> tuple[str, ...]:
-    """One glob or a list of them."""
-    if isinstance(node, yaml.SequenceNode):
-        return tuple(reader.typed(p, f"{key}[{i}]", "", _as_str) for i, p in enumerate(node.value))
-    return (reader.typed(node, key, "", _as_str),)
-
-
-def _folder(reader: _Reader, node: yaml.Node, key: str, base: Path) -> tuple[FolderConfig, dict[str, tuple[yaml.Node, yaml.Node]]]:
-    m = reader.mapping(node, key, _FOLDER_KEYS)
-    for required in ("source", "target"):
-        if required not in m:
-            raise reader.error(node, f"{key}.{required}", "missing (every folder pair needs a source and a target)")
-    create = reader.typed(m["create"][1], f"{key}.create", "", _as_bool) if "create" in m else False
-    source = reader.typed(m["source"][1], f"{key}.source", "", _as_folder(base))
-    target = reader.typed(m["target"][1], f"{key}.target", "", _as_folder(base))
-    if not create:
-        snode = m["source"][1]
-        try:
-            st = os.stat(source)
-        except FileNotFoundError:
-            raise reader.error(snode, f"{key}.source", f"{source} does not exist (set create: true to create it)"
-                               + private_tmp_hint(str(source))) from None
-        except OSError as exc:
-            raise reader.error(snode, f"{key}.source", f"{source}: {exc.strerror}") from None
-        if not stat.S_ISDIR(st.st_mode):
-            raise reader.error(snode, f"{key}.source", f"{source} is not a directory")
-    exclude: tuple[str, ...] = ()
-    if "exclude" in m:
-        enode = m["exclude"][1]
-        if not isinstance(enode, yaml.SequenceNode):
-            raise reader.error(enode, f"{key}.exclude", "expected a list of glob patterns")
-        exclude = tuple(reader.typed(p, f"{key}.exclude[{i}]", "", _as_str) for i, p in enumerate(enode.value))
-    name = reader.typed(m["name"][1], f"{key}.name", "", _as_str) if "name" in m else (source.name or "root")
-    folder = FolderConfig(
-        name=name,
-        source=source,
-        target=target,
-        delete=reader.typed(m["delete"][1], f"{key}.delete", "", _as_bool) if "delete" in m else False,
-        exclude=exclude,
-        settle=reader.typed(m["settle"][1], f"{key}.settle", "", parse_duration) if "settle" in m else DEFAULT_SETTLE,
-        durable=reader.typed(m["durable"][1], f"{key}.durable", "", _as_bool) if "durable" in m else False,
-        create=create,
-        max_delete_fraction=(reader.typed(m["max_delete_fraction"][1], f"{key}.max_delete_fraction", "", _fraction)
-                             if "max_delete_fraction" in m else DEFAULT_MAX_DELETE_FRACTION),
-        max_delay=(reader.typed(m["max_delay"][1], f"{key}.max_delay", "", parse_duration)
-                   if "max_delay" in m else DEFAULT_MAX_DELAY),
-    )
-    return folder, m
+    reader = _Reader(file, loader, Path(os.path.dirname(os.path.abspath(file))))
+    values, _ = reader.values(Config, root, "")
+    return Config(path=Path(os.path.abspath(file)), **values)
 
 
 def under_private_tmp(path: str) -> bool:
@@ -612,8 +727,8 @@ def _as_folder(base: Path) -> Callable[[Any], Path]:
 
 
 def _resolve(raw: str, base: Path) -> Path:
-    # realpath: a root given as a symlink gets no inotify events (PITFALLS #4), and the
-    # overlap checks below must compare real locations.
+    # realpath: a root given as a symlink gets no inotify events, so the watches must be put on
+    # the folder it points to; and the overlap checks must compare real locations.
     path = Path(os.path.expanduser(raw))
     if not path.is_absolute():
         path = base / path
