@@ -371,7 +371,7 @@ def test_repeats_fold_identical_failures_within_the_window():
 
 def test_every_warning_and_error_says_what_to_do():
     events = []
-    for path in (REPO / "daemon" / "foldermirror").glob("*.py"):
+    for path in (REPO / "daemon" / "foldermirror").rglob("*.py"):
         source = path.read_text()
         for m in re.finditer(r"log\.(warning|error)\(\s*\"(\w+)\"(.*?)\)\n", source, re.S):
             events.append((path.name, m.group(2), "fix=" in m.group(3)))
