@@ -1,7 +1,8 @@
 """Tree comparison: what differs between a source and its target (type, size, mtime, mode).
 
 The only judge of what is out of date at start-up, after an overflow, for a subtree that
-appeared, and on every periodic rescan. It feeds the ChangeQueue; it never copies.
+appeared, and on every periodic rescan. It feeds the ChangeQueue; it never copies. The
+target side is read through the folder's Target, as the workers write it.
 """
 
 from __future__ import annotations
@@ -11,17 +12,11 @@ import os
 import stat
 import threading
 from dataclasses import dataclass
-from typing import Callable, Iterator, NamedTuple
+from typing import Callable, Iterator
 
-from foldermirror.tempnames import LOCK_NAME, is_reserved, is_temp_name, temp_owner
 from foldermirror.paths import Excluder
-
-
-class _Entry(NamedTuple):  # a tuple: two are made per file in a walk
-    kind: int          # stat.S_IFMT
-    size: int
-    mtime_ns: int
-    mode: int
+from foldermirror.pipeline.targets import Entry, LocalTarget, Target, TargetGone, scan_dir, stale_temps
+from foldermirror.tempnames import LOCK_NAME, is_reserved, is_temp_name
 
 
 @dataclass
@@ -86,39 +81,6 @@ def _open_dir(root: int, rel: str) -> int | None:
             os.close(fd)
 
 
-def _scan(dfd: int) -> dict[str, _Entry]:
-    out: dict[str, _Entry] = {}
-    with os.scandir(dfd) as it:
-        for entry in it:
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            out[entry.name] = _Entry(stat.S_IFMT(st.st_mode), st.st_size, st.st_mtime_ns, stat.S_IMODE(st.st_mode))
-    return out
-
-
-def _count_below(dfd: int, name: str) -> int:
-    """How many entries lie below target directory `name` (what deleting it removes)."""
-    try:
-        fd = os.open(name, _DIR_FLAGS, dir_fd=dfd)
-    except OSError:
-        return 0
-    try:
-        total = 0
-        for child, entry in _scan(fd).items():
-            if is_reserved(child):
-                continue
-            total += 1
-            if entry.kind == stat.S_IFDIR:
-                total += _count_below(fd, child)
-        return total
-    except OSError:
-        return total
-    finally:
-        os.close(fd)
-
-
 def _open_root(path: str) -> int | None:
     try:
         return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -149,16 +111,19 @@ def diff_tree(source: str, target: str, excluded: Excluder, delete: bool, instan
         return
     if sroot is None:
         return  # a missing source root is never a reason to delete anything
-    troot = _open_root(target)
     try:
-        yield from _walk(sroot, troot, excluded, delete, instance, sub, stats, writer_alive, clean_temps)
+        mirror: Target | None = LocalTarget(target, delete=delete, durable=False, instance=instance, create=False)
+    except (TargetGone, NotADirectoryError):
+        mirror = None
+    try:
+        yield from _walk(sroot, mirror, excluded, delete, instance, sub, stats, writer_alive, clean_temps)
     finally:
         os.close(sroot)
-        if troot is not None:
-            os.close(troot)
+        if mirror is not None:
+            mirror.close()
 
 
-def _walk(sroot: int, troot: int | None, excluded: Excluder, delete: bool, instance: str, sub: str,
+def _walk(sroot: int, target: Target | None, excluded: Excluder, delete: bool, instance: str, sub: str,
           stats: WalkStats, writer_alive: Callable[[int], bool], clean_temps: bool) -> Iterator[Difference]:
     assert stats.unreadable is not None
     stack = [sub]
@@ -166,7 +131,7 @@ def _walk(sroot: int, troot: int | None, excluded: Excluder, delete: bool, insta
         rel = stack.pop()
         try:
             sfd = _open_dir(sroot, rel)
-            s_entries = _scan(sfd) if sfd is not None else {}
+            s_entries = scan_dir(sfd) if sfd is not None else {}
         except PermissionError:
             stats.unreadable.append(rel)
             continue
@@ -174,24 +139,26 @@ def _walk(sroot: int, troot: int | None, excluded: Excluder, delete: bool, insta
             return
         if sfd is not None:
             stats.directories += 1
-        tfd = None
+        parts = tuple(rel.split("/")) if rel else ()
+        scanned: dict[str, Entry] | None = None
         try:
-            tfd = _open_dir(troot, rel) if troot is not None else None
-            t_entries = _scan(tfd) if tfd is not None else {}
+            scanned = target.scan(parts) if target is not None else None
         except PermissionError:
-            t_entries = {}  # the copies under it will fail and say so
+            pass  # the copies under it will fail and say so
+        t_entries = scanned if scanned is not None else {}
         try:
-            yield from _compare(rel, sfd, tfd, s_entries, t_entries, excluded, delete, instance,
-                                stats, writer_alive, stack, clean_temps)
+            yield from _compare(rel, parts, sfd, target if scanned is not None else None, s_entries, t_entries,
+                                excluded, delete, instance, stats, writer_alive, stack, clean_temps)
         finally:
-            for fd in (sfd, tfd):
-                if fd is not None:
-                    os.close(fd)
+            if sfd is not None:
+                os.close(sfd)
+            if target is not None:
+                target.forget()  # one directory's fds at a time, however big the tree
 
 
-def _compare(rel: str, sfd: int | None, tfd: int | None, s_entries: dict[str, _Entry],
-             t_entries: dict[str, _Entry], excluded: Excluder, delete: bool, instance: str,
-             stats: WalkStats, writer_alive: Callable[[int], bool], stack: list[str],
+def _compare(rel: str, parts: tuple[str, ...], sfd: int | None, target: Target | None,
+             s_entries: dict[str, Entry], t_entries: dict[str, Entry], excluded: Excluder, delete: bool,
+             instance: str, stats: WalkStats, writer_alive: Callable[[int], bool], stack: list[str],
              clean_temps: bool) -> Iterator[Difference]:
     for name, s in s_entries.items():
         path = f"{rel}/{name}" if rel else name
@@ -215,30 +182,25 @@ def _compare(rel: str, sfd: int | None, tfd: int | None, s_entries: dict[str, _E
                 stats.copies += 1
                 yield Difference(path, "missing" if t is None else "differs")
         elif s.kind == stat.S_IFLNK:
-            if t is None or t.kind != s.kind or _readlink(sfd, name) != _readlink(tfd, name):
+            if (t is None or t.kind != s.kind or target is None
+                    or _readlink(sfd, name) != target.readlink((*parts, name))):
                 stats.differences += 1
                 stats.copies += 1
                 yield Difference(path, "missing" if t is None else "differs")
         elif t is None or t.kind != s.kind:
             yield Difference(path, "special")
+    temps = [name for name in t_entries if is_temp_name(name)]
+    if temps and target is not None:
+        if clean_temps:
+            stats.stale_temps += target.remove_stale_temps(parts, temps, instance, writer_alive)
+        else:
+            stats.stale_temps += len(stale_temps(temps, instance, writer_alive))
     for name, t in t_entries.items():
-        if is_temp_name(name):
-            owner, pid = temp_owner(name)
-            stale = tfd is not None and (owner != instance or not writer_alive(pid))
-            if stale and not clean_temps:
-                stats.stale_temps += 1
-            elif stale:
-                try:
-                    os.unlink(name, dir_fd=tfd)
-                    stats.stale_temps += 1
-                except OSError:
-                    pass
-            continue
-        if name in s_entries or is_reserved(name):  # the lock file: never deleted, never counted
+        if name in s_entries or is_reserved(name):  # temp files and the lock file: never deleted nor counted
             continue
         path = f"{rel}/{name}" if rel else name
         if delete and not excluded(path):
-            below = _count_below(tfd, name) if t.kind == stat.S_IFDIR and tfd is not None else 0
+            below = target.entries_below((*parts, name)) if t.kind == stat.S_IFDIR and target is not None else 0
             stats.target_entries += 1 + below
             stats.doomed += 1 + below
             stats.differences += 1

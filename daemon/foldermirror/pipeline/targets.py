@@ -14,10 +14,10 @@ import errno
 import os
 import shutil
 import stat
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple, Protocol
 
-from foldermirror.tempnames import is_temp_name, temp_name, temp_owner
+from foldermirror.tempnames import is_reserved, is_temp_name, temp_name, temp_owner
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 ROOT_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
@@ -324,7 +324,7 @@ class LocalTarget:
         try:
             total = 0
             for name, entry in scan_dir(dfd).items():
-                if is_temp_name(name):
+                if is_reserved(name):
                     continue
                 total += 1
                 if entry.kind == stat.S_IFDIR:
@@ -344,10 +344,7 @@ class LocalTarget:
         except OSError:
             return 0
         removed = 0
-        for name in names:
-            owner, pid = temp_owner(name)
-            if owner == instance and writer_alive(pid):
-                continue
+        for name in stale_temps(names, instance, writer_alive):
             try:
                 os.unlink(name, dir_fd=dfd)
                 removed += 1
@@ -368,7 +365,7 @@ def scan_dir(dfd: int) -> dict[str, Entry]:
     return out
 
 
-def stale_temps(names: Iterator[str] | list[str], instance: str, writer_alive: Callable[[int], bool]) -> list[str]:
+def stale_temps(names: Iterable[str], instance: str, writer_alive: Callable[[int], bool]) -> list[str]:
     """The temp file names among `names` whose writer is gone."""
     out = []
     for name in names:
