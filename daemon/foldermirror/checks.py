@@ -12,9 +12,9 @@ import stat
 from dataclasses import dataclass
 
 from foldermirror import faults
+from foldermirror.config import Config, FolderConfig, under_private_tmp
 from foldermirror.pipeline.copier import describe
 from foldermirror.tempnames import temp_name
-from foldermirror.config import Config, FolderConfig, under_private_tmp
 
 WATCHES_SYSCTL = "fs.inotify.max_user_watches"
 WATCHES_FILE = "/proc/sys/fs/inotify/max_user_watches"

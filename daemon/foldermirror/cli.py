@@ -6,8 +6,8 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Mapping
-from typing import Any, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from foldermirror import __version__
 from foldermirror.config import Config, load_config, settings

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from foldermirror.pipeline.folder_stats import Tally
-from foldermirror.pipeline.records import RootId
 from foldermirror.config import FolderConfig
 from foldermirror.paths import Excluder
+from foldermirror.pipeline.folder_stats import Tally
+from foldermirror.pipeline.records import RootId
 
 
 @dataclass

@@ -13,9 +13,10 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Iterator, TextIO
+from typing import Any, TextIO
 
 import structlog
 

@@ -19,10 +19,10 @@ import os
 import time
 from dataclasses import dataclass, field
 
+from foldermirror.errors import FoldermirrorError
 from foldermirror.pipeline.copier import describe as _describe
 from foldermirror.pipeline.worker import pid_alive as _alive
 from foldermirror.tempnames import LOCK_NAME
-from foldermirror.errors import FoldermirrorError
 
 _OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 # The holder writes who it is just after taking the lock: a reader that comes in between

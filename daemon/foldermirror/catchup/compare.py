@@ -11,8 +11,8 @@ import errno
 import os
 import stat
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 from foldermirror.paths import Excluder
 from foldermirror.pipeline.targets import Entry, LocalTarget, Target, TargetGone, scan_dir, stale_temps

@@ -14,10 +14,10 @@ import os
 import stat
 from dataclasses import dataclass, field
 
-from foldermirror.config import Config, FolderConfig
-from foldermirror.tempnames import RESERVED_REASON
-from foldermirror.paths import Excluder
 from foldermirror.catchup.compare import WalkStats, diff_tree
+from foldermirror.config import Config, FolderConfig
+from foldermirror.paths import Excluder
+from foldermirror.tempnames import RESERVED_REASON
 
 VERBS = ("copy", "replace", "update", "conflict", "delete", "keep", "skip")
 _MEANING = {

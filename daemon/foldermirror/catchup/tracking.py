@@ -14,13 +14,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from foldermirror import memory
-from foldermirror.pipeline.copier import describe
-from foldermirror.pipeline.changes import ChangeQueue
+from foldermirror.catchup.compare import Reconciler, Request, WalkStats, covers, diff_tree, hold_deletions
 from foldermirror.config import FolderConfig
 from foldermirror.folderstate import CatchUp, FolderState
-from foldermirror.pipeline.pool import process_alive
-from foldermirror.catchup.compare import Reconciler, Request, WalkStats, covers, diff_tree, hold_deletions
+from foldermirror.pipeline.changes import ChangeQueue
+from foldermirror.pipeline.copier import describe
 from foldermirror.pipeline.folder_stats import FolderStats, Tally
+from foldermirror.pipeline.pool import process_alive
 
 SYNC_FIXES = {
     "reconcile_failed": "check that the source and target folders are readable by the service user, then run "

@@ -18,8 +18,8 @@ import math
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 Key = tuple[str, str]  # (folder name, path relative to the folder's source)
 # Ready items not yet handed out beyond which a walk waits (see wait_for_room): enough
@@ -68,7 +68,7 @@ class ChangeQueue:
     _in_flight: set[Key] = field(default_factory=set)
     _ready: deque[Key] = field(default_factory=deque)
     _timers: list[tuple[float, int, Key]] = field(default_factory=list)
-    _seq: itertools.count = field(default_factory=itertools.count)
+    _seq: itertools.count[int] = field(default_factory=itertools.count)
     _epochs: dict[str, int] = field(default_factory=dict)
     _lock: threading.RLock = field(default_factory=threading.RLock)
     _cond: threading.Condition = field(init=False)  # takers wait here for ready items

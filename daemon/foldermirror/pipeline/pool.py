@@ -18,10 +18,11 @@ import select
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing import forkserver, resource_tracker
 from multiprocessing.connection import wait
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 from foldermirror.pipeline import worker
 from foldermirror.pipeline.changes import Item
@@ -133,11 +134,13 @@ class WorkerPool:
         """The next message; None when woken by retirement. Raises queue.Empty once a
         retired generation has been quiet for RETIRED_DRAIN (its late results were taken)."""
         if gen.retired:
-            return gen.results.get(timeout=RETIRED_DRAIN)
+            msg: Hello | BatchResults = gen.results.get(timeout=RETIRED_DRAIN)
+            return msg
         # Blocks without a timeout: an idle daemon must not wake up to poll.
         if gen.results._reader not in wait([gen.results._reader, gen.wake[0]]):
             return None
-        return gen.results.get()
+        msg = gen.results.get()
+        return msg
 
     def _handle(self, gen: _Generation, msg: Hello | BatchResults) -> None:
         if isinstance(msg, Hello):
@@ -151,9 +154,9 @@ class WorkerPool:
             if task is None:
                 return
             for r in msg.results:
-                if r.index not in task.reported:  # else a duplicate from a retired generation
-                    task.reported.add(r.index)
-                    fresh.append(Result(task.items[r.index], r.outcomes, r.duration_ns / 1e6))
+                if r.position not in task.reported:  # else a duplicate from a retired generation
+                    task.reported.add(r.position)
+                    fresh.append(Result(task.items[r.position], r.outcomes, r.duration_ns / 1e6))
         try:
             # Logged before the task leaves the registry, so stop() never outruns a result.
             if fresh:
@@ -166,7 +169,7 @@ class WorkerPool:
 
     # -- submission ------------------------------------------------------------
     def submit(self, items: list[Item], work: list[WorkItem]) -> None:
-        """Hand a batch to the workers (work[i] is items[i], with index i); blocks while
+        """Hand a batch to the workers (work[i] is items[i], with position i); blocks while
         enough work is already in flight."""
         with self._lock:
             while len(self._tasks) >= self._max_tasks and not self._stopping:
@@ -182,7 +185,7 @@ class WorkerPool:
                                    error_callback=lambda exc, t=task: self._failed_task(t, exc))
 
     def _unreported(self, task: _Task) -> list[WorkItem]:
-        return [w for w in task.work if w.index not in task.reported]
+        return [w for w in task.work if w.position not in task.reported]
 
     def _report_error(self, where: str, exc: BaseException) -> None:
         try:

@@ -68,7 +68,7 @@ class FolderSpec(NamedTuple):
 class WorkItem(NamedTuple):
     """One path for a worker: mirror it; with `origin`, first try to rename origin → path."""
 
-    index: int                     # its place in the batch, echoed in its ItemResult
+    position: int                  # its place in the batch, echoed in its ItemResult
     folder: FolderSpec
     path: str
     origin: str | None = None
@@ -76,7 +76,7 @@ class WorkItem(NamedTuple):
 
 
 class ItemResult(NamedTuple):
-    index: int
+    position: int
     outcomes: list[Outcome]
     duration_ns: int
 

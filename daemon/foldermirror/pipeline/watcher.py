@@ -10,12 +10,14 @@ never lets an exception reach watchdog: it would kill the observer thread withou
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import stat
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from watchdog.events import (
     DirAttribEvent,
@@ -36,9 +38,9 @@ from watchdog.observers.api import ObservedWatch
 
 from foldermirror import faults
 from foldermirror.config import FolderConfig
+from foldermirror.paths import Excluder, relative
 from foldermirror.pipeline.changes import ChangeQueue
 from foldermirror.tempnames import LOCK_NAME, is_reserved
-from foldermirror.paths import Excluder, relative
 
 # Never IN_OPEN or IN_CLOSE_NOWRITE: watchdog's own directory walks (while it adds watches)
 # would flood the queue on large trees, the overflow handler would walk again, and so on.
@@ -88,7 +90,7 @@ class _Handler(FileSystemEventHandler):
             self.sink.handler_error(self.name, exc)
 
     def _wanted(self, rel: str | None) -> bool:
-        return bool(rel) and not self.excluded(rel)  # "" is the root itself
+        return rel is not None and rel != "" and not self.excluded(rel)  # "" is the root itself
 
     def _route(self, event: FileSystemEvent) -> None:
         src = relative(self.root, os.fsdecode(event.src_path))
@@ -267,8 +269,7 @@ class Watcher:
         if identity is None:
             return (folder.name, f"source {folder.source} does not exist")
         try:
-            handler = _Handler(folder, self.changes, self.sink,
-                               lambda path, name=folder.name: self._watch_below(name, path))
+            handler = _Handler(folder, self.changes, self.sink, functools.partial(self._watch_below, folder.name))
             entry.watch = self._observer.schedule(handler, str(folder.source),
                                                   recursive=True, event_filter=EVENT_FILTER)
         except OSError as exc:
@@ -427,8 +428,8 @@ def _switch_off_replay() -> None:
     """Test-only: watchdog no longer reports the entries a new directory already holds."""
     from watchdog.observers import inotify
 
-    inotify.InotifyWatchGroup._recursive_simulate = lambda self, src_path: []  # type: ignore[method-assign]
-    inotify.generate_sub_created_events = lambda src_path: iter(())  # type: ignore[assignment]
+    setattr(inotify.InotifyWatchGroup, "_recursive_simulate", lambda self, src_path: [])  # noqa: B010
+    setattr(inotify, "generate_sub_created_events", lambda src_path: iter(()))  # noqa: B010
 
 
 def _watch_error(exc: OSError) -> str:

@@ -95,7 +95,7 @@ def run_batch(generation: int, task_id: int, items: list[WorkItem]) -> None:
             except Exception as exc:  # noqa: BLE001 - a bug must cost one file, not the batch
                 outcomes = [Outcome(item.path, Status.FAILED, error=f"internal error: {exc!r}")]
             now = time.monotonic_ns()
-            pending.append(ItemResult(item.index, outcomes, now - started))
+            pending.append(ItemResult(item.position, outcomes, now - started))
             if len(pending) >= RESULTS_FLUSH_ITEMS or now - last_flush >= RESULTS_FLUSH_NS:
                 _results.put(BatchResults(generation, task_id, pending, pid))
                 pending, last_flush = [], now

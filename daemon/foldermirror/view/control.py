@@ -18,8 +18,9 @@ import stat
 import struct
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from foldermirror.config import Config
 from foldermirror.errors import FoldermirrorError, NotRunningError

@@ -14,14 +14,14 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from foldermirror.pipeline.copier import describe
-from foldermirror.pipeline.changes import ChangeQueue
 from foldermirror.config import Config
-from foldermirror.view.control import ControlError, ControlServer, socket_paths
 from foldermirror.folderstate import FolderState
 from foldermirror.logs import Repeats, Tracer
+from foldermirror.pipeline.changes import ChangeQueue
+from foldermirror.pipeline.copier import describe
 from foldermirror.pipeline.folder_stats import FolderStats
 from foldermirror.pipeline.records import Outcome, Status
+from foldermirror.view.control import ControlError, ControlServer, socket_paths
 from foldermirror.view.status_report import snapshot
 
 
