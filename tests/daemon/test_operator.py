@@ -67,10 +67,12 @@ def test_status_during_catch_up_and_in_sync(tmp_path, daemon_factory):
         sub.mkdir()
         for i in range(150):
             (sub / f"f{i}").write_bytes(b"x" * (i % 17))
+    # Copied 1 MiB per 50 ms (faults.py): the catch-up lasts at least 2 s after the watches are set.
+    (src / "slow.bin").write_bytes(b"s" * (40 << 20))
     count, dirs, size = entries(src)
     spec["settle"] = "30s"  # below: a file written without close stays pending, so its lag can be seen
     cfg = write_config(tmp_path, [spec], control_socket=str(tmp_path / "ctl.sock"))
-    d = daemon_factory(cfg)
+    d = daemon_factory(cfg, env={"FOLDERMIRROR_FAULTS": "slow_copy:slow.bin"})
     wait_until(lambda: (tmp_path / "ctl.sock").exists(), 30, "control socket never appeared")
     early = live(tmp_path / "ctl.sock")
     # Read the target after the snapshot: what the daemon counted as done is there by then.
@@ -81,7 +83,12 @@ def test_status_during_catch_up_and_in_sync(tmp_path, daemon_factory):
     # Progress counts up to the files to copy; the 40 directories are differences, not files.
     c = early["catch_up"]
     assert (c["to_copy"], c["differences"]) == ((count, count + dirs - 1) if c["walk_done"] else (0, 0)), (c, count, dirs)
-    assert early["watches_complete"] in (True, False)  # present; its truth is checked once in sync
+    # The socket answers before the watches are set: until then they are not complete. Once
+    # daemon_ready says they are, a folder still catching up has complete watches.
+    d.wait_for("daemon_ready")
+    mid = live(tmp_path / "ctl.sock")
+    assert mid["state"] == "catching_up" and mid["catch_up"] is not None, mid
+    assert mid["watches_complete"] is True, mid
     d.wait_ready()
     snap = status(cfg)
     f = folder(snap, "data")
