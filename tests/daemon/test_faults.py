@@ -80,6 +80,7 @@ def rescans(d: Any) -> int:
 
 # -- 1. inotify overflow ---------------------------------------------------------------
 
+@pytest.mark.slow  # 20 s on 2 cores
 @pytest.mark.timeout(150)
 def test_inotify_overflow_is_noticed_and_reconciled(tmp_path, daemon_factory):
     src, dst, spec = pair(tmp_path, delete=True)
@@ -395,6 +396,8 @@ def test_parent_of_watched_folder_made_unreadable(tmp_path, daemon_factory):
 
 # -- 7. full disk and permission errors -------------------------------------------------------------
 
+@pytest.mark.slow  # 8 s on 2 cores, more when they are busy
+@pytest.mark.timeout(120)
 def test_full_target_disk_retries_with_backoff_and_catches_up(tmp_path, daemon_factory):
     disk = tmp_path / "disk"
     disk.mkdir()
@@ -746,6 +749,7 @@ class Churn:
             self.files.discard(rel)
 
 
+@pytest.mark.slow  # 11 s on 2 cores
 @pytest.mark.timeout(120)
 def test_random_churn_ends_in_sync(tmp_path, daemon_factory):
     seed = int(os.environ.get("FOLDERMIRROR_CHURN_SEED") or random.SystemRandom().randrange(1 << 32))
