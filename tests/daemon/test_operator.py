@@ -1,15 +1,15 @@
-"""The operator's view against a real daemon: status, metrics, dry run, the control socket, logs."""
+"""The operator's view against a real daemon: status, metrics, dry run, the control socket, logs.
+
+The pure parts (Tracer, Repeats, the console format, the config keys) are in unit/test_operator.py.
+"""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
 import socket
 import stat
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -18,22 +18,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import LOCK_NAME, REPO, TEMP_MARK, pair, snapshot, wait_mirrored, wait_until, write_config
-from foldermirror import logs
-from foldermirror.logs import Repeats, Tracer
-
-ENV = {**os.environ, "PYTHONPATH": str(REPO / "daemon")}
-
-
-def fm(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "foldermirror", *args], capture_output=True, text=True,
-                          env=ENV, timeout=timeout, stdin=subprocess.DEVNULL)
-
-
-def status(config: Path) -> dict[str, Any]:
-    r = fm("status", "--config", str(config), "--json")
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
+from helpers import LOCK_NAME, TEMP_MARK, fm, pair, snapshot, status, wait_mirrored, wait_until, write_config
 
 
 def live(sock: Path, name: str = "data") -> dict[str, Any]:
@@ -82,10 +67,12 @@ def test_status_during_catch_up_and_in_sync(tmp_path, daemon_factory):
         sub.mkdir()
         for i in range(150):
             (sub / f"f{i}").write_bytes(b"x" * (i % 17))
+    # Copied 1 MiB per 50 ms (faults.py): the catch-up lasts at least 2 s after the watches are set.
+    (src / "slow.bin").write_bytes(b"s" * (40 << 20))
     count, dirs, size = entries(src)
     spec["settle"] = "30s"  # below: a file written without close stays pending, so its lag can be seen
     cfg = write_config(tmp_path, [spec], control_socket=str(tmp_path / "ctl.sock"))
-    d = daemon_factory(cfg)
+    d = daemon_factory(cfg, env={"FOLDERMIRROR_FAULTS": "slow_copy:slow.bin"})
     wait_until(lambda: (tmp_path / "ctl.sock").exists(), 30, "control socket never appeared")
     early = live(tmp_path / "ctl.sock")
     # Read the target after the snapshot: what the daemon counted as done is there by then.
@@ -96,7 +83,12 @@ def test_status_during_catch_up_and_in_sync(tmp_path, daemon_factory):
     # Progress counts up to the files to copy; the 40 directories are differences, not files.
     c = early["catch_up"]
     assert (c["to_copy"], c["differences"]) == ((count, count + dirs - 1) if c["walk_done"] else (0, 0)), (c, count, dirs)
-    assert early["watches_complete"] in (True, False)  # present; its truth is checked once in sync
+    # The socket answers before the watches are set: until then they are not complete. Once
+    # daemon_ready says they are, a folder still catching up has complete watches.
+    d.wait_for("daemon_ready")
+    mid = live(tmp_path / "ctl.sock")
+    assert mid["state"] == "catching_up" and mid["catch_up"] is not None, mid
+    assert mid["watches_complete"] is True, mid
     d.wait_ready()
     snap = status(cfg)
     f = folder(snap, "data")
@@ -333,106 +325,6 @@ def test_debug_trace_follows_one_file_through_the_pipeline(tmp_path, daemon_fact
     assert [r["stage"] for r in traced] == ["event", "ready", "dispatched", "done"], traced
     assert all(r["level"] == "debug" and r["folder"] == "data" and "since_ms" in r for r in traced)
     assert d.stop() == 0
-
-
-def test_tracer_follows_one_path_at_a_time_without_globs():
-    now = [0.0]
-    out = io.StringIO()
-    logs.configure_logging("debug", "json", out)
-    t = Tracer(logs.get_logger(), clock=lambda: now[0])
-    for i in range(50):
-        t.step("event", "f", f"p{i}")
-    t.step("ready", "f", "p0")
-    t.step("ready", "f", "p1")
-    t.step("done", "f", "p0", status="copied")
-    t.step("event", "f", "p2")           # within a second of the last: not picked
-    now[0] = 1.5
-    t.step("event", "f", "p3")
-    records = [json.loads(line) for line in out.getvalue().splitlines()]
-    assert [(r["path"], r["stage"]) for r in records] == [("p0", "event"), ("p0", "ready"), ("p0", "done"),
-                                                          ("p3", "event")], records
-
-
-def test_repeats_fold_identical_failures_within_the_window():
-    now = [0.0]
-    r = Repeats(window=60, clock=lambda: now[0])
-    assert r.admit(("f", "ENOSPC"), "a") is True
-    assert [r.admit(("f", "ENOSPC"), p) for p in "bcb"] == [False, False, False]
-    assert r.admit(("f", "EACCES"), "a") is True       # another error is its own line
-    assert r.due() == []
-    assert r.next_due() == 60                          # the daemon sleeps until then (EACCES folded nothing)
-    now[0] = 61
-    (run,) = r.due()
-    assert (run.key, run.count, run.paths, run.last_path) == (("f", "ENOSPC"), 3, ["b", "c"], "b")
-    assert r.admit(("f", "ENOSPC"), "d") is True       # a new window starts with a full line
-    assert r.next_due() is None
-    assert r.due(flush=True) == []
-
-
-def test_every_warning_and_error_says_what_to_do():
-    events = []
-    for path in (REPO / "daemon" / "foldermirror").rglob("*.py"):
-        source = path.read_text()
-        for m in re.finditer(r"log\.(warning|error)\(\s*\"(\w+)\"(.*?)\)\n", source, re.S):
-            events.append((path.name, m.group(2), "fix=" in m.group(3)))
-    assert len(events) >= 10
-    missing = [(file, name) for file, name, inline in events if not inline and name not in logs.FIXES]
-    assert missing == []
-
-
-def test_console_format_on_a_tty_is_aligned_and_coloured():
-    class Tty(io.StringIO):
-        def isatty(self) -> bool:
-            return True
-    out = Tty()
-    logs.configure_logging("info", "auto", out)
-    logs.get_logger().warning("source_missing", folder="photos", path="/srv/photos")
-    logs.get_logger().info("file_mirrored", folder="photos", path="a")
-    first, second = out.getvalue().splitlines()
-    plain = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in (first, second)]
-    assert "\x1b[" in first and "[warning" in plain[0] and "fix=" in plain[0]
-    assert plain[0].index("folder=") < plain[0].index("fix=")  # in the order given, the fix last
-    # Level and event name are padded, so the key=value pairs start in one column.
-    assert plain[0].index("source_missing") == plain[1].index("file_mirrored")
-    assert re.search(r" \w+=", plain[0]).start() == re.search(r" \w+=", plain[1]).start(), plain
-    piped = io.StringIO()
-    logs.configure_logging("info", "auto", piped)
-    logs.get_logger().info("file_mirrored", folder="photos")
-    assert json.loads(piped.getvalue())["event"] == "file_mirrored"
-
-
-@pytest.mark.parametrize("top, message", [
-    ("metrics: {listen: localhost}", "1:19: metrics.listen: expected host:port such as 127.0.0.1:9108"),
-    ("metrics: {listen: '127.0.0.1:70000'}", "metrics.listen: port must be between 0 and 65535, got '70000'"),
-    ("metrics: {listen: '::1:9108'}", "metrics.listen: write an IPv6 address in brackets"),
-    ("metrics: {}", "metrics.listen: missing: give host:port"),
-    ("control_socket: /" + "s" * 120, "1:17: control_socket: '/sss"),
-    ("log: {trace: []}", ""),
-])
-def test_operator_config_keys_are_validated(tmp_path, top, message):
-    from foldermirror.config import parse_config
-    from foldermirror.errors import ConfigError
-
-    src = tmp_path / "src"
-    src.mkdir()
-    text = f"{top}\nfolders: [{{source: {src}, target: {tmp_path / 'dst'}}}]\n"
-    if not message:
-        assert parse_config(text, "c.yaml").log.trace == ()
-        return
-    with pytest.raises(ConfigError) as err:
-        parse_config(text, "c.yaml")
-    assert message in str(err.value), str(err.value)
-
-
-def test_operator_config_keys_parse(tmp_path):
-    from foldermirror.config import parse_config
-
-    src = tmp_path / "src"
-    src.mkdir()
-    c = parse_config(f"control_socket: ctl.sock\nmetrics: {{listen: '[::1]:0'}}\nlog: {{trace: '*.jpg'}}\n"
-                     f"folders: [{{source: {src}, target: {tmp_path / 'dst'}}}]\n", str(tmp_path / "c.yaml"))
-    assert c.control_socket == tmp_path / "ctl.sock" and c.log.trace == ("*.jpg",)
-    assert (c.metrics.host, c.metrics.port, c.metrics.listen) == ("::1", 0, "[::1]:0")
 
 
 @pytest.mark.parametrize("command", ["status", "rescan"])

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs tests/systemd_e2e.sh inside a qemu VM whose PID 1 is a real systemd 252 (Debian 12), via
+# Runs tests/system/systemd_e2e.sh inside a qemu VM whose PID 1 is a real systemd 252 (Debian 12), via
 # ../shared/sdvm (see its README). On the host: builds the wheelhouse (this package and its
 # dependencies) under /var/tmp, hands README.md, systemd/ and config/ to the guest, and prints the
 # guest's PASS/FAIL lines. Exit 0 only when every check passed.
@@ -11,7 +11,7 @@
 # Environment: SDVM (default ../shared/sdvm beside the checkout), E2E_TIMEOUT (hard limit on the
 # VM run in seconds, default 300), E2E_KEEP=1 (keep the run directory with serial.log, journal).
 set -uo pipefail
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)   # the checkout: this is tests/system/
 SDVM=${SDVM:-$ROOT/../shared/sdvm}
 TIMEOUT=${E2E_TIMEOUT:-300}
 T0=$(date +%s)
@@ -62,7 +62,7 @@ mkdir -p "$WORK/extra/config" && cp -a "$ROOT/config/example.yaml" "$WORK/extra/
 # 4. Boot, test, power off.
 say "booting the VM (limit ${TIMEOUT}s)"
 SDVM_RUNDIR=$RUNDIR SDVM_EXTRA_DIR=$WORK/extra SDVM_TIMEOUT=$TIMEOUT SDVM_GUEST_TIMEOUT=$((TIMEOUT - 40)) \
-  "$SDVM/run.sh" "$WORK/wheelhouse" "$ROOT/tests/systemd_e2e.sh"
+  "$SDVM/run.sh" "$WORK/wheelhouse" "$ROOT/tests/system/systemd_e2e.sh"
 rc=$?
 say "VM part done in $(( $(date +%s) - T0 ))s, sdvm exit status $rc"
 if [ "$rc" != 0 ]; then

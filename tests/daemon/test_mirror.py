@@ -10,11 +10,10 @@ import struct
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 
-from conftest import pair, wait_mirrored, wait_until, write_config
+from helpers import ENV, pair, temps, wait_mirrored, wait_until, write_config
 
 
 @pytest.fixture
@@ -335,17 +334,15 @@ def test_stop_is_clean(tmp_path, daemon_factory, sig):
     assert d.stop(sig) == 0
     assert d.events("daemon_stopping") and d.events("daemon_stopped")
     assert not [line for line in d.other_lines if line.strip()], d.other_lines
-    temps = [p for p in dst.rglob("*") if ".foldermirror-" in p.name]
-    assert not temps, temps
+    assert not temps(dst), temps(dst)
 
 
 def test_sigint_to_process_group_is_clean(tmp_path):
     """Ctrl-C reaches the whole process group: workers must leave it to the main process."""
     src, dst, spec = pair(tmp_path)
     cfg = write_config(tmp_path, [spec])
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent / "daemon")}
     proc = subprocess.Popen([sys.executable, "-m", "foldermirror", "run", "--config", str(cfg),
-                             "--log-format", "json"], stderr=subprocess.PIPE, env=env, start_new_session=True)
+                             "--log-format", "json"], stderr=subprocess.PIPE, env=ENV, start_new_session=True)
     lines: list[bytes] = []
     assert proc.stderr is not None
     for line in proc.stderr:

@@ -21,10 +21,10 @@ from typing import Callable
 
 import pytest
 
-from conftest import REPO, pair, wait_until, write_config
 from foldermirror.cli import main
 from foldermirror.config import load_config
 from foldermirror.errors import ConfigError
+from helpers import ENV, REPO, pair, wait_until, write_config
 
 SEED = int(os.environ.get("FOLDERMIRROR_FUZZ_SEED", "20240611"))
 MUTANTS = 400
@@ -311,11 +311,9 @@ def test_no_mutant_crashes_check(tmp_path, capsys):
     rng = random.Random(SEED)
     refused = [p for p, rc in codes.items() if rc == 78]
     sample = rng.sample(valid, SUBPROCESS_CHECKS // 2) + rng.sample(refused, SUBPROCESS_CHECKS // 2)
-    env = {**os.environ, "PYTHONPATH": str(REPO / "daemon")}
-    env.pop("INVOCATION_ID", None)
     for path in sample:
         r = subprocess.run([sys.executable, "-m", "foldermirror", "check", "--config", str(path)],
-                           capture_output=True, text=True, errors="replace", env=env, timeout=30,
+                           capture_output=True, text=True, errors="replace", env=ENV, timeout=30,
                            stdin=subprocess.DEVNULL)
         context = dict(mutants)[path]
         assert r.returncode == codes[path], f"{context}: exit {r.returncode} in a process\n{r.stderr[:2000]}"

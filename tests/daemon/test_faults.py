@@ -25,45 +25,15 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
-from conftest import LOCK_NAME, TEMP_MARK, _children, pair, snapshot, wait_mirrored, wait_until, write_config
 from foldermirror import tempnames
-from foldermirror.config import parse_config
-from foldermirror.errors import ConfigError
 from foldermirror.pipeline.pool import process_alive
-from foldermirror.catchup.compare import MASS_DELETE_MIN, WalkStats, hold_deletions
+from helpers import (IS_ROOT, LOCK_NAME, TEMP_MARK, descendants, pair, setpriv_or_skip, snapshot,
+                     still_mirroring, temps, wait_mirrored, wait_until, write_config)
 
 MiB = 1 << 20
-IS_ROOT = os.geteuid() == 0
-# uid 0 without the capabilities that bypass permission bits: permission errors bite again.
-LIMITED = ("setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner,-chown")
 
 
 # -- helpers ---------------------------------------------------------------------------
-
-def still_mirroring(d: Any, src: Path, dst: Path, delete: bool = True, sub: str = "") -> None:
-    """The daemon is alive, and a file written now is mirrored (with everything else)."""
-    assert d.proc.poll() is None, f"the daemon died:\n{d.tail()}"
-    where = src / sub if sub else src
-    (where / "zz-written-afterwards").write_bytes(b"after the fault " + os.urandom(8))
-    wait_mirrored(src, dst, timeout=60, delete=delete)
-    assert d.proc.poll() is None, f"the daemon died:\n{d.tail()}"
-
-
-def temps(root: Path) -> list[str]:
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        out += [os.path.join(dirpath, n) for n in dirnames + filenames if TEMP_MARK in n]
-    return out
-
-
-def descendants(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        kids = _children(todo.pop())
-        out += kids
-        todo += kids
-    return out
-
 
 def pattern(tag: bytes, size: int) -> bytes:
     block = hashlib.sha256(tag).digest() * (MiB // 32)
@@ -72,14 +42,6 @@ def pattern(tag: bytes, size: int) -> bytes:
 
 def wait_for_temp(dst: Path, timeout: float = 30) -> str:
     return wait_until(lambda: (t := temps(dst)) and t[0], timeout, "no copy in progress (no temp file)")
-
-
-def setpriv_or_skip() -> tuple[str, ...]:
-    if not IS_ROOT:
-        pytest.skip("needs root: runs the daemon as uid 0 without DAC capabilities, and chowns")
-    if shutil.which("setpriv") is None:
-        pytest.skip("setpriv (util-linux) is not installed")
-    return LIMITED
 
 
 def mount(*args: str) -> None:
@@ -118,6 +80,7 @@ def rescans(d: Any) -> int:
 
 # -- 1. inotify overflow ---------------------------------------------------------------
 
+@pytest.mark.slow  # 20 s on 2 cores
 @pytest.mark.timeout(150)
 def test_inotify_overflow_is_noticed_and_reconciled(tmp_path, daemon_factory):
     src, dst, spec = pair(tmp_path, delete=True)
@@ -433,6 +396,8 @@ def test_parent_of_watched_folder_made_unreadable(tmp_path, daemon_factory):
 
 # -- 7. full disk and permission errors -------------------------------------------------------------
 
+@pytest.mark.slow  # 8 s on 2 cores, more when they are busy
+@pytest.mark.timeout(120)
 def test_full_target_disk_retries_with_backoff_and_catches_up(tmp_path, daemon_factory):
     disk = tmp_path / "disk"
     disk.mkdir()
@@ -784,6 +749,7 @@ class Churn:
             self.files.discard(rel)
 
 
+@pytest.mark.slow  # 11 s on 2 cores
 @pytest.mark.timeout(120)
 def test_random_churn_ends_in_sync(tmp_path, daemon_factory):
     seed = int(os.environ.get("FOLDERMIRROR_CHURN_SEED") or random.SystemRandom().randrange(1 << 32))
@@ -808,32 +774,6 @@ def test_random_churn_ends_in_sync(tmp_path, daemon_factory):
 
 
 # -- 11. mass-delete guard -------------------------------------------------------------------------------
-
-def test_hold_deletions_rules():
-    def stats(entries: int, target: int, doomed: int) -> WalkStats:
-        return WalkStats(entries=entries, target_entries=target, doomed=doomed)
-
-    assert hold_deletions(stats(0, 3, 3), 0.5)                  # the source looks empty
-    assert not hold_deletions(stats(0, 3, 3), 1.0)              # the guard is off
-    assert not hold_deletions(stats(0, 0, 0), 0.5)              # nothing to delete
-    assert hold_deletions(stats(20, 100, 80), 0.5)              # lost most of its files
-    assert not hold_deletions(stats(60, 100, 40), 0.5)          # an ordinary clean-up
-    assert not hold_deletions(stats(1, MASS_DELETE_MIN, MASS_DELETE_MIN - 1), 0.5)  # too few to judge
-    assert hold_deletions(stats(50, 100, 11), 0.1)
-
-
-def test_max_delete_fraction_config(tmp_path):
-    (tmp_path / "src").mkdir()
-    cfg = parse_config("folders:\n  - {source: src, target: dst, delete: true}\n", str(tmp_path / "c.yaml"))
-    assert cfg.folders[0].max_delete_fraction == 0.5  # old configs keep working, guarded
-    cfg = parse_config("folders:\n  - {source: src, target: dst, max_delete_fraction: 1}\n", str(tmp_path / "c.yaml"))
-    assert cfg.folders[0].max_delete_fraction == 1.0
-    for bad in ("1.5", "half", "true"):
-        with pytest.raises(ConfigError) as info:
-            parse_config(f"folders:\n  - source: src\n    target: dst\n    max_delete_fraction: {bad}\n",
-                         str(tmp_path / "c.yaml"))
-        assert "folders[0].max_delete_fraction" in str(info.value) and "0 to 1" in str(info.value)
-
 
 def test_mass_delete_guard_holds_a_lost_source_until_told(tmp_path, daemon_factory):
     src, dst, spec = pair(tmp_path, delete=True)

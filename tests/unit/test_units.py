@@ -7,9 +7,9 @@ import threading
 
 import pytest
 
-from conftest import wait_until
-from foldermirror.pipeline.changes import ChangeQueue
 from foldermirror.paths import Excluder, relative
+from foldermirror.pipeline.changes import ChangeQueue
+from helpers import wait_until
 
 
 class Clock:

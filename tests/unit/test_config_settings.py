@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from helpers import REPO
 from foldermirror import config as config_module
 from foldermirror.cli import describe
 from foldermirror.config import (Config, FolderConfig, Setting, flag, format_duration, globs, parse_config,

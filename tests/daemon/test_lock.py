@@ -2,41 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import LOCK_NAME, REPO, _children, pair, wait_mirrored, wait_until, write_config
-from foldermirror import targetlock, tempnames
-from foldermirror.pipeline.copier import Mirror, SourceTree
-from foldermirror.pipeline.records import Outcome, Status
-from foldermirror.pipeline.targets import LocalTarget
-from foldermirror.tempnames import RESERVED_REASON, is_reserved, temp_name
-from foldermirror.errors import FoldermirrorError
-from foldermirror.paths import Excluder
-from foldermirror.catchup.compare import WalkStats, diff_tree
+from foldermirror import targetlock
+from foldermirror.tempnames import RESERVED_REASON
 from foldermirror.targetlock import TargetLocked
-
-ENV = {**os.environ, "PYTHONPATH": str(REPO / "daemon")}
-
-
-def fm(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "foldermirror", *args], capture_output=True, text=True,
-                          env=ENV, timeout=timeout, stdin=subprocess.DEVNULL)
+from helpers import LOCK_NAME, children, fm, lock_holder, pair, wait_mirrored, wait_until, write_config
 
 
 def refusal(target: Path, pid: int, config: Path) -> str:
     return f"{target} is already mirrored by pid {pid} ({config})"
-
-
-def holder(target: Path) -> dict:
-    return json.loads((target / LOCK_NAME).read_text())
 
 
 def lock_fd_holders(pid: int, lock: Path) -> list[int]:
@@ -44,7 +23,7 @@ def lock_fd_holders(pid: int, lock: Path) -> list[int]:
     out, todo = [], [pid]
     while todo:
         p = todo.pop()
-        todo.extend(_children(p))
+        todo.extend(children(p))
         try:
             fds = os.listdir(f"/proc/{p}/fd")
         except OSError:
@@ -58,149 +37,6 @@ def lock_fd_holders(pid: int, lock: Path) -> list[int]:
     return out
 
 
-# -- targetlock ------------------------------------------------------------------------------------
-
-@pytest.mark.timeout(10)
-def test_the_lock_conflicts_with_a_second_open_file_description_and_names_its_holder(tmp_path):
-    assert LOCK_NAME == tempnames.LOCK_NAME  # the tests' own copy of the name
-    lock = targetlock.acquire(str(tmp_path), "/etc/foldermirror/a.yaml")
-    assert lock.path == str(tmp_path / LOCK_NAME) and lock.intact()
-    assert holder(tmp_path) == {"pid": os.getpid(), "config": "/etc/foldermirror/a.yaml"}
-    with pytest.raises(TargetLocked) as caught:  # flock: a second open() conflicts even in one process
-        targetlock.acquire(str(tmp_path), "/etc/foldermirror/b.yaml")
-    exc = caught.value
-    assert isinstance(exc, FoldermirrorError)
-    assert (exc.target, exc.pid, exc.config) == (str(tmp_path), os.getpid(), "/etc/foldermirror/a.yaml")
-    assert str(exc) == f"{tmp_path} is already mirrored by pid {os.getpid()} (/etc/foldermirror/a.yaml)"
-    assert holder(tmp_path)["config"] == "/etc/foldermirror/a.yaml"  # the loser wrote nothing
-    lock.release()
-    lock.release()  # twice is harmless
-    assert not lock.intact()
-    again = targetlock.acquire(str(tmp_path), "/etc/foldermirror/b.yaml")
-    assert holder(tmp_path) == {"pid": os.getpid(), "config": "/etc/foldermirror/b.yaml"}
-    again.release()
-    assert (tmp_path / LOCK_NAME).exists()  # never deleted: the flock, not the file, is the lock
-
-
-@pytest.mark.timeout(10)
-def test_intact_is_false_once_the_lock_file_or_the_target_is_deleted_or_replaced(tmp_path):
-    target = tmp_path / "t"
-    target.mkdir()
-    lock = targetlock.acquire(str(target), "/c.yaml")
-    (target / LOCK_NAME).unlink()
-    assert not lock.intact()
-    lock.release()
-
-    lock = targetlock.acquire(str(target), "/c.yaml")
-    shutil.rmtree(target)
-    assert not lock.intact()
-    target.mkdir()  # recreated: a new lock file there is free for anyone
-    other = targetlock.acquire(str(target), "/other.yaml")
-    assert other.intact() and not lock.intact()
-    lock.release()
-    other.release()
-
-    lock = targetlock.acquire(str(target), "/c.yaml")
-    os.rename(target / LOCK_NAME, target / "moved")
-    (target / LOCK_NAME).write_text("")
-    assert not lock.intact()
-    lock.release()
-
-
-@pytest.mark.timeout(20)
-def test_the_lock_dies_with_its_holder_even_when_it_is_killed(tmp_path):
-    child = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom foldermirror import targetlock\n"
-         "targetlock.acquire(sys.argv[1], '/child.yaml')\nprint('locked', flush=True)\ntime.sleep(600)\n",
-         str(tmp_path)], env=ENV, stdout=subprocess.PIPE, text=True)
-    try:
-        assert child.stdout is not None and child.stdout.readline() == "locked\n"
-        with pytest.raises(TargetLocked) as caught:
-            targetlock.acquire(str(tmp_path), "/me.yaml")
-        assert (caught.value.pid, caught.value.config) == (child.pid, "/child.yaml")
-        child.send_signal(signal.SIGKILL)
-        child.wait(10)
-        lock = targetlock.acquire(str(tmp_path), "/me.yaml")  # no stale-lock clean-up needed
-        assert holder(tmp_path) == {"pid": os.getpid(), "config": "/me.yaml"}
-        lock.release()
-    finally:
-        child.kill()
-        child.wait()
-
-
-@pytest.mark.timeout(10)
-def test_a_lock_path_that_is_a_directory_or_a_symlink_is_refused_with_a_reason(tmp_path):
-    (tmp_path / LOCK_NAME).mkdir()
-    with pytest.raises(FoldermirrorError, match="is a directory"):
-        targetlock.acquire(str(tmp_path), "/c.yaml")
-    (tmp_path / LOCK_NAME).rmdir()
-    (tmp_path / "elsewhere").write_text("keep me")
-    (tmp_path / LOCK_NAME).symlink_to(tmp_path / "elsewhere")
-    with pytest.raises(FoldermirrorError, match="symlink"):
-        targetlock.acquire(str(tmp_path), "/c.yaml")
-    assert (tmp_path / "elsewhere").read_text() == "keep me"
-
-
-# -- the reserved name in comparisons and workers ----------------------------------------------
-
-@pytest.mark.timeout(10)
-def test_comparisons_never_delete_or_count_the_lock_file(tmp_path):
-    src, dst = tmp_path / "s", tmp_path / "t"
-    src.mkdir()
-    dst.mkdir()
-    (src / "keep").write_text("k")
-    (dst / "keep").write_text("k")
-    (dst / LOCK_NAME).write_text("{}")
-    (dst / "extra").mkdir()
-    (dst / "extra" / "one").write_text("1")
-    (dst / "extra" / LOCK_NAME).write_text("{}")
-    stats = WalkStats()
-    diffs = {d.path: d.reason for d in diff_tree(str(src), str(dst), Excluder(()), True, "i", stats=stats)}
-    diffs.pop("keep", None)  # its mtime may differ: not what this is about
-    assert diffs == {"extra": "extra"}, diffs
-    # what deleting `extra` removes: itself and `one`; the lock names are neither deleted nor counted
-    assert (stats.doomed, stats.target_entries) == (2, 3), stats
-    # the reserved name in the source is not mirrored: a difference the worker skips with a warning
-    (src / LOCK_NAME).write_text("a user's file")
-    (src / "sub").mkdir()
-    (src / "sub" / LOCK_NAME).write_text("another")
-    diffs = {d.path: d.reason for d in diff_tree(str(src), str(dst), Excluder(()), True, "i")}
-    assert diffs[LOCK_NAME] == "reserved" and diffs[f"sub/{LOCK_NAME}"] == "reserved", diffs
-    assert Excluder(())(LOCK_NAME) and Excluder(())(f"sub/{LOCK_NAME}")  # no event reaches a worker
-    assert is_reserved(LOCK_NAME) and is_reserved(temp_name("abc"))
-    assert not is_reserved(LOCK_NAME + ".bak") and not is_reserved("foldermirror.lock")
-
-
-@pytest.mark.timeout(10)
-def test_a_worker_never_replaces_deletes_or_moves_the_lock_file(tmp_path):
-    src, dst = tmp_path / "s", tmp_path / "t"
-    src.mkdir()
-    dst.mkdir()
-    (dst / LOCK_NAME).write_text("ours")
-    sroot = os.open(src, os.O_RDONLY | os.O_DIRECTORY)
-    troot = os.open(dst, os.O_RDONLY | os.O_DIRECTORY)
-    os.close(troot)
-    m = Mirror(SourceTree(sroot), LocalTarget(str(dst), delete=True, durable=False, instance="i"), delete=True)
-    try:
-        # source has no such file and delete is on: a plain sync would delete the target's
-        assert m.mirror(LOCK_NAME, None)[-1][1:2] == ("skipped",)
-        (src / LOCK_NAME).write_text("theirs")
-        out = m.mirror(LOCK_NAME, None)
-        assert out == [Outcome(LOCK_NAME, Status.SKIPPED, "file", 0, RESERVED_REASON)]
-        # a rename replayed onto or away from the name moves nothing over or out of it
-        (src / "renamed").write_text("r")
-        out = m.mirror("renamed", LOCK_NAME)
-        assert [o[1] for o in out] == ["skipped", "copied"], out
-        os.rename(src / "renamed", src / "x")
-        (dst / "x").write_text("old mirror of x")
-        m.mirror(LOCK_NAME, "x")
-        assert (dst / LOCK_NAME).read_text() == "ours"
-    finally:
-        m.source.close()
-        m.target.close()
-    assert (dst / LOCK_NAME).read_text() == "ours"
-
-
 # -- daemons meeting at a target ------------------------------------------------------------------
 
 @pytest.mark.timeout(90)
@@ -209,7 +45,7 @@ def test_a_second_daemon_on_the_same_config_exits_naming_the_holder(tmp_path, da
     cfg = write_config(tmp_path, [spec])
     first = daemon_factory(cfg)
     first.wait_ready()
-    assert holder(dst) == {"pid": first.proc.pid, "config": str(cfg)}
+    assert lock_holder(dst) == {"pid": first.proc.pid, "config": str(cfg)}
     # the workers come from the fork server: none of them, nor it, has the lock file open
     wait_until(lambda: first.worker_pids(), 10, "no workers")
     assert lock_fd_holders(first.proc.pid, dst / LOCK_NAME) == [first.proc.pid]
@@ -226,9 +62,9 @@ def test_a_second_daemon_on_the_same_config_exits_naming_the_holder(tmp_path, da
 
     (src / "after.txt").write_text("the first one still mirrors")
     wait_mirrored(src, dst)
-    assert holder(dst) == {"pid": first.proc.pid, "config": str(cfg)}
+    assert lock_holder(dst) == {"pid": first.proc.pid, "config": str(cfg)}
     assert first.stop() == 0
-    assert holder(dst)["pid"] == first.proc.pid  # the file stays; its flock went with the process
+    assert lock_holder(dst)["pid"] == first.proc.pid  # the file stays; its flock went with the process
     targetlock.acquire(str(dst), "/after.yaml").release()
 
 
@@ -288,14 +124,14 @@ def test_a_daemon_serves_the_folders_whose_targets_are_free_and_takes_the_rest_o
     (own_src / "own.txt").write_text("served")
     wait_mirrored(own_src, own_dst)
     assert not (dst / "mine.txt").exists()
-    assert holder(own_dst)["pid"] == second.proc.pid
+    assert lock_holder(own_dst)["pid"] == second.proc.pid
 
     assert first.stop() == 0
     second.send(signal.SIGHUP)                    # an unusable folder is tried again on reload
     second.wait_for("config_reloaded")
     assert "unusable" not in second.events("config_reloaded")[-1]
     wait_until(lambda: (dst / "mine.txt").exists(), 30, lambda: second.tail())
-    assert holder(dst) == {"pid": second.proc.pid, "config": str(cfg)}
+    assert lock_holder(dst) == {"pid": second.proc.pid, "config": str(cfg)}
     assert second.stop() == 0
 
 
@@ -314,7 +150,7 @@ def test_reload_adding_a_locked_target_leaves_it_unusable_and_moves_locks_with_t
     d = daemon_factory(cfg)
     d.wait_ready()
     for target in (a_dst, b_dst, c_dst):
-        assert holder(target)["pid"] == d.proc.pid
+        assert lock_holder(target)["pid"] == d.proc.pid
 
     # add a folder whose target the first daemon holds; change b's target; remove nothing yet
     new_b_dst = other_dir / "b-dst-2"
@@ -325,7 +161,7 @@ def test_reload_adding_a_locked_target_leaves_it_unusable_and_moves_locks_with_t
     assert reloaded["unusable"] == ["late"] and reloaded["changed"] == ["b"], reloaded
     (line,) = d.events("folder_unusable", folder="late")
     assert line["error"] == refusal(held_dst, first.proc.pid, tmp_path / "config.yaml"), line
-    assert holder(held_dst)["pid"] == first.proc.pid
+    assert lock_holder(held_dst)["pid"] == first.proc.pid
     targetlock.acquire(str(b_dst), "/test.yaml").release()          # the old target was let go
     with pytest.raises(TargetLocked) as caught:                      # the new one is held
         targetlock.acquire(str(new_b_dst), "/test.yaml")
@@ -346,7 +182,7 @@ def test_reload_adding_a_locked_target_leaves_it_unusable_and_moves_locks_with_t
         targetlock.acquire(str(target), "/test.yaml").release()
     (a_src / "moved.txt").write_text("into b's old target")
     wait_mirrored(a_src, new_b_dst, delete=False)
-    assert holder(new_b_dst)["pid"] == d.proc.pid
+    assert lock_holder(new_b_dst)["pid"] == d.proc.pid
     assert d.stop() == 0
     targetlock.acquire(str(new_b_dst), "/test.yaml").release()      # shutdown released the rest
     assert first.stop() == 0
@@ -364,7 +200,7 @@ def test_delete_true_keeps_the_lock_file_and_dry_run_never_lists_it(tmp_path, da
     d.wait_ready()
     d.wait_for("file_deleted", count=3)
     wait_mirrored(src, dst)
-    assert holder(dst)["pid"] == d.proc.pid
+    assert lock_holder(dst)["pid"] == d.proc.pid
     r = fm("rescan", "--config", str(cfg))  # a whole comparison again: the lock file is still no extra
     assert r.returncode == 0, r.stderr
     d.wait_for("sync_finished", reason="requested")
@@ -389,12 +225,12 @@ def test_a_source_file_with_the_reserved_name_is_skipped_with_a_warning(tmp_path
     skipped = d.wait_for("file_skipped", path=LOCK_NAME)[0]
     assert skipped["error"] == RESERVED_REASON and "rename" in skipped["fix"], skipped
     wait_mirrored(src, dst)  # the oracle leaves the reserved name out on both sides
-    assert holder(dst)["pid"] == d.proc.pid
+    assert lock_holder(dst)["pid"] == d.proc.pid
     (src / LOCK_NAME).write_text("rewritten: still not copied")
     (src / LOCK_NAME).unlink()  # with delete: true, its deletion does not reach ours either
     (src / "after.txt").write_text("a")
     wait_mirrored(src, dst)
-    assert holder(dst)["pid"] == d.proc.pid
+    assert lock_holder(dst)["pid"] == d.proc.pid
     assert d.stop() == 0
     (src / LOCK_NAME).write_text("back")
     r = fm("sync", "--dry-run", "--config", str(cfg))
