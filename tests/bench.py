@@ -28,8 +28,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(REPO / "daemon")}
@@ -43,7 +44,7 @@ class Daemon:
     Directories are not counted: the comparison is with the files cp and rsync copy.
     """
 
-    running: list["Daemon"] = []  # stopped at the end even when a scenario fails
+    running: list[Daemon] = []  # stopped at the end even when a scenario fails
 
     def __init__(self, config: Path) -> None:
         self.mirrored: set[str] = set()
@@ -73,7 +74,7 @@ class Daemon:
                     self.events.append(rec)
                 self.cond.notify_all()
 
-    def wait(self, predicate: Callable[["Daemon"], bool], timeout: float) -> float:
+    def wait(self, predicate: Callable[[Daemon], bool], timeout: float) -> float:
         deadline = time.monotonic() + timeout
         with self.cond:
             while not predicate(self):

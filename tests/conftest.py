@@ -8,8 +8,8 @@ tests/unit/, tests/daemon/ and tests/system/ alike.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import pytest
 

@@ -18,8 +18,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import pytest
 import yaml
@@ -172,7 +173,7 @@ class Daemon:
 
     def close(self) -> None:
         """Once the process is gone: collect the last lines and close the pipes."""
-        for t, stream in zip(self._readers, (self.proc.stderr, self.proc.stdout)):
+        for t, stream in zip(self._readers, (self.proc.stderr, self.proc.stdout), strict=True):
             t.join(5)
             if not t.is_alive() and stream is not None:  # a reader still in read() holds the stream
                 stream.close()

@@ -123,7 +123,7 @@ def _setting_lines(cls: type, obj: Any, indent: str, unset: str | None = None) -
         if s.section is None:
             continue
         value = None if obj is None else getattr(obj, name)
-        items = [(f"{name}[{i}]", item) for i, item in enumerate(value)] if s.many else [(name, value)]
+        items = [(f"{name}[{i}]", item) for i, item in enumerate(value or ())] if s.many else [(name, value)]
         for header, item in items:
             lines.append(f"{indent}{header}:")
             lines += _setting_lines(s.section, item, indent + "  ", s.unset if item is None else None)

@@ -90,14 +90,14 @@ class _Loader(yaml.SafeLoader):
     def key(self) -> str:
         return _key_path(self.path)
 
-    def refuse(self, mark: yaml.Mark, message: str) -> ConfigError:
+    def refuse(self, mark: Any, message: str) -> ConfigError:  # a yaml Mark (pure or libyaml)
         return ConfigError(self.file, message, line=mark.line + 1, column=mark.column + 1, key=self.key() or None)
 
     def hint(self, event: yaml.Event) -> str:
         # Only a scalar can be text that was meant to start with *, & or !.
         if not isinstance(event, (yaml.ScalarEvent, yaml.AliasEvent)):
             return ""
-        return _quote_hint(self.text, event.start_mark.index)
+        return _quote_hint(self.text, event.start_mark.index) if event.start_mark is not None else ""
 
     def get_single_node(self) -> yaml.Node | None:
         self.get_event()  # stream start
@@ -126,6 +126,7 @@ class _Loader(yaml.SafeLoader):
         if self.nodes > MAX_NODES:
             raise self.refuse(event.start_mark, f"more than {MAX_NODES:,} values; a config needs far fewer")
         if isinstance(event, yaml.AliasEvent):
+            assert event.start_mark is not None  # the loader always marks its events
             raise self.refuse(event.start_mark, "YAML aliases (*name) cannot be used in a config file"
                               + self.hint(event))
         if event.anchor is not None:
@@ -139,6 +140,7 @@ class _Loader(yaml.SafeLoader):
         node = super().compose_node(parent, index)
         if parent is not None:
             self.path.pop()
+        assert node is not None  # compose_node returns None only at the end of the stream
         return node
 
 
@@ -178,7 +180,8 @@ def _quote_hint(text: str, start: int, end: int | None = None) -> str:
     m = _SIGIL_START.search(text, start, (start if end is None else end) + 1)
     if m is None:
         return ""
-    word = _SIGIL_WORD.match(text, m.start(1)).group()
+    word_match = _SIGIL_WORD.match(text, m.start(1))
+    word = word_match.group() if word_match is not None else text[m.start(1)]
     return (f"; a plain value starting with {word[0]} is read as {_SIGILS[word[0]]}: "
             f"if it is text (e.g. a pattern), write it in quotes: {_quoted(word)}")
 
@@ -406,7 +409,10 @@ def settings(cls: type) -> dict[str, Setting]:
 
 def _default_of(cls: type, name: str) -> Any:
     f = next(f for f in fields(cls) if f.name == name)
-    return f.default_factory() if f.default is MISSING else f.default
+    if f.default is not MISSING:
+        return f.default
+    assert f.default_factory is not MISSING, f"{cls.__name__}.{name} has no default"
+    return f.default_factory()
 
 
 def flag(default: bool, doc: str) -> Any:
@@ -445,7 +451,7 @@ def sections(cls: type, doc: str, *, what: str, limit: Callable[[], int] | None 
             raise reader.error(node, key, f"expected a non-empty list of {what}")
         if limit is not None and len(node.value) > limit():
             raise reader.error(node, key, f"at most {limit()} {what}, got {len(node.value)}")
-        items = [reader.section(cls, item, f"{key}[{i}]") for i, item in enumerate(node.value)]
+        items: list[Any] = [reader.section(cls, item, f"{key}[{i}]") for i, item in enumerate(node.value)]
         if check is not None:
             check(reader, items, node.value)
         return tuple(obj for obj, _ in items)

@@ -13,7 +13,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Iterator, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TextIO
@@ -49,7 +49,7 @@ FIXES: dict[str, str] = {
 }
 
 
-def _advise(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+def _advise(logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     if method in ("warning", "error", "critical") and "fix" not in event:
         fix = FIXES.get(event.get("event", ""))
         if fix:
@@ -144,11 +144,14 @@ def get_logger() -> Any:
 
 
 # -- repeated failures ---------------------------------------------------------------
+RepeatKey = tuple[str, str]  # (folder, error)
+
+
 @dataclass
 class Repeat:
     """A run of identical failures after the first one of its window was logged."""
 
-    key: Hashable
+    key: RepeatKey
     fields: dict[str, Any]
     started: float
     count: int = 0
@@ -168,11 +171,11 @@ class Repeats:
     def __init__(self, window: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.window = window
         self.clock = clock
-        self._open: dict[Hashable, Repeat] = {}
+        self._open: dict[RepeatKey, Repeat] = {}
         self._due: list[Repeat] = []
         self._lock = threading.Lock()
 
-    def admit(self, key: Hashable, path: str, **fields: Any) -> bool:
+    def admit(self, key: RepeatKey, path: str, **fields: Any) -> bool:
         """True: log this one in full. False: it was counted into the running window."""
         now = self.clock()
         with self._lock:

@@ -18,17 +18,30 @@ import stat
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
 
 from foldermirror import tempnames
 from foldermirror.pipeline.pool import process_alive
-from helpers import (IS_ROOT, LOCK_NAME, TEMP_MARK, descendants, pair, setpriv_or_skip, snapshot,
-                     still_mirroring, temps, wait_mirrored, wait_until, write_config)
+from helpers import (
+    IS_ROOT,
+    LOCK_NAME,
+    TEMP_MARK,
+    descendants,
+    pair,
+    setpriv_or_skip,
+    snapshot,
+    still_mirroring,
+    temps,
+    wait_mirrored,
+    wait_until,
+    write_config,
+)
 
 MiB = 1 << 20
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from foldermirror import targetlock
-from foldermirror.tempnames import RESERVED_REASON
 from foldermirror.targetlock import TargetLocked
+from foldermirror.tempnames import RESERVED_REASON
 from helpers import LOCK_NAME, children, fm, lock_holder, pair, wait_mirrored, wait_until, write_config
 
 

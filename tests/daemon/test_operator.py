@@ -175,7 +175,7 @@ def test_default_sockets_keep_daemons_of_different_configs_apart(tmp_path, daemo
         assert os.path.basename(where).startswith("control-"), where
         snap = status(cfg)
         assert snap["pid"] == d.proc.pid and [f["name"] for f in snap["folders"]] == [name], snap
-    for cfg, d in daemons.values():
+    for _cfg, d in daemons.values():
         assert d.stop() == 0
         assert d.events("control_socket_unavailable") == []
 

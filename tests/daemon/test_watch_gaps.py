@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from foldermirror import targetlock
-from foldermirror.tempnames import LOCK_NAME
 from foldermirror.targetlock import TargetLocked
+from foldermirror.tempnames import LOCK_NAME
 from helpers import never_within, pair, setpriv_or_skip, status, wait_mirrored, wait_until, write_config
+
 
 @pytest.mark.timeout(90)
 def test_a_directory_made_readable_is_watched_and_caught_up_at_once(tmp_path, daemon_factory):

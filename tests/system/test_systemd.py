@@ -21,11 +21,11 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
-import yaml
 
 from foldermirror.config import DEFAULT_STOP_GRACE
 from foldermirror.service import PROGRESS_INTERVAL
@@ -153,7 +153,7 @@ class Listener:
         while self._open:
             try:
                 data = self.sock.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -410,7 +410,7 @@ def test_watchdog_pings_at_half_the_interval(tmp_path, daemon_factory, path_list
     wait_until(lambda: len(path_listener.times("WATCHDOG=1")) >= 6, 30,
                lambda: f"pings: {path_listener.times('WATCHDOG=1')}")
     pings = path_listener.times("WATCHDOG=1")
-    gaps = sorted(b - a for a, b in zip(pings, pings[1:]))
+    gaps = sorted(b - a for a, b in zip(pings, pings[1:], strict=False))
     assert gaps[0] >= 0.45, gaps  # never more often than half of WATCHDOG_USEC...
     assert gaps[len(gaps) // 2] <= 0.8, gaps  # ...and typically right at it
     assert d.stop() == 0
@@ -441,7 +441,7 @@ def test_pings_stop_when_the_observer_keeps_dying(tmp_path, daemon_factory, path
         if death == 3:
             assert not d.events("observer_unstable")
             last = path_listener.times("WATCHDOG=1")[-1]
-            wait_until(lambda: path_listener.times("WATCHDOG=1")[-1] > last, 30, "pings after 3 deaths")
+            wait_until(lambda last=last: path_listener.times("WATCHDOG=1")[-1] > last, 30, "pings after 3 deaths")
     rec = d.wait_for("observer_unstable")[0]
     assert rec["deaths"] == 4 and "systemd restarts" in rec["action"], rec
     stopped_at = time.monotonic()

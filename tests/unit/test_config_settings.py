@@ -9,12 +9,23 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO
 from foldermirror import config as config_module
 from foldermirror.cli import describe
-from foldermirror.config import (Config, FolderConfig, Setting, flag, format_duration, globs, parse_config,
-                                 parse_duration, section, setting, settings)
+from foldermirror.config import (
+    Config,
+    FolderConfig,
+    Setting,
+    flag,
+    format_duration,
+    globs,
+    parse_config,
+    parse_duration,
+    section,
+    setting,
+    settings,
+)
 from foldermirror.errors import ConfigError
+from helpers import REPO
 
 # A key, possibly after a list dash: "  - name: photos", "    settle: 250ms", "log:".
 _KEY_LINE = re.compile(r"^( *)(- +)?([a-z_]+):(?:\s|$)")

@@ -8,7 +8,6 @@ from foldermirror.catchup.compare import MASS_DELETE_MIN, WalkStats, hold_deleti
 from foldermirror.config import parse_config
 from foldermirror.errors import ConfigError
 
-
 # -- 11. mass-delete guard -------------------------------------------------------------------------------
 
 def test_hold_deletions_rules():

@@ -12,18 +12,16 @@ import sys
 
 import pytest
 
-from foldermirror import targetlock
+from foldermirror import targetlock, tempnames
 from foldermirror.catchup.compare import WalkStats, diff_tree
 from foldermirror.errors import FoldermirrorError
 from foldermirror.paths import Excluder
-from foldermirror import tempnames
 from foldermirror.pipeline.copier import Mirror, SourceTree
 from foldermirror.pipeline.records import Outcome, Status
 from foldermirror.pipeline.targets import LocalTarget
-from foldermirror.tempnames import RESERVED_REASON, is_reserved, temp_name
 from foldermirror.targetlock import TargetLocked
+from foldermirror.tempnames import RESERVED_REASON, is_reserved, temp_name
 from helpers import ENV, LOCK_NAME, lock_holder
-
 
 # -- targetlock ------------------------------------------------------------------------------------
 

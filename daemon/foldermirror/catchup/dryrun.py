@@ -88,7 +88,7 @@ def _action(f: FolderConfig, path: str, reason: str) -> Action:
     if s is not None and stat.S_IFMT(s.st_mode) != stat.S_IFMT(t.st_mode):
         verb = "replace" if f.delete else "conflict"
         return Action(verb, path, f"{_kind(t)} in the target, {_kind(s)} in the source")
-    if _isdir(s):
+    if s is not None and _isdir(s):
         return Action("update", path, f"mode {stat.S_IMODE(t.st_mode):o} → {stat.S_IMODE(s.st_mode):o}")
     return Action("replace", path, _describe(s))
 

@@ -27,7 +27,7 @@ class Tally(NamedTuple):
     failed: int = 0
 
     def since(self, earlier: Tally) -> Tally:
-        return Tally(*(now - then for now, then in zip(self, earlier)))
+        return Tally(*(now - then for now, then in zip(self, earlier, strict=True)))
 
 
 @dataclass(frozen=True)
@@ -74,4 +74,4 @@ class FolderStats:
 
 
 def total(stats: Iterable[FolderStats]) -> Tally:
-    return Tally(*(sum(column) for column in zip(*(s.tally() for s in stats))))
+    return Tally(*(sum(column) for column in zip(*(s.tally() for s in stats), strict=True)))

@@ -6,14 +6,14 @@ batch pickles thousands of them and a tuple subclass pickles as little more than
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from typing import NamedTuple
 
 # (st_dev, st_ino) of a folder root as the daemon last saw it
 RootId = tuple[int, int]
 
 
-class Status(str, Enum):
+class Status(StrEnum):
     """What a worker did with one path; every reader of outcomes shares these."""
 
     COPIED = "copied"              # published: a file, symlink or directory (or its mode)
@@ -26,9 +26,6 @@ class Status(str, Enum):
     FAILED = "failed"              # an error; `error` and `errno` say which
     ROOT_CHANGED = "root_changed"  # the source root is gone or replaced: nothing was touched
     STALE = "stale"                # seen before its folder was reloaded or its root changed: dropped
-
-    def __str__(self) -> str:
-        return self.value
 
     @property
     def mirrored(self) -> bool:

@@ -133,7 +133,7 @@ def render(snap: dict[str, Any]) -> str:
     right = {2, 3, 5, 7, 8}
 
     def line(cells: list[str]) -> str:
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
 
     out = [head, "", line(list(columns)).rstrip(), *(line(r).rstrip() for r in rows)]
     notes = []
