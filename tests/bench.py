@@ -6,7 +6,7 @@
 
 Prints medians and ranges and writes JSON. Not a pytest test: numbers, not pass/fail.
 Finished trees are moved aside and deleted at the end (deleting a big tree slows file
-creation for minutes on these machines, PITFALLS #18); the cost of creating a file is
+creation for minutes on these machines: the inode allocator skips the freed inodes one by one); the cost of creating a file is
 recorded at the start and end of each run, and a run waits (up to --fs-wait seconds) while
 it is over 100 µs.
 """
@@ -106,7 +106,7 @@ def write_config(base: Path, src: Path, dst: Path, **opts: Any) -> Path:
 
 
 def file_create_cost(base: Path, n: int = 200) -> float:
-    """Microseconds to create, write and close one small file here (PITFALLS #18)."""
+    """Microseconds to create, write and close one small file here (over 100 µs: a big tree was deleted lately)."""
     d = Path(tempfile.mkdtemp(dir=base, prefix="probe-"))
     t = time.perf_counter()
     for i in range(n):
@@ -119,7 +119,7 @@ def file_create_cost(base: Path, n: int = 200) -> float:
 
 
 # Creating a file costs about 25 µs on these machines; far more means a big tree was deleted
-# recently (PITFALLS #18), and every number measured then is distorted.
+# recently, and every number measured then is distorted.
 SLOW_CREATE_US = 100.0
 
 
@@ -128,7 +128,7 @@ def wait_for_fast_creates(base: Path, limit_s: float) -> float:
     deadline = time.monotonic() + limit_s
     cost = file_create_cost(base)
     while cost > SLOW_CREATE_US and time.monotonic() < deadline:
-        print(f"creating a file costs {cost:.0f} µs here (PITFALLS #18: a big tree was deleted recently); "
+        print(f"creating a file costs {cost:.0f} µs here (a big tree was deleted recently); "
               f"waiting up to {deadline - time.monotonic():.0f} s more before measuring", file=sys.stderr, flush=True)
         time.sleep(15)  # sleep-ok: waiting for the file system to recover, outside any measurement
         cost = file_create_cost(base)
@@ -170,7 +170,7 @@ class Trash:
                 os.rename(p, self.dir / f"{self.n}")
 
 
-# -- inotify on the target, to time "visible" without a polling floor (PITFALLS #19) -------
+# -- inotify on the target, to time "visible" without a polling floor (a 1 ms poll is a 1 ms floor) ---
 class TargetWatch:
     IN_MOVED_TO = 0x80
     IN_CLOSE_WRITE = 0x8

@@ -212,10 +212,15 @@ class WatchShortage:
 
 
 def watch_shortage(folders: tuple[FolderConfig, ...], limit: int | None) -> WatchShortage | None:
+    """At start-up and reload: the folders' directories counted now."""
     if limit is None:
         return None
-    needed = sum(count_directories(str(f.source)) for f in folders if os.path.isdir(f.source))
-    return WatchShortage(limit, needed) if needed > limit else None
+    return watch_shortage_of(sum(count_directories(str(f.source)) for f in folders if os.path.isdir(f.source)), limit)
+
+
+def watch_shortage_of(needed: int, limit: int | None) -> WatchShortage | None:
+    """The one rule for "too few inotify watches" (start-up warning and `status` alike)."""
+    return WatchShortage(limit, needed) if limit is not None and needed > limit else None
 
 
 # -- PrivateTmp ------------------------------------------------------------------------

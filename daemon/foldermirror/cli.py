@@ -154,7 +154,7 @@ def check(config: Config) -> int:
 def ask(config: Config, args: argparse.Namespace) -> int:
     """`status` and `rescan`: one request to the running daemon's control socket."""
     from foldermirror.view import control
-    from foldermirror.view.status_report import render
+    from foldermirror.view.status_table import render
 
     if args.command == "status":
         reply = control.ask_daemon(config, {"request": "status"})

@@ -574,12 +574,6 @@ class Config:
         FolderConfig, "the source/target pairs to mirror", what="folder pairs", limit=lambda: MAX_FOLDERS,
         check=_check_folders, required="missing: list at least one source/target pair")
 
-    def folder(self, name: str) -> FolderConfig:
-        for f in self.folders:
-            if f.name == name:
-                return f
-        raise KeyError(name)
-
 
 # For code that needs a default without a config at hand.
 DEFAULT_RESCAN: float = _default_of(Config, "rescan_interval")

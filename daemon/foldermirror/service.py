@@ -15,13 +15,14 @@ import queue
 import signal
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import NamedTuple
 
 from foldermirror import checks
 from foldermirror.admission import Admission
 from foldermirror.catchup.tracking import CatchUps
-from foldermirror.config import DEFAULT_RESCAN, Config, load_config
+from foldermirror.config import DEFAULT_RESCAN, Config, FolderConfig, load_config
 from foldermirror.errors import EXIT_FAILURE, EXIT_OK, ConfigError, StartupError
 from foldermirror.logs import get_logger
 from foldermirror.notify import Notifier, watchdog_interval
@@ -30,10 +31,34 @@ from foldermirror.pipeline.pipeline import Pipeline
 from foldermirror.pipeline.watch_health import WatchHealth
 from foldermirror.pipeline.watcher import Watcher
 from foldermirror.view.operator import OperatorView
+from foldermirror.view.read_model import ReadModel, Watching, status_line
 
 TICK = 0.2                   # the main loop's pace while there is work; idle, it sleeps (see _next_wait)
 WAKE = 0                     # on the signal queue: not a signal, "look again"
 PROGRESS_INTERVAL = 1.0
+
+
+class ReloadPlan(NamedTuple):
+    """What a reload does to the folders served, by name."""
+
+    removed: tuple[str, ...]
+    added: tuple[str, ...]
+    changed: tuple[str, ...]
+    released: frozenset[str]           # whose target locks go first: removed, or their target changed
+    to_admit: tuple[FolderConfig, ...]  # added and changed, in the new file's order
+
+    @property
+    def stopped(self) -> tuple[str, ...]:
+        return self.removed + self.changed
+
+
+def reload_plan(served: Mapping[str, FolderConfig], new: tuple[FolderConfig, ...]) -> ReloadPlan:
+    fresh = {f.name: f for f in new}
+    removed = tuple(n for n in served if n not in fresh)
+    added = tuple(n for n in fresh if n not in served)
+    changed = tuple(n for n in fresh if n in served and fresh[n] != served[n])
+    released = frozenset(removed) | {n for n in changed if fresh[n].target != served[n].target}
+    return ReloadPlan(removed, added, changed, released, tuple(fresh[n] for n in added + changed))
 
 
 @dataclass
@@ -73,6 +98,12 @@ class Service:
                                   watchdog_enabled=bool(self._ping_every))
         self.pipeline.connect(request_walk=self.catch_ups.reconciler.request,
                               root_suspect=self.health.check_roots_soon, observe=self.view.observe)
+        self.model = ReadModel(config=lambda: self.config, folders=self.folders, folder_stats=self.view.folder_stats,
+                               all_stats=self.view.all_stats, changes=self.changes, watching=self._watching,
+                               watch_problems=self.health.problems, overflows=lambda: self.health.overflows,
+                               restarts=lambda: self.pipeline.restarts,
+                               unusable=lambda: list(self.admission.unusable), addresses=self.view.addresses,
+                               started=self.view.started, started_wall=self.view.started_wall)
 
     # -- start-up --------------------------------------------------------------
     def run(self) -> int:
@@ -92,7 +123,7 @@ class Service:
         if not self.once:
             # The socket answers before the start-up walks are requested: say "catching up" from the start.
             self.catch_ups.begin("startup")
-            self.view.start(self.config, self, self.catch_ups.request)
+            self.view.start(self.config, self.model, self.catch_ups.request)
         self.catch_ups.reconciler.start()
         if not self.once:
             self.health.start(Watcher(self.health, self.changes))
@@ -241,21 +272,11 @@ class Service:
         self.catch_ups.report(self.progress_tty)
 
     def _status_text(self) -> str:
-        problems = self.health.problems()
-        unusable = self.admission.unusable
-        if unusable:
-            problems.append(f"{len(unusable)} unusable ({', '.join(sorted(unusable))})")
-        return "; ".join([self._activity_text(), *problems])
+        return status_line(self.model.snapshot())
 
-    def _activity_text(self) -> str:
-        catching = self.catch_ups.activity()
-        if catching is not None:
-            return catching
-        pending, in_flight = self.changes.counts()
-        n = len(self.folders)
-        mirrored = total(self.view.all_stats()).files
-        return (f"watching {n} folder{'' if n == 1 else 's'}, {pending + in_flight:,} pending, "
-                f"{mirrored:,} files mirrored")
+    def _watching(self) -> Watching | None:
+        watcher = self.health.watcher
+        return None if watcher is None else Watching(alive=watcher.alive(), watched=watcher.watched)
 
     def _on_pool_error(self, where: str, exc: BaseException) -> None:
         self.log.error("internal_error", where=where, error=repr(exc))
@@ -292,32 +313,30 @@ class Service:
             return
         self._warn_private_tmp(new)
         # Compared with what is served, so a folder that was unusable is tried again.
-        old = {n: s.config for n, s in self.folders.items()}
-        fresh = {f.name: f for f in new.folders}
-        removed = [n for n in old if n not in fresh]
-        added = [n for n in fresh if n not in old]
-        changed = [n for n in fresh if n in old and fresh[n] != old[n]]
+        plan = reload_plan({n: s.config for n, s in self.folders.items()}, new.folders)
         assert self.health.watcher is not None
-        for name in removed + changed:
+        for name in plan.stopped:
             self.health.watcher.remove(name)
             with self.admission.lock:
                 self.folders.pop(name, None)
             self.pipeline.forget(name)
-            if name in removed or fresh[name].target != old[name].target:
+            if name in plan.released:
                 self.admission.release(name)  # before admitting: another folder may now name that target
         self.admission.reset()
-        admitted = self.admission.admit(tuple(fresh[n] for n in added + changed))
+        admitted = self.admission.admit(plan.to_admit)
         self.admission.release_unserved()
         ignored = [k for k in ("workers", "control_socket", "metrics") if getattr(new, k) != getattr(self.config, k)]
         if new.rescan_interval != self.config.rescan_interval:
             self._next_rescan = time.monotonic() + new.rescan_interval
         self.config = new
         self._check_watch_limit()
+        fresh = {f.name: f for f in new.folders}
         for name in admitted:
             self.health.add(fresh[name])
             self.catch_ups.request(name, "reload")
         unusable = sorted(self.admission.unusable)
-        self.log.info("config_reloaded", config=str(new.path), added=added, removed=removed, changed=changed,
+        self.log.info("config_reloaded", config=str(new.path), added=list(plan.added), removed=list(plan.removed),
+                      changed=list(plan.changed),
                       **({"unusable": unusable} if unusable else {}),
                       **({"needs_restart": ignored} if ignored else {}))
         self.notifier.ready(self._status_text())
@@ -336,26 +355,3 @@ class Service:
                       failed=done.failed, abandoned=abandoned)
         self.notifier.close()
 
-    # -- read by the operator's view (status, metrics) -----------------------------------
-    @property
-    def watcher(self) -> Watcher | None:
-        return self.health.watcher
-
-    @property
-    def started(self) -> float:
-        return self.view.started
-
-    @property
-    def started_wall(self) -> float:
-        return self.view.started_wall
-
-    def folder_stats(self, name: str) -> Any:
-        return self.view.folder_stats(name)
-
-    @property
-    def control(self) -> Any:
-        return self.view.control
-
-    @property
-    def metrics(self) -> Any:
-        return self.view.metrics

@@ -176,7 +176,7 @@ def test_workers_killed_repeatedly_during_a_burst(tmp_path, daemon_factory):
     assert killed
     wait_mirrored(src, dst, timeout=60)
     lost = d.wait_for("worker_lost")
-    # Both idle workers at once (an idle kill can wedge a Pool: PITFALLS #10).
+    # Both idle workers at once (an idle worker killed while it holds the task queue's lock wedges a Pool).
     both = set(d.worker_pids()) - killed
     for pid in both:
         os.kill(pid, signal.SIGKILL)

@@ -161,19 +161,6 @@ class CatchUps:
             self.changes.prune()
             memory.release()
 
-    def activity(self) -> str | None:
-        """The status line's account of the first running catch-up (None: none runs)."""
-        catching = [(n, s.catch_up) for n, s in self.folders.items() if s.catch_up is not None]
-        if not catching:
-            return None
-        name, c = catching[0]
-        assert c is not None
-        files = self.done(name, c).files
-        if not c.walk_done:
-            return f"catching up {name}: {files:,} files copied, still comparing"
-        total = max(c.to_copy, files)  # live changes during the catch-up count too
-        return f"catching up {name}: {files:,}/{total:,} files"
-
     def report(self, tty: bool) -> None:
         """One `sync_progress` line per running catch-up (on a terminal: a progress line instead)."""
         for name, state in self.folders.items():

@@ -1,7 +1,8 @@
 """The persistent worker Pool, batching, the results queue and recovery of lost work.
 
 multiprocessing.Pool loses a task for good when its worker dies, and a worker killed
-while idle can wedge the whole Pool (PITFALLS #10). So every task stays in an in-flight
+while idle can wedge the whole Pool: it dies holding the task queue's read lock,
+and no worker ever receives a task again (CPython gh-66587). So every task stays in an in-flight
 registry until each of its items has reported, workers announce themselves on the
 results queue, and when one of them dies the Pool (with its results queue) is retired
 and a fresh one takes over what was in flight. Copies are idempotent, so a resubmitted

@@ -1,7 +1,7 @@
 """Prometheus metrics, opt-in (`metrics: {listen: host:port}`), served by prometheus-client.
 
-Counters and gauges are read from the service at scrape time (one source of truth, shared
-with `status`); only the latency histogram is recorded as results come in. A registry of
+Counters and gauges are read from the read model's snapshot at scrape time (one source of
+truth, shared with `status` and STATUS=); only the latency histogram is recorded as results come in. A registry of
 our own, not the library's global one, keeps reloads and tests independent.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import wait
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
@@ -20,18 +20,18 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
 
 from foldermirror.config import MetricsConfig
-from foldermirror.view.status_report import STATES, snapshot
+from foldermirror.view.read_model import DaemonView, Health
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
 
 
 class Metrics:
-    def __init__(self, service: Any) -> None:
+    def __init__(self, snapshot: Callable[[], DaemonView]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.latency = Histogram("foldermirror_mirror_latency_seconds",
                                  "Time from a change being seen to its mirror being done", ["folder"],
                                  buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.registry.register(_ServiceCollector(service))
+        self.registry.register(_Collector(snapshot))
         self._server: Any = None
         self._thread: threading.Thread | None = None
         self._wake: tuple[int, int] | None = None
@@ -77,21 +77,22 @@ class _QuietHandler(WSGIRequestHandler):
         pass  # a scrape is not worth a log line
 
 
-class _ServiceCollector:
-    def __init__(self, service: Any) -> None:
-        self.service = service
+class _Collector:
+    def __init__(self, snapshot: Callable[[], DaemonView]) -> None:
+        self.snapshot = snapshot
 
     def describe(self) -> list[Metric]:
         return []  # families are only known at collect time
 
     def collect(self) -> Iterator[Metric]:
-        snap = snapshot(self.service)
-        folders = snap["folders"]
+        snap = self.snapshot()
+        folders = snap.folders
 
         def per_folder(cls: Any, name: str, doc: str, key: str) -> Metric:
             m = cls(name, doc, labels=["folder"])
             for f in folders:
-                m.add_metric([f["name"]], f[key] if f[key] is not None else 0)
+                value = getattr(f, key)
+                m.add_metric([f.name], value if value is not None else 0)
             return m
 
         yield per_folder(CounterMetricFamily, "foldermirror_files_mirrored",
@@ -102,15 +103,15 @@ class _ServiceCollector:
         failures = CounterMetricFamily("foldermirror_failures", "Failed mirror attempts by error kind (errno name)",
                                        labels=["folder", "kind"])
         for f in folders:
-            for kind, count in sorted(f["failures"].items()):
-                failures.add_metric([f["name"], kind], count)
+            for kind, count in sorted(f.failures.items()):
+                failures.add_metric([f.name, kind], count)
         yield failures
         yield CounterMetricFamily("foldermirror_overflow_rescans",
                                   "Full rescans after the kernel's inotify queue overflowed",
-                                  value=snap["overflow_rescans"])
+                                  value=snap.overflow_rescans)
         yield CounterMetricFamily("foldermirror_worker_restarts",
                                   "Times the worker pool was replaced after a worker died",
-                                  value=snap["worker_restarts"])
+                                  value=snap.worker_restarts)
         yield per_folder(GaugeMetricFamily, "foldermirror_pending", "Changed paths waiting to be mirrored", "pending")
         yield per_folder(GaugeMetricFamily, "foldermirror_in_flight", "Paths being mirrored by a worker now",
                          "in_flight")
@@ -122,6 +123,6 @@ class _ServiceCollector:
         state = GaugeMetricFamily("foldermirror_folder_state", "1 for the folder's current state, 0 for the others",
                                   labels=["folder", "state"])
         for f in folders:
-            for s in STATES:
-                state.add_metric([f["name"], s], 1 if f["state"] == s else 0)
+            for s in Health:
+                state.add_metric([f.name, str(s)], 1 if f.state is s else 0)
         yield state

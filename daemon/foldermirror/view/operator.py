@@ -3,7 +3,7 @@
 `OperatorView` keeps what `foldermirror status` and the metrics endpoint report (the
 per-folder `FolderStats`, fed by every worker outcome), folds repeated failures into
 `mirror_failed_repeated` lines, follows traced paths, and runs the control socket and the
-metrics server. Both read the service through `status.snapshot()`.
+metrics server. Both read the read model's snapshot (read_model.py).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from foldermirror.pipeline.copier import describe
 from foldermirror.pipeline.folder_stats import FolderStats
 from foldermirror.pipeline.records import Outcome, Status
 from foldermirror.view.control import ControlError, ControlServer, socket_paths
-from foldermirror.view.status_report import snapshot
+from foldermirror.view.read_model import ReadModel
 
 
 class OperatorView:
@@ -50,17 +50,22 @@ class OperatorView:
         stats = self._folder_stats.get(name)
         return stats if stats is not None else self._folder_stats.setdefault(name, FolderStats())
 
+    def addresses(self) -> tuple[str | None, str | None]:
+        """Where the control socket and the metrics listen (None: not at all)."""
+        return (str(self.control.path) if self.control is not None else None,
+                self.metrics.address if self.metrics is not None else None)
+
     def all_stats(self) -> list[FolderStats]:
         """Every folder's counts since start, removed folders' included."""
         return list(self._folder_stats.values())
 
-    def start(self, config: Config, service: Any, request_catch_up: Callable[[str, str], None]) -> None:
+    def start(self, config: Config, model: ReadModel, request_catch_up: Callable[[str, str], None]) -> None:
         """Open the control socket and (when configured) the metrics server.
 
-        `service` is what they report (read by status.snapshot()); `request_catch_up` answers a `rescan`.
+        Both report `model`'s snapshot; `request_catch_up` answers a `rescan`.
         """
         self.request_catch_up = request_catch_up
-        control = ControlServer({"status": lambda req: {"status": snapshot(service)}, "rescan": self._rescan_request})
+        control = ControlServer({"status": lambda req: {"status": model.snapshot().to_json()}, "rescan": self._rescan_request})
         explicit = config.control_socket is not None
         try:
             skipped = control.bind(socket_paths(config), explicit)
@@ -83,7 +88,7 @@ class OperatorView:
         if config.metrics is not None:
             from foldermirror.view.metrics import Metrics
 
-            metrics = Metrics(service)
+            metrics = Metrics(model.snapshot)
             try:
                 address = metrics.start(config.metrics)
             except OSError as exc:
