@@ -34,6 +34,12 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(REPO / "daemon")}
+# The daemon measured: this checkout's, or --baseline's (another checkout's daemon/) in turn with it.
+_DAEMON_PATH = [str(REPO / "daemon")]
+
+
+def daemon_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": _DAEMON_PATH[0]}
 KIB = 1024
 
 
@@ -53,7 +59,7 @@ class Daemon:
         self.cond = threading.Condition()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "foldermirror", "run", "--config", str(config), "--log-format", "json"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=daemon_env())
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
         Daemon.running.append(self)
@@ -456,6 +462,40 @@ def scenario_idle(base: Path, trash: Trash, folders: int, per_folder: int, secon
 
 
 # -- driver -----------------------------------------------------------------------------
+def scenario_records(base: Path, trash: Trash, items: int) -> dict[str, Any]:
+    """What naming the records costs: pickling a batch of WorkItems and their results as the
+    pool and the workers do, against the same values as the plain tuples they replaced."""
+    import pickle
+
+    sys.path.insert(0, str(REPO / "daemon"))
+    from foldermirror.pipeline.records import BatchResults, FolderSpec, ItemResult, Outcome, Status, WorkItem
+
+    spec = FolderSpec("/srv/inbox/photos", "/srv/mirror/photos", True, False, (2049, 131073))
+    paths = [f"2026/12/dir{i % 50:02d}/IMG_{i:06d}.jpg" for i in range(items)]
+    named_work = [WorkItem(i, spec, p, None, False) for i, p in enumerate(paths)]
+    plain_work = [(i, spec.source, spec.target, p, None, True, False, spec.root_id, False) for i, p in enumerate(paths)]
+    named_results = BatchResults(1, 7, [ItemResult(i, [Outcome(p, Status.COPIED, "file", 4096)], 41000)
+                                        for i, p in enumerate(paths)], 4242)
+    plain_results = ("results", 1, 7, [(i, [(p, "copied", "file", 4096, "", 0)], 41000) for i, p in enumerate(paths)],
+                     4242)
+
+    def per_item(obj: Any) -> tuple[float, int]:
+        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        rounds = 200
+        t0 = time.perf_counter()
+        for _ in range(rounds):
+            pickle.loads(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+        return (time.perf_counter() - t0) / rounds / items * 1e6, len(data)
+
+    nw_us, nw_b = per_item(named_work)
+    pw_us, pw_b = per_item(plain_work)
+    nr_us, nr_b = per_item(named_results)
+    pr_us, pr_b = per_item(plain_results)
+    return {"work_named_us": nw_us, "work_plain_us": pw_us, "work_named_bytes": nw_b / items,
+            "work_plain_bytes": pw_b / items, "results_named_us": nr_us, "results_plain_us": pr_us,
+            "results_named_bytes": nr_b / items, "results_plain_bytes": pr_b / items}
+
+
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in runs[0]:
@@ -474,6 +514,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="small sizes and one run: checks the script works")
     p.add_argument("--json", default="bench-results.json", help="where to write the results")
     p.add_argument("--dir", default=None, help="work folder (default: a temp folder under /var/tmp)")
+    p.add_argument("--baseline", default=None, metavar="CHECKOUT",
+                   help="also measure the daemon of another checkout (e.g. a git worktree of an older commit), "
+                        "run for run in turn with this one, and report both")
     p.add_argument("--fs-wait", type=float, default=300.0,
                    help=f"seconds to wait before a run while creating a file costs over {SLOW_CREATE_US:.0f} µs")
     args = p.parse_args(argv)
@@ -486,9 +529,13 @@ def main(argv: list[str] | None = None) -> int:
         "catchup": dict(files=5000 if q else 100000, folders=100),
         "idle": dict(folders=500 if q else 10000, per_folder=10, seconds=3 if q else 10),
         "events": dict(files=2000 if q else 20000, folders=50),
+        "records": dict(items=64),
     }
     fns = {"burst": scenario_burst, "events": scenario_events, "bigfile": scenario_bigfile, "latency": scenario_latency,
-           "catchup": scenario_catchup, "idle": scenario_idle}
+           "catchup": scenario_catchup, "idle": scenario_idle, "records": scenario_records}
+    daemons = [("", str(REPO / "daemon"))]
+    if args.baseline:
+        daemons.append(("baseline ", str(Path(args.baseline).resolve() / "daemon")))
     base = Path(args.dir or tempfile.mkdtemp(prefix="fm-bench-", dir="/var/tmp"))
     base.mkdir(parents=True, exist_ok=True)
     trash = Trash(base)
@@ -497,17 +544,23 @@ def main(argv: list[str] | None = None) -> int:
                                "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     try:
         for name in [s for s in args.only.split(",") if s]:
-            per_run = []
+            per_run: dict[str, list[dict[str, Any]]] = {label: [] for label, _ in daemons}
             for i in range(runs):
-                before = wait_for_fast_creates(base, 0 if q else args.fs_wait)
-                r = fns[name](base, trash, **sizes[name])
-                r["create_us_before"], r["create_us_after"] = before, file_create_cost(base)
-                per_run.append(r)
-                print(f"{name} run {i + 1}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in r.items()), flush=True)
-            results[name] = {"params": sizes[name], "runs": per_run, "summary": summarise(per_run)}
-            print(f"== {name}: " + ", ".join(
-                f"{k}={_fmt(v['median'])} [{_fmt(v['min'])}..{_fmt(v['max'])}]"
-                for k, v in results[name]["summary"].items() if isinstance(v, dict)), flush=True)
+                for label, path in daemons if name != "records" else daemons[:1]:
+                    _DAEMON_PATH[0] = path
+                    before = wait_for_fast_creates(base, 0 if q else args.fs_wait)
+                    r = fns[name](base, trash, **sizes[name])
+                    r["create_us_before"], r["create_us_after"] = before, file_create_cost(base)
+                    per_run[label].append(r)
+                    print(f"{label}{name} run {i + 1}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in r.items()),
+                          flush=True)
+            for label, done in per_run.items():
+                if not done:
+                    continue
+                results[label + name] = {"params": sizes[name], "runs": done, "summary": summarise(done)}
+                print(f"== {label}{name}: " + ", ".join(
+                    f"{k}={_fmt(v['median'])} [{_fmt(v['min'])}..{_fmt(v['max'])}]"
+                    for k, v in results[label + name]["summary"].items() if isinstance(v, dict)), flush=True)
     finally:
         for d in list(Daemon.running):
             d.stop()
