@@ -8,7 +8,8 @@ are `unusable`, each said once in a `folder_unusable` line naming the path and t
 from __future__ import annotations
 
 import threading
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 from foldermirror import checks, targetlock
 from foldermirror.config import FolderConfig
@@ -109,3 +110,26 @@ class Admission:
         if names and all(n in self._locked_out for n in names):
             return "; ".join(str(self._locked_out[n]) for n in names)
         return "no folder can be served (each one is named in a folder_unusable line above)"
+
+
+class ReloadPlan(NamedTuple):
+    """What a reload does to the folders served, by name."""
+
+    removed: tuple[str, ...]
+    added: tuple[str, ...]
+    changed: tuple[str, ...]
+    released: frozenset[str]           # whose target locks go first: removed, or their target changed
+    to_admit: tuple[FolderConfig, ...]  # added and changed, in the new file's order
+
+    @property
+    def stopped(self) -> tuple[str, ...]:
+        return self.removed + self.changed
+
+
+def reload_plan(served: Mapping[str, FolderConfig], new: tuple[FolderConfig, ...]) -> ReloadPlan:
+    fresh = {f.name: f for f in new}
+    removed = tuple(n for n in served if n not in fresh)
+    added = tuple(n for n in fresh if n not in served)
+    changed = tuple(n for n in fresh if n in served and fresh[n] != served[n])
+    released = frozenset(removed) | {n for n in changed if fresh[n].target != served[n].target}
+    return ReloadPlan(removed, added, changed, released, tuple(fresh[n] for n in added + changed))

@@ -1,6 +1,7 @@
 """Start-up checks that tell the operator what to do: folder access, inotify limits, PrivateTmp.
 
-Each check returns what it found; service.py decides what to log and what to skip.
+Each check returns what it found; the warn_* functions at the end say it in the log, with
+what to do about it.
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ import os
 import pwd
 import stat
 from dataclasses import dataclass
+from typing import Any
 
 from foldermirror import faults
-from foldermirror.config import Config, FolderConfig, under_private_tmp
+from foldermirror.config import DEFAULT_RESCAN, Config, FolderConfig, under_private_tmp
 from foldermirror.pipeline.copier import describe
 from foldermirror.tempnames import temp_name
 
@@ -232,3 +234,32 @@ def private_tmp_paths(config: Config) -> list[tuple[str, str]]:
     for i, f in enumerate(config.folders):
         found += [(f"folders[{i}].source", str(f.source)), (f"folders[{i}].target", str(f.target))]
     return [(key, path) for key, path in found if under_private_tmp(path)]
+
+
+# -- what start-up and reload say about them -----------------------------------------------
+def warn_private_tmp(log: Any, config: Config) -> None:
+    for key, path in private_tmp_paths(config):
+        log.warning("private_tmp_path", key=key, path=path,
+                    error="the unit's PrivateTmp=yes gives the service its own empty /tmp and /var/tmp: "
+                          "this path is not the one you see, and what is written there vanishes on stop",
+                    fix="move it out of /tmp and /var/tmp")
+
+
+def warn_watch_limit(log: Any, folders: tuple[FolderConfig, ...], rescan_interval: float) -> float:
+    """Warn when the folders hold more directories than inotify may watch: the ones past the
+    limit get no events, and the kernel says so to nobody. Returns the rescan interval to
+    use: the configured one, or DEFAULT_RESCAN when it is off (the unwatched part needs some
+    safety net)."""
+    shortage = watch_shortage(folders, max_user_watches())
+    if shortage is None:
+        return rescan_interval
+    every = rescan_interval or DEFAULT_RESCAN
+    log.warning(
+        "inotify_limit_low", sysctl=WATCHES_SYSCTL, limit=shortage.limit, needed=shortage.needed,
+        rescan_interval_s=every,
+        error=f"the watched folders hold {shortage.needed:,} directories but {WATCHES_SYSCTL} lets a user watch "
+              f"{shortage.limit:,}: directories past the limit get no events, and their changes are found "
+              f"only by the rescan every {every:g}s",
+        fix=f"echo '{WATCHES_SYSCTL} = {shortage.suggested}' > /etc/sysctl.d/90-foldermirror.conf && "
+            f"sysctl --system, then restart the service")
+    return every

@@ -1,7 +1,7 @@
 """What the service knows of each served folder: plain data shared by its parts.
 
-The service creates and removes the entries; catch-up tracking (catchup.py), result
-recording (results.py) and the root checks of the main loop read and update them.
+Admission creates and removes the entries; catch-up tracking (catchup/tracking.py), result
+recording (pipeline/results.py), WatchHealth and the read model read and update them.
 """
 
 from __future__ import annotations

@@ -15,14 +15,12 @@ import queue
 import signal
 import sys
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 from foldermirror import checks
-from foldermirror.admission import Admission
-from foldermirror.catchup.tracking import CatchUps
-from foldermirror.config import DEFAULT_RESCAN, Config, FolderConfig, load_config
+from foldermirror.admission import Admission, reload_plan
+from foldermirror.catchup.tracking import CatchUpTracker
+from foldermirror.config import Config, load_config
 from foldermirror.errors import EXIT_FAILURE, EXIT_OK, ConfigError, StartupError
 from foldermirror.logs import get_logger
 from foldermirror.notify import Notifier, watchdog_interval
@@ -36,29 +34,6 @@ from foldermirror.view.read_model import ReadModel, Watching, status_line
 TICK = 0.2                   # the main loop's pace while there is work; idle, it sleeps (see _next_wait)
 WAKE = 0                     # on the signal queue: not a signal, "look again"
 PROGRESS_INTERVAL = 1.0
-
-
-class ReloadPlan(NamedTuple):
-    """What a reload does to the folders served, by name."""
-
-    removed: tuple[str, ...]
-    added: tuple[str, ...]
-    changed: tuple[str, ...]
-    released: frozenset[str]           # whose target locks go first: removed, or their target changed
-    to_admit: tuple[FolderConfig, ...]  # added and changed, in the new file's order
-
-    @property
-    def stopped(self) -> tuple[str, ...]:
-        return self.removed + self.changed
-
-
-def reload_plan(served: Mapping[str, FolderConfig], new: tuple[FolderConfig, ...]) -> ReloadPlan:
-    fresh = {f.name: f for f in new}
-    removed = tuple(n for n in served if n not in fresh)
-    added = tuple(n for n in fresh if n not in served)
-    changed = tuple(n for n in fresh if n in served and fresh[n] != served[n])
-    released = frozenset(removed) | {n for n in changed if fresh[n].target != served[n].target}
-    return ReloadPlan(removed, added, changed, released, tuple(fresh[n] for n in added + changed))
 
 
 @dataclass
@@ -89,7 +64,7 @@ class Service:
         self.changes = self.pipeline.changes
         self.changes.on_change = self._new_change
         self.view.follow(self.changes)
-        self.catch_ups = CatchUps(self.log, self.changes, self.folders, self.admission.lock, self.instance,
+        self.catch_ups = CatchUpTracker(self.log, self.changes, self.folders, self.admission.lock, self.instance,
                                   self.view.folder_stats, self._wake, once=self.once)
         self.health = WatchHealth(log=self.log, folders=self.folders, changes=self.changes,
                                   request_catch_up=self.catch_ups.request,
@@ -112,7 +87,7 @@ class Service:
             self._install_signals()  # first: a SIGTERM during start-up is acted on, not fatal
         self.log.info("daemon_started", pid=os.getpid(), config=str(cfg.path), workers=cfg.workers,
                       folders=[f.name for f in cfg.folders], mode="sync" if self.once else "run")
-        self._warn_private_tmp(cfg)
+        checks.warn_private_tmp(self.log, cfg)
         if not self.admission.admit(cfg.folders):
             raise StartupError(self.admission.nothing_served([f.name for f in cfg.folders]))
         if not self.once:
@@ -146,33 +121,11 @@ class Service:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, lambda signum, frame: self._signals.put(signum))
 
-    def _warn_private_tmp(self, config: Config) -> None:
-        for key, path in checks.private_tmp_paths(config):
-            self.log.warning("private_tmp_path", key=key, path=path,
-                             error="the unit's PrivateTmp=yes gives the service its own empty /tmp and /var/tmp: "
-                                   "this path is not the one you see, and what is written there vanishes on stop",
-                             fix="move it out of /tmp and /var/tmp")
-
     def _check_watch_limit(self) -> None:
-        """Warn when the folders hold more directories than inotify may watch: the ones past
-        the limit get no events, and the kernel says so to nobody."""
-        self._rescan_every = self.config.rescan_interval
-        served = tuple(s.config for s in self.folders.values())
-        shortage = checks.watch_shortage(served, checks.max_user_watches())
-        if shortage is None:
-            return
-        if not self._rescan_every:
-            self._rescan_every = DEFAULT_RESCAN  # the unwatched part needs some safety net
+        self._rescan_every = checks.warn_watch_limit(self.log, tuple(s.config for s in self.folders.values()),
+                                                     self.config.rescan_interval)
+        if self._rescan_every != self.config.rescan_interval:
             self._next_rescan = time.monotonic() + self._rescan_every
-        sysctl = checks.WATCHES_SYSCTL
-        self.log.warning(
-            "inotify_limit_low", sysctl=sysctl, limit=shortage.limit, needed=shortage.needed,
-            rescan_interval_s=self._rescan_every,
-            error=f"the watched folders hold {shortage.needed:,} directories but {sysctl} lets a user watch "
-                  f"{shortage.limit:,}: directories past the limit get no events, and their changes are found "
-                  f"only by the rescan every {self._rescan_every:g}s",
-            fix=f"echo '{sysctl} = {shortage.suggested}' > /etc/sysctl.d/90-foldermirror.conf && sysctl --system, "
-                f"then restart the service")
 
     # -- main loop -------------------------------------------------------------
     def _main_loop(self) -> None:
@@ -272,7 +225,7 @@ class Service:
         self.catch_ups.report(self.progress_tty)
 
     def _status_text(self) -> str:
-        return status_line(self.model.snapshot())
+        return status_line(self.model.snapshot(brief=True))
 
     def _watching(self) -> Watching | None:
         watcher = self.health.watcher
@@ -311,7 +264,7 @@ class Service:
                            action="kept the running configuration")
             self.notifier.ready(self._status_text())
             return
-        self._warn_private_tmp(new)
+        checks.warn_private_tmp(self.log, new)
         # Compared with what is served, so a folder that was unusable is tried again.
         plan = reload_plan({n: s.config for n, s in self.folders.items()}, new.folders)
         assert self.health.watcher is not None

@@ -222,6 +222,15 @@ class Request:
     sub: str
     reason: str        # startup | overflow | rescan | subtree | reload | watch_restored
     ready: bool        # False: let the settle timer run (files may still be written)
+    # Only paths the ChangeQueue does not know yet (neither pending nor in flight): a new
+    # directory's entries that came without events. The ones it knows are mirrored anyway,
+    # and queuing them again would copy a burst's files twice.
+    only_unknown: bool = False
+
+    def covers(self, other: Request) -> bool:
+        """Whether this walk makes `other` redundant."""
+        return (self.folder == other.folder and covers(self.sub, other.sub) and self.ready >= other.ready
+                and (other.only_unknown or not self.only_unknown))
 
 
 class Reconciler:
@@ -241,11 +250,9 @@ class Reconciler:
     def request(self, req: Request) -> None:
         with self._cond:
             # A queued walk of the same folder that covers this subtree makes it redundant.
-            for queued in self._requests:
-                if queued.folder == req.folder and covers(queued.sub, req.sub) and queued.ready >= req.ready:
-                    return
-            self._requests = [q for q in self._requests
-                              if not (q.folder == req.folder and covers(req.sub, q.sub) and req.ready >= q.ready)]
+            if any(queued.covers(req) for queued in self._requests):
+                return
+            self._requests = [q for q in self._requests if not req.covers(q)]
             self._requests.append(req)
             self._cond.notify()
 

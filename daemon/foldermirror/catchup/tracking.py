@@ -1,6 +1,6 @@
 """Catch-ups: comparing a folder with its target and following it until the differences are mirrored.
 
-`CatchUps` owns the Reconciler thread and its walk (which feeds the ChangeQueue, holding
+`CatchUpTracker` owns the Reconciler thread and its walk (which feeds the ChangeQueue, holding
 back deletions that look like a failed mount), the per-folder `CatchUp` records, their
 `sync_progress` / `sync_finished` lines, and giving memory back after a big one.
 """
@@ -32,7 +32,7 @@ SYNC_FIXES = {
 RELEASE_AFTER = 1000
 
 
-class CatchUps:
+class CatchUpTracker:
     """Requests comparisons, runs their walks (on the Reconciler thread) and tells when each ends."""
 
     def __init__(self, log: Any, changes: ChangeQueue, folders: Mapping[str, FolderState], lock: threading.RLock,
@@ -91,6 +91,8 @@ class CatchUps:
                                   sub=req.sub, stats=stats, writer_alive=process_alive):
                 if diff.reason == "extra":
                     extras.append(diff.path)  # judged once the walk has seen everything
+                elif req.only_unknown and self.changes.known(f.name, diff.path):
+                    continue
                 else:
                     self.changes.wait_for_room()
                     self.changes.touch(f.name, diff.path, settle=f.settle, ready=req.ready)

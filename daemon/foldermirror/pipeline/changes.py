@@ -356,6 +356,11 @@ class ChangeQueue:
                     earliest = e.not_before
             return earliest
 
+    def known(self, folder: str, path: str) -> bool:
+        """The path is pending or in flight: whatever it holds now will be looked at."""
+        with self._cond:
+            return (folder, path) in self._entries or (folder, path) in self._in_flight
+
     def settled(self, folder: str) -> bool:
         """Nothing in flight and nothing pending except paths waiting out a retry backoff."""
         with self._cond:

@@ -190,7 +190,7 @@ class Mirror:
                 os.ftruncate(tfd, st.st_size)
                 return st.st_size
 
-            copied = self.target.publish_file(parts, st, write, self.source.dir_stat)
+            copied = self.target.publish_file(parts, st, write, self.source.dir_stat, tst)
             if copied is None:
                 return Outcome(path, Status.CHANGED, "file")
             return Outcome(path, Status.COPIED, "file", copied)

@@ -47,7 +47,8 @@ class Target(Protocol):
 
     def lstat(self, parts: Parts) -> os.stat_result | None: ...
     def readlink(self, parts: Parts) -> str | None: ...
-    def publish_file(self, parts: Parts, st: os.stat_result, write: Writer, source_dir: SourceDirStat) -> int | None: ...
+    def publish_file(self, parts: Parts, st: os.stat_result, write: Writer, source_dir: SourceDirStat,
+                     existing: os.stat_result | None = None) -> int | None: ...
     def publish_symlink(self, parts: Parts, link: str, st: os.stat_result, source_dir: SourceDirStat) -> None: ...
     def publish_dir(self, parts: Parts, st: os.stat_result, source_dir: SourceDirStat) -> bool: ...
     def delete(self, parts: Parts) -> int | None: ...
@@ -182,9 +183,11 @@ class LocalTarget:
             return None
 
     # -- publishing ----------------------------------------------------------------------
-    def publish_file(self, parts: Parts, st: os.stat_result, write: Writer, source_dir: SourceDirStat) -> int | None:
+    def publish_file(self, parts: Parts, st: os.stat_result, write: Writer, source_dir: SourceDirStat,
+                     existing: os.stat_result | None = None) -> int | None:
         """Publish a file with `st`'s mode, owner and times: `write` fills a temp file that is
-        renamed over parts only if it returns a size. Returns that size, or None."""
+        renamed over parts only if it returns a size. Returns that size, or None.
+        `existing`: what lstat(parts) found just before (spares a second look)."""
         dfd = self._dir(parts[:-1], source_dir)
         name = parts[-1]
         tmp = temp_name(self.instance)
@@ -203,7 +206,7 @@ class LocalTarget:
                 os.fsync(tfd)
             os.close(tfd)
             tfd = -1
-            self._replace(dfd, tmp, name, parts)
+            self._replace(dfd, tmp, name, parts, existing)
             published = True
             return size
         finally:
@@ -223,14 +226,14 @@ class LocalTarget:
                     os.chown(tmp, st.st_uid, st.st_gid, dir_fd=dfd, follow_symlinks=False)
                 except OSError:
                     pass
-            self._replace(dfd, tmp, parts[-1], parts)
+            self._replace(dfd, tmp, parts[-1], parts, _lstat(dfd, parts[-1]))
         except BaseException:
             _unlink_quietly(dfd, tmp)
             raise
 
-    def _replace(self, dfd: int, tmp: str, name: str, parts: Parts) -> None:
-        """Rename tmp over name; a directory in the way goes first (with delete: true)."""
-        tst = _lstat(dfd, name)
+    def _replace(self, dfd: int, tmp: str, name: str, parts: Parts, tst: os.stat_result | None) -> None:
+        """Rename tmp over name (`tst`: what stands there); a directory in the way goes
+        first (with delete: true)."""
         if tst is not None and stat.S_ISDIR(tst.st_mode):
             self._clear_way(dfd, name, parts)
         os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)

@@ -22,6 +22,7 @@ from foldermirror.pipeline.changes import ChangeQueue
 from foldermirror.pipeline.folder_stats import FolderStats, LastError, Tally, total
 
 UNREADABLE_SHOWN = 5  # unreadable directories named in `status` (all are counted)
+WATCH_LIMIT_TTL = 30.0  # seconds a read of the inotify watch limit is trusted
 
 
 class Health(StrEnum):
@@ -137,15 +138,19 @@ class ReadModel:
         self._addresses = addresses
         self.started = started
         self.started_wall = started_wall
+        self._watch_limit_value: int | None = None
+        self._watch_limit_at = 0.0
 
-    def snapshot(self) -> DaemonView:
+    def snapshot(self, brief: bool = False) -> DaemonView:
+        """The daemon now. `brief` (the STATUS= line, asked on every pass of the main loop)
+        leaves out what costs a look at every pending path: each folder's lag is 0."""
         now = time.monotonic()
         watching = self._watching()
         states = dict(self._folders)
         stats = {name: self._folder_stats(name) for name in states}
         directories = sum(s.directories or 0 for s in stats.values())
-        shortage = checks.watch_shortage_of(directories, checks.max_user_watches())
-        folders = tuple(self._folder(name, state, stats[name], watching, shortage, now)
+        shortage = checks.watch_shortage_of(directories, self._watch_limit(now))
+        folders = tuple(self._folder(name, state, stats[name], watching, shortage, now, brief)
                         for name, state in states.items())
         config = self._config()
         control, metrics = self._addresses()
@@ -156,15 +161,23 @@ class ReadModel:
             watch_problems=tuple(self._watch_problems()), control_socket=control, metrics=metrics,
             unusable=tuple(sorted(self._unusable())), folders=folders, totals=total(self._all_stats()))
 
+    def _watch_limit(self, now: float) -> int | None:
+        """fs.inotify.max_user_watches, read again at most every WATCH_LIMIT_TTL seconds."""
+        if now >= self._watch_limit_at:
+            self._watch_limit_value = checks.max_user_watches()
+            self._watch_limit_at = now + WATCH_LIMIT_TTL
+        return self._watch_limit_value
+
     def _folder(self, name: str, state: FolderState, stats: FolderStats, watching: Watching | None,
-                shortage: checks.WatchShortage | None, now: float) -> FolderView:
+                shortage: checks.WatchShortage | None, now: float, brief: bool) -> FolderView:
         f = state.config
         pending, in_flight = self._changes.counts(name)
         c = state.catch_up
         state_, problems, complete = health(state, stats, watching, shortage)
         return FolderView(
             name=name, source=str(f.source), target=str(f.target), state=state_, problems=problems,
-            watches_complete=complete, pending=pending, in_flight=in_flight, lag_s=self._changes.oldest_age(name),
+            watches_complete=complete, pending=pending, in_flight=in_flight,
+            lag_s=0.0 if brief else self._changes.oldest_age(name),
             files=stats.files, bytes=stats.bytes, deleted=stats.deleted, failed=stats.failed,
             failing=len(stats.failing), failures=dict(stats.failures), last_error=stats.last_error,
             watched_directories=stats.directories, unreadable=stats.unreadable,
