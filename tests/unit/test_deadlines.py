@@ -84,7 +84,9 @@ def test_a_running_catch_up_sets_the_working_pace(tmp_path: Path):
     service, clock = make_service(tmp_path)
     f = service.config.folders[0]
     service.folders["data"] = FolderState(f, Excluder(f.exclude), catch_up=CatchUp("startup", clock.now, Tally()))
+    service._last_status = service._status_text()
     assert service._next_wait(clock.now) == TICK
+    assert not service._sleeping
 
 
 def test_the_rescan_interval_bounds_the_sleep(tmp_path: Path):
@@ -143,9 +145,10 @@ def test_a_wake_while_the_loop_is_not_sleeping_queues_nothing(tmp_path: Path):
     assert signals(service) == []
 
 
-def test_the_wait_itself_ends_the_sleep(tmp_path: Path):
+def test_the_end_of_the_wait_ends_the_sleep(tmp_path: Path):
     service, clock = make_service(tmp_path)
     assert service._next_wait(clock.now) is None
-    service._wake()
-    assert service._wait(0) == WAKE
+    assert service._wait(0) is None  # the deadline came
     assert not service._sleeping and not service._sleeping_long
+    service.changes.touch("data", "a", settle=0.25)
+    assert signals(service) == []  # awake: the loop sees it on this pass

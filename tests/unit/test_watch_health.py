@@ -168,6 +168,14 @@ def test_a_replaced_root_takes_the_new_identity(tmp_path: Path):
     assert rig.catch_ups.calls == [("data", "watch_restored")]
 
 
+def test_a_root_change_of_a_folder_no_longer_served_is_ignored(tmp_path: Path):
+    rig = Rig(tmp_path)
+    rig.watcher.roots = [("gone", "missing"), ("data", "restored")]
+    rig.health.tick(1.0, rescan=True)
+    assert rig.log.events() == ["source_restored"]
+    assert rig.catch_ups.calls == [("data", "watch_restored")]
+
+
 def test_roots_are_looked_at_on_their_schedule(tmp_path: Path):
     rig = Rig(tmp_path)
     rig.watcher.roots = [("data", "missing")]
