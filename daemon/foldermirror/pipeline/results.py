@@ -7,7 +7,6 @@ paths queued again with a backoff (unless permanent or `sync`).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -68,7 +67,7 @@ class ResultRecorder:
             return
         f = state.config
         stats = self.folder_stats(f.name)
-        latency_ms = round((time.monotonic() - item.first_seen) * 1000, 3)
+        latency_ms = round((self.changes.clock() - item.first_seen) * 1000, 3)  # first_seen is on its clock
         if item.walk:  # a directory moved here: its contents, however the move was replayed
             self.request_walk(Request(f.name, item.path, "subtree", ready=True))
         for o in r.outcomes:
@@ -129,7 +128,7 @@ class ResultRecorder:
             self._attempts[key] = attempt
             delay = min(RETRY_MAX_DELAY, 2.0 ** (attempt - 1))
             extra["retry_in_s"] = delay
-            self.changes.touch(f.name, path, settle=f.settle, ready=True, not_before=time.monotonic() + delay)
+            self.changes.touch(f.name, path, settle=f.settle, ready=True, not_before=self.changes.clock() + delay)
         else:
             self._attempts.pop(key, None)
         extra["fix"] = fix_for(err_no, will_retry)

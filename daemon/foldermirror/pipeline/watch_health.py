@@ -41,8 +41,9 @@ class WatchHealth:
                  request_catch_up: Callable[[str, str], None], request_walk: Callable[[Request], None],
                  locks: Mapping[str, TargetLock], relock: Callable[[FolderConfig], tuple[str | None, str]],
                  drop_folder: Callable[[str, str, str], None], wake: Callable[[], None],
-                 watchdog_enabled: bool = False) -> None:
+                 watchdog_enabled: bool = False, clock: Callable[[], float] = time.monotonic) -> None:
         self.log = log
+        self.clock = clock              # the time the observer thread's reports are stamped with
         self.folders = folders
         self.changes = changes
         self.request_catch_up = request_catch_up
@@ -313,14 +314,14 @@ class WatchHealth:
         # would fight an `rm -rf` of the whole target that is still under way.
         with self._losses_lock:
             self._target_losses.setdefault(folder, {})[path] = is_dir
-            self._target_losses_at = time.monotonic() + TARGET_QUIET
+            self._target_losses_at = self.clock() + TARGET_QUIET
         self.wake()
 
     def watch_suspect(self, folder: str, path: str) -> None:
         state = self.folders.get(folder)
         if state is not None:
             state.rewatch_paths += 1
-            state.rewatch_at = time.monotonic() + REWATCH_QUIET
+            state.rewatch_at = self.clock() + REWATCH_QUIET
             self.wake()
 
     def observer_exited(self) -> None:

@@ -1,0 +1,212 @@
+"""Catch-ups (catchup/tracking.py): the comparison walk feeding a real ChangeQueue on real
+tmp folders, the mass-delete guard, sync_finished once the folder has settled, and the
+unreadable-directories list.
+
+The Reconciler's thread is never started: the test runs the walks it was asked for, on its
+own thread (`run_walks`), as that thread would.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fakes import Calls, Clock, FakeLog, folder, state
+from foldermirror.catchup import tracking
+from foldermirror.catchup.compare import Difference, Request, WalkStats
+from foldermirror.catchup.tracking import CatchUps
+from foldermirror.folderstate import FolderState
+from foldermirror.pipeline.changes import ChangeQueue, Item
+from foldermirror.pipeline.folder_stats import FolderStats
+from foldermirror.pipeline.records import Outcome, Status
+
+
+class Rig:
+    def __init__(self, tmp_path: Path, **settings: Any) -> None:
+        self.config = folder("data", tmp_path, **settings)
+        self.config.source.mkdir()
+        self.config.target.mkdir()
+        self.log = FakeLog()
+        self.clock = Clock()
+        self.changes = ChangeQueue(clock=self.clock)
+        self.folders: dict[str, FolderState] = {"data": state(self.config)}
+        self.stats: dict[str, FolderStats] = {}
+        self.wake = Calls()
+        self.catch_ups = CatchUps(self.log, self.changes, self.folders, threading.RLock(), "inst0001",
+                                  self.folder_stats, self.wake)
+
+    def folder_stats(self, name: str) -> FolderStats:
+        return self.stats.setdefault(name, FolderStats())
+
+    def run_walks(self) -> list[Request]:
+        """What the Reconciler's thread would do with the requests queued so far."""
+        reconciler = self.catch_ups.reconciler
+        done = []
+        while reconciler._requests:
+            req = reconciler._requests.pop(0)
+            self.catch_ups._walk(req)
+            done.append(req)
+        return done
+
+    def mirror(self, items: list[Item]) -> None:
+        """The workers' part: each item copied, its outcome counted, its flight over."""
+        for item in items:
+            self.folder_stats(item.folder).record(Outcome(item.path, Status.COPIED, "file", bytes=10))
+        self.changes.done_all(items)
+
+
+def test_a_requested_catch_up_queues_every_missing_file_ready(tmp_path: Path):
+    rig = Rig(tmp_path)
+    for name in ("a", "b", "c"):
+        (rig.config.source / name).write_bytes(b"x" * 10)
+    rig.catch_ups.request("data", "startup")
+    assert rig.wake.count == 1
+    assert rig.run_walks() == [Request("data", "", "startup", ready=True)]
+    c = rig.folders["data"].catch_up
+    assert c is not None and c.walk_done and (c.to_copy, c.differences) == (3, 3)
+    assert rig.changes.counts("data") == (3, 0)
+    assert sorted(i.path for i in rig.changes.take(10, timeout=0)) == ["a", "b", "c"]  # ready: no settle wait
+    assert rig.stats["data"].directories == 1
+
+
+def test_sync_finished_waits_until_the_folder_has_settled(tmp_path: Path):
+    rig = Rig(tmp_path)
+    for name in ("a", "b", "c"):
+        (rig.config.source / name).write_bytes(b"x" * 10)
+    rig.catch_ups.request("data", "startup")
+    rig.catch_ups.finish(rig.clock.now)
+    assert rig.log.of("sync_finished") == []  # the walk has not run
+    rig.run_walks()
+    rig.catch_ups.finish(rig.clock.now)
+    assert rig.log.of("sync_finished") == []  # three paths pending
+    items = rig.changes.take(10, timeout=0)
+    rig.catch_ups.finish(rig.clock.now)
+    assert rig.log.of("sync_finished") == []  # three in flight
+    rig.mirror(items)
+    rig.catch_ups.finish(rig.clock.now)
+    (line,) = rig.log.of("sync_finished", "info")
+    assert {k: line[k] for k in ("folder", "reason", "files", "bytes", "failed", "differences")} == {
+        "folder": "data", "reason": "startup", "files": 3, "bytes": 30, "failed": 0, "differences": 3}
+    assert rig.folders["data"].catch_up is None
+    rig.catch_ups.finish(rig.clock.now)
+    assert len(rig.log.of("sync_finished")) == 1
+
+
+def test_a_catch_up_counts_only_what_it_mirrored(tmp_path: Path):
+    rig = Rig(tmp_path)
+    rig.folder_stats("data").record(Outcome("earlier", Status.COPIED, "file", bytes=5))
+    (rig.config.source / "a").write_bytes(b"x" * 10)
+    rig.catch_ups.request("data", "rescan")
+    rig.run_walks()
+    rig.mirror(rig.changes.take(10, timeout=0))
+    rig.catch_ups.finish(rig.clock.now)
+    (line,) = rig.log.of("sync_finished")
+    assert (line["files"], line["bytes"]) == (1, 10)
+
+
+def test_a_request_during_a_catch_up_continues_it(tmp_path: Path):
+    rig = Rig(tmp_path)
+    rig.catch_ups.request("data", "startup")
+    rig.run_walks()
+    rig.catch_ups.request("data", "overflow")
+    c = rig.folders["data"].catch_up
+    assert c is not None and c.reason == "startup" and not c.walk_done
+    rig.catch_ups.finish(rig.clock.now)
+    assert rig.log.of("sync_finished") == []  # its second walk has not run yet
+
+
+def test_a_source_that_looks_empty_holds_the_deletions_back(tmp_path: Path):
+    rig = Rig(tmp_path, delete=True)
+    for i in range(20):
+        (rig.config.target / f"f{i:02}").write_bytes(b"old")
+    rig.catch_ups.request("data", "startup")
+    rig.run_walks()
+    (line,) = rig.log.of("mass_delete_held", "error")
+    assert (line["source_entries"], line["target_entries"], line["would_delete"]) == (0, 20, 20)
+    assert rig.changes.counts("data") == (0, 0)
+    c = rig.folders["data"].catch_up
+    assert c is not None and c.walk_done and c.differences == 0
+
+
+def test_a_few_deletions_are_queued(tmp_path: Path):
+    rig = Rig(tmp_path, delete=True)
+    for i in range(20):
+        (rig.config.target / f"f{i:02}").write_bytes(b"old")
+        if i >= 2:
+            (rig.config.source / f"f{i:02}").write_bytes(b"newer")
+    rig.catch_ups.request("data", "startup")
+    rig.run_walks()
+    assert rig.log.of("mass_delete_held") == []
+    queued = {i.path for i in rig.changes.take(100, timeout=0)}
+    assert {"f00", "f01"} <= queued and len(queued) == 20  # 18 differ (size), 2 extra
+
+
+def test_a_subtree_walk_never_holds_deletions_back(tmp_path: Path):
+    rig = Rig(tmp_path, delete=True)
+    (rig.config.source / "sub").mkdir()
+    (rig.config.target / "sub").mkdir()
+    for i in range(20):
+        (rig.config.target / "sub" / f"f{i:02}").write_bytes(b"old")
+    rig.catch_ups.reconciler.request(Request("data", "sub", "subtree", ready=True))
+    rig.run_walks()
+    assert rig.log.of("mass_delete_held") == []
+    assert rig.changes.counts("data") == (20, 0)
+
+
+@pytest.fixture
+def walks(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, list[str]]]:
+    """A fake diff_tree that finds no difference and reports, by subtree walked, the
+    directories it could not list (the tests run as root, for whom chmod 000 locks nothing)."""
+    unreadable: dict[str, list[str]] = {}
+
+    def fake_diff_tree(source: str, target: str, excluded: Any, delete: bool, instance: str, sub: str = "",
+                       stats: WalkStats | None = None, **_: Any) -> Iterator[Difference]:
+        assert stats is not None
+        stats.unreadable = list(unreadable.get(sub, []))
+        stats.directories = 7
+        yield from ()
+
+    monkeypatch.setattr(tracking, "diff_tree", fake_diff_tree)
+    yield unreadable
+
+
+def test_a_full_walk_replaces_the_unreadable_list(tmp_path: Path, walks: dict[str, list[str]]):
+    rig = Rig(tmp_path)
+    walks[""] = ["b", "a/x"]
+    rig.catch_ups.request("data", "startup")
+    rig.run_walks()
+    assert rig.stats["data"].unreadable == ("a/x", "b")
+    assert [line["path"] for line in rig.log.of("source_unreadable", "warning")] == ["b", "a/x"]
+    walks[""] = ["c"]
+    rig.catch_ups.request("data", "rescan")
+    rig.run_walks()
+    assert rig.stats["data"].unreadable == ("c",)
+    assert rig.stats["data"].directories == 7
+
+
+def test_a_subtree_walk_patches_only_what_it_covered(tmp_path: Path, walks: dict[str, list[str]]):
+    rig = Rig(tmp_path)
+    walks[""] = ["a/x", "ab", "b"]
+    rig.catch_ups.request("data", "startup")
+    rig.run_walks()
+    walks["a"] = ["a/y"]
+    rig.catch_ups.reconciler.request(Request("data", "a", "subtree", ready=True))
+    rig.run_walks()
+    assert rig.stats["data"].unreadable == ("a/y", "ab", "b")  # "ab" is not below "a"
+    walks["a"] = []
+    rig.catch_ups.reconciler.request(Request("data", "a", "subtree", ready=True))
+    rig.run_walks()
+    assert rig.stats["data"].unreadable == ("ab", "b")
+
+
+def test_a_subtree_walk_leaves_the_catch_up_and_the_directory_count_alone(tmp_path: Path,
+                                                                          walks: dict[str, list[str]]):
+    rig = Rig(tmp_path)
+    rig.catch_ups.reconciler.request(Request("data", "a", "subtree", ready=True))
+    rig.run_walks()
+    assert rig.stats["data"].directories is None
+    assert rig.folders["data"].catch_up is None

@@ -1,0 +1,266 @@
+"""The read model (view/read_model.py): one folder's health, the DaemonView the parts make,
+its `status --json` document and the STATUS= line. Every part it reads is a fake.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fakes import Clock, folder, state
+from foldermirror import checks
+from foldermirror.folderstate import CatchUp, FolderState
+from foldermirror.pipeline.changes import ChangeQueue
+from foldermirror.pipeline.folder_stats import FolderStats, LastError, Tally
+from foldermirror.view.read_model import DaemonView, Health, ReadModel, Watching, health, status_line
+from helpers import REPO
+
+ROOT = Path("/srv")
+
+
+def watching(alive: bool = True, unwatched: tuple[str, ...] = ()) -> Watching:
+    return Watching(alive=alive, watched=lambda name: name not in unwatched)
+
+
+def catch_up(reason: str = "startup", walk_done: bool = False, to_copy: int = 0) -> CatchUp:
+    return CatchUp(reason, started=0.0, start=Tally(), walk_done=walk_done, to_copy=to_copy)
+
+
+def failing(*paths: str) -> FolderStats:
+    stats = FolderStats()
+    for p in paths:
+        stats.failing[p] = LastError(p, "EACCES", "EACCES", 0.0)
+    return stats
+
+
+# -- health() ---------------------------------------------------------------------------------
+def test_a_watched_settled_folder_is_in_sync():
+    assert health(state(folder("a", ROOT)), FolderStats(), watching(), None) == (Health.IN_SYNC, (), True)
+
+
+def test_a_missing_source_is_degraded_and_says_so():
+    state_, problems, complete = health(state(folder("a", ROOT), missing=True), FolderStats(), watching(), None)
+    assert state_ is Health.DEGRADED
+    assert problems == ("source folder /srv/a-src is missing",)
+    assert complete is False
+
+
+def test_a_lost_target_is_degraded():
+    _, problems, _ = health(state(folder("a", ROOT), target_lost=True), FolderStats(), watching(), None)
+    assert problems == ("target folder /srv/a-dst is gone and cannot be made again",)
+
+
+def test_unreadable_directories_are_named_the_first_five_and_counted():
+    stats = FolderStats(unreadable=("", "b", "c", "d", "e", "f", "g"))
+    state_, (problem,), complete = health(state(folder("a", ROOT)), stats, watching(), None)
+    assert state_ is Health.DEGRADED and complete is False
+    assert problem == ("7 directories cannot be read, so they are neither watched nor mirrored: "
+                       "., b, c, d, e and 2 more")  # the folder's top as "."
+
+
+def test_one_unreadable_directory_reads_as_one():
+    _, (problem,), _ = health(state(folder("a", ROOT)), FolderStats(unreadable=("x",)), watching(), None)
+    assert problem == "1 directory cannot be read, so it is neither watched nor mirrored: x"
+
+
+def test_failing_paths_degrade_the_folder_but_not_its_watches():
+    state_, problems, complete = health(state(folder("a", ROOT)), failing("x", "y"), watching(), None)
+    assert state_ is Health.DEGRADED and problems == ("2 paths failing",)
+    assert complete is True
+    assert health(state(folder("a", ROOT)), failing("x"), watching(), None)[1] == ("1 path failing",)
+
+
+def test_a_catch_up_is_catching_up():
+    assert health(state(folder("a", ROOT), catch_up=catch_up("overflow")), FolderStats(), watching(),
+                  None) == (Health.CATCHING_UP, (), True)
+
+
+def test_a_watcher_not_up_during_the_start_up_walk_is_no_problem():
+    s = state(folder("a", ROOT), catch_up=catch_up("startup"))
+    assert health(s, FolderStats(), watching(alive=False), None) == (Health.CATCHING_UP, (), False)
+
+
+def test_a_dead_watcher_after_the_start_up_walk_is_a_problem():
+    s = state(folder("a", ROOT), catch_up=catch_up("startup", walk_done=True))
+    state_, problems, complete = health(s, FolderStats(), watching(alive=False), None)
+    assert state_ is Health.DEGRADED and problems == ("not watched: changes are only seen by rescans",)
+    assert complete is False
+
+
+def test_a_folder_the_watcher_lost_is_not_watched():
+    _, problems, complete = health(state(folder("a", ROOT)), FolderStats(), watching(unwatched=("a",)), None)
+    assert problems == ("not watched: changes are only seen by rescans",) and complete is False
+
+
+def test_without_a_watcher_sync_is_never_complete_nor_degraded_for_it():
+    assert health(state(folder("a", ROOT)), FolderStats(), None, None) == (Health.IN_SYNC, (), False)
+
+
+def test_a_watch_shortage_is_a_problem():
+    shortage = checks.watch_shortage_of(1500, 1000)
+    _, problems, complete = health(state(folder("a", ROOT)), FolderStats(), watching(), shortage)
+    assert problems == ("1,500 directories but fs.inotify.max_user_watches is 1,000: raise it to at least 2,000",)
+    assert complete is False
+
+
+# -- the snapshot -------------------------------------------------------------------------
+@dataclass
+class FakeConfig:
+    path: Path = Path("/etc/foldermirror/config.yaml")
+    workers: int = 2
+
+
+class Parts:
+    """Everything a ReadModel reads, as plain values a test sets."""
+
+    def __init__(self, *names: str) -> None:
+        self.clock = Clock()
+        self.changes = ChangeQueue(clock=self.clock)
+        self.folders: dict[str, FolderState] = {n: state(folder(n, ROOT)) for n in names}
+        self.stats: dict[str, FolderStats] = {n: FolderStats(directories=1) for n in names}
+        self.watching: Watching | None = watching()
+        self.watch_problems: list[str] = []
+        self.unusable: list[str] = []
+        self.model = ReadModel(
+            config=FakeConfig, folders=self.folders, folder_stats=self.stats.__getitem__,
+            all_stats=lambda: list(self.stats.values()), changes=self.changes, watching=lambda: self.watching,
+            watch_problems=lambda: self.watch_problems, overflows=lambda: 3, restarts=lambda: 1,
+            unusable=lambda: self.unusable, addresses=lambda: ("/run/fm/control.sock", None),
+            started=0.0, started_wall=1_800_000_000.0)
+
+    def view(self) -> DaemonView:
+        return self.model.snapshot()
+
+
+@pytest.fixture(autouse=True)
+def plenty_of_watches(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(checks, "max_user_watches", lambda: 1_000_000)
+
+
+def test_the_snapshot_reads_every_part():
+    parts = Parts("a")
+    parts.changes.touch("a", "x", settle=0.25)
+    parts.clock.advance(2)
+    view = parts.view()
+    assert (view.workers, view.worker_restarts, view.overflow_rescans, view.watcher_alive) == (2, 1, 3, True)
+    assert (view.control_socket, view.metrics, view.config) == ("/run/fm/control.sock", None,
+                                                              "/etc/foldermirror/config.yaml")
+    (a,) = view.folders
+    assert (a.name, a.pending, a.in_flight, a.lag_s, a.watched_directories) == ("a", 1, 0, 2.0, 1)
+
+
+def test_the_watch_shortage_counts_every_folders_directories(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(checks, "max_user_watches", lambda: 1000)
+    parts = Parts("a", "b")
+    parts.stats["a"].directories, parts.stats["b"].directories = 600, 500
+    for f in parts.view().folders:
+        assert f.problems == ("1,100 directories but fs.inotify.max_user_watches is 1,000: "
+                              "raise it to at least 2,000",)
+        assert f.watches_complete is False and f.state is Health.DEGRADED
+
+
+def test_a_catch_up_counts_the_files_copied_since_it_began():
+    parts = Parts("a")
+    parts.stats["a"].files = 5
+    parts.folders["a"].catch_up = CatchUp("rescan", 0.0, parts.stats["a"].tally(), walk_done=True, to_copy=8)
+    parts.stats["a"].files = 7
+    (a,) = parts.view().folders
+    assert a.catch_up is not None and (a.catch_up.files, a.catch_up.to_copy) == (2, 8)
+
+
+# -- status --json ------------------------------------------------------------------------------
+TOP_KEYS = {"version", "pid", "config", "started", "uptime_s", "workers", "worker_restarts", "overflow_rescans",
+            "watcher_alive", "control_socket", "metrics", "folders"}
+FOLDER_KEYS = {"name", "source", "target", "state", "problems", "pending", "in_flight", "lag_s", "files", "bytes",
+               "deleted", "failed", "failing", "failures", "last_error", "watches_complete", "watched_directories",
+               "unreadable", "catch_up"}
+
+
+def json_view() -> dict[str, Any]:
+    parts = Parts("a", "b")
+    parts.stats["a"].failing["x"] = parts.stats["a"].last_error = LastError("x", "EACCES", "EACCES", 1_800_000_000.0)
+    parts.stats["a"].failures["EACCES"] = 1
+    parts.stats["b"].unreadable = tuple(f"d{i}" for i in range(7))
+    parts.folders["b"].catch_up = catch_up("startup", walk_done=True, to_copy=4)
+    return parts.view().to_json()
+
+
+def test_status_json_has_exactly_the_documented_keys():
+    doc = json_view()
+    assert set(doc) == TOP_KEYS
+    a, b = doc["folders"]
+    assert set(a) == set(b) == FOLDER_KEYS
+    assert set(a["last_error"]) == {"path", "error", "kind", "time"} and a["last_error"]["time"].endswith("Z")
+    assert b["unreadable"] == {"count": 7, "paths": ["d0", "d1", "d2", "d3", "d4"]}
+    assert set(b["catch_up"]) == {"reason", "files", "to_copy", "differences", "walk_done", "seconds"}
+    assert (a["state"], b["state"]) == ("degraded", "degraded")
+
+
+def test_status_json_round_trips_through_json():
+    doc = json_view()
+    assert json.loads(json.dumps(doc)) == doc
+
+
+def test_every_key_the_readme_names_for_status_json_is_there():
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Watching it", 1)[1].split("\n## ", 1)[0]
+    paragraph = section[section.index("`--json`"):]
+    paragraph = paragraph[:paragraph.index("exits 3")]
+    named = set(re.findall(r"`([a-z_.\[\]]+)`", paragraph)) - {"--json", "status"}  # the flag, the command
+    doc = json_view()
+    folder_doc = doc["folders"][0] | {"catch_up": doc["folders"][1]["catch_up"]}
+    known = set(doc) | set(folder_doc) | {"folders[].state"} | set(folder_doc["unreadable"]) \
+        | set(folder_doc["catch_up"])
+    states = {"in_sync", "catching_up", "degraded"}
+    assert named - states <= known, named - states - known
+    assert states <= named and states == {str(h) for h in Health}
+
+
+# -- the STATUS= line ---------------------------------------------------------------------------
+def test_status_line_while_comparing():
+    parts = Parts("a", "b")
+    parts.folders["b"].catch_up = catch_up("startup")
+    parts.stats["b"].files = 12
+    assert status_line(parts.view()) == "catching up b: 12 files copied, still comparing"
+
+
+def test_status_line_once_the_comparison_is_done():
+    parts = Parts("a")
+    parts.folders["a"].catch_up = catch_up("startup", walk_done=True, to_copy=1500)
+    parts.stats["a"].files = 1200
+    assert status_line(parts.view()) == "catching up a: 1,200/1,500 files"
+
+
+def test_status_line_counts_live_changes_past_what_the_comparison_found():
+    parts = Parts("a")
+    parts.folders["a"].catch_up = catch_up("startup", walk_done=True, to_copy=3)
+    parts.stats["a"].files = 5
+    assert status_line(parts.view()) == "catching up a: 5/5 files"
+
+
+def test_status_line_while_watching():
+    parts = Parts("a", "b")
+    parts.changes.touch("a", "x", settle=0.25)
+    parts.changes.touch("b", "y", settle=0.25)
+    parts.stats["a"].files, parts.stats["b"].files = 1000, 234
+    assert status_line(parts.view()) == "watching 2 folders, 2 pending, 1,234 files mirrored"
+
+
+def test_status_line_names_degraded_and_unusable_folders():
+    parts = Parts("a", "b", "c")
+    parts.folders["a"].missing = True
+    parts.stats["c"].failing["x"] = LastError("x", "EIO", "EIO", 0.0)
+    parts.unusable = ["z", "y"]
+    parts.watch_problems = ["unhealthy: the observer died 4 times in 60s"]
+    assert status_line(parts.view()) == ("watching 3 folders, 0 pending, 0 files mirrored; "
+                                         "unhealthy: the observer died 4 times in 60s; "
+                                         "2 degraded (a, c); 2 unusable (y, z)")
+
+
+def test_status_line_of_one_folder_is_singular():
+    assert status_line(Parts("a").view()) == "watching 1 folder, 0 pending, 0 files mirrored"
