@@ -132,4 +132,5 @@ def reload_plan(served: Mapping[str, FolderConfig], new: tuple[FolderConfig, ...
     added = tuple(n for n in fresh if n not in served)
     changed = tuple(n for n in fresh if n in served and fresh[n] != served[n])
     released = frozenset(removed) | {n for n in changed if fresh[n].target != served[n].target}
-    return ReloadPlan(removed, added, changed, released, tuple(fresh[n] for n in added + changed))
+    return ReloadPlan(removed, added, changed, released,
+                      tuple(f for f in fresh.values() if f.name in added or f.name in changed))

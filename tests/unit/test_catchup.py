@@ -18,7 +18,7 @@ import pytest
 from fakes import Calls, Clock, FakeLog, folder, state
 from foldermirror.catchup import tracking
 from foldermirror.catchup.compare import Difference, Request, WalkStats
-from foldermirror.catchup.tracking import CatchUps
+from foldermirror.catchup.tracking import CatchUpTracker
 from foldermirror.folderstate import FolderState
 from foldermirror.pipeline.changes import ChangeQueue, Item
 from foldermirror.pipeline.folder_stats import FolderStats
@@ -36,7 +36,7 @@ class Rig:
         self.folders: dict[str, FolderState] = {"data": state(self.config)}
         self.stats: dict[str, FolderStats] = {}
         self.wake = Calls()
-        self.catch_ups = CatchUps(self.log, self.changes, self.folders, threading.RLock(), "inst0001",
+        self.catch_ups = CatchUpTracker(self.log, self.changes, self.folders, threading.RLock(), "inst0001",
                                   self.folder_stats, self.wake)
 
     def folder_stats(self, name: str) -> FolderStats:

@@ -1,4 +1,4 @@
-"""The reload diff (service.reload_plan): what a reload stops, admits and releases."""
+"""The reload diff (admission.reload_plan): what a reload stops, admits and releases."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from fakes import folder
+from foldermirror.admission import reload_plan
 from foldermirror.config import FolderConfig
-from foldermirror.service import reload_plan
 
 ROOT = Path("/srv")
 
@@ -69,8 +69,6 @@ def test_a_mixed_reload():
     assert {f.name for f in plan.to_admit} == {"fresh", "tuned", "moved"}
 
 
-@pytest.mark.xfail(strict=True, reason="bug: to_admit is added + changed, not the new file's order "
-                                       "(ReloadPlan.to_admit's comment)")
 def test_to_admit_follows_the_new_files_order():
     a, b = folder("a", ROOT), folder("b", ROOT)
     new = (folder("a", ROOT, settle=1.0), b, folder("c", ROOT))  # a changed, then c added
