@@ -193,6 +193,29 @@ def test_workers_killed_repeatedly_during_a_burst(tmp_path, daemon_factory):
     wait_until(lambda: not any(process_alive(p) for p in tree), 10, "processes left after stop")
 
 
+@pytest.mark.timeout(120)
+def test_a_worker_killed_before_its_hello_was_read_is_noticed(tmp_path, daemon_factory):
+    """A worker can die before the daemon heard it start (its hello still in its own buffer).
+    The Pool replaces it without a word and the batch it held would never end: the daemon
+    must notice the replacement itself. With no hello at all, that is the only sign."""
+    src, dst, spec = pair(tmp_path, delete=True)
+    d = daemon_factory(write_config(tmp_path, [spec], workers=2, rescan_interval=0),
+                       env={"FOLDERMIRROR_FAULTS": "no_hello:on,slow_copy:slow.bin"})
+    d.wait_ready()
+    wait_until(lambda: len(d.worker_pids()) == 2, 30, lambda: f"workers {d.worker_pids()}")
+    (src / "slow.bin").write_bytes(os.urandom(6 << 20))  # 300 ms of copy: a worker is busy with it
+    for i in range(200):
+        (src / f"f{i:03}").write_bytes(os.urandom(4_000))
+    busy = wait_for_temp(dst)
+    writer = tempnames.temp_owner(os.path.basename(busy))[1]
+    os.kill(writer, signal.SIGKILL)
+    lost = d.wait_for("worker_lost", timeout=30)[0]
+    assert lost["resubmitted"] >= 1, lost
+    wait_mirrored(src, dst, timeout=60)
+    still_mirroring(d, src, dst)
+    assert d.stop() == 0
+
+
 # -- 4. main process killed ------------------------------------------------------------------
 
 def test_daemon_sigkilled_during_a_big_copy_takes_its_workers_along(tmp_path, daemon_factory):

@@ -12,6 +12,7 @@ item that had in fact finished is harmless.
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.pool
 import multiprocessing.util
 import os
 import queue
@@ -58,6 +59,9 @@ class _Generation:
     pool: Any
     results: Any
     pids: set[int] = field(default_factory=set)
+    # Workers the Pool has started: more than its size means it replaced one that died,
+    # perhaps before that worker's hello reached us (then nothing else would tell).
+    spawned: list[int] = field(default_factory=lambda: [0])
     retired: bool = False
     collector: threading.Thread | None = None
     # Written once on retirement: the collector blocks on the results queue and this pipe.
@@ -107,8 +111,16 @@ class WorkerPool:
     # -- generations -----------------------------------------------------------
     def _start_generation(self, number: int) -> _Generation:
         results = self._ctx.Queue()
-        pool = self._ctx.Pool(self.size, initializer=worker.init_worker, initargs=(results, self._instance, os.getpid()))
-        gen = _Generation(number=number, pool=pool, results=results)
+        spawned = [0]
+
+        def on_spawn() -> None:  # on the Pool's worker handler thread once it runs
+            spawned[0] += 1
+            if spawned[0] > self.size:
+                self._wake()  # the main loop's supervise() replaces this generation
+
+        pool = _pool_class(on_spawn)(self.size, initializer=worker.init_worker,
+                                     initargs=(results, self._instance, os.getpid()), context=self._ctx)
+        gen = _Generation(number=number, pool=pool, results=results, spawned=spawned)
         gen.collector = threading.Thread(target=self._collect, args=(gen,), name=f"results-{number}", daemon=True)
         gen.collector.start()
         return gen
@@ -207,7 +219,7 @@ class WorkerPool:
         with self._lock:
             gen = self._gen
             dead = [pid for pid in gen.pids if not process_alive(pid)]
-            if not dead and len(gen.pids) <= self.size:
+            if not dead and len(gen.pids) <= self.size and gen.spawned[0] <= self.size:
                 return
             self.restarts += 1
             gen.retire()
@@ -293,6 +305,19 @@ class WorkerPool:
         _retire(gen)
         _stop_helpers(5.0)
         return abandoned
+
+
+def _pool_class(on_spawn: Callable[[], None]) -> type[multiprocessing.pool.Pool]:
+    """multiprocessing.pool.Pool that calls `on_spawn` for every worker it starts, its own
+    replacements of dead workers included (which it otherwise makes without a word)."""
+
+    class CountingPool(multiprocessing.pool.Pool):
+        @staticmethod
+        def Process(ctx: Any, *args: Any, **kwds: Any) -> Any:  # noqa: N802 - the base class's name
+            on_spawn()
+            return ctx.Process(*args, **kwds)
+
+    return CountingPool
 
 
 def process_alive(pid: int) -> bool:

@@ -14,6 +14,7 @@ import threading
 import time
 from typing import Any
 
+from foldermirror import faults
 from foldermirror.pipeline.copier import Mirror, SourceTree
 from foldermirror.pipeline.records import BatchResults, FolderSpec, Hello, ItemResult, Outcome, Status, WorkItem
 from foldermirror.pipeline.targets import ROOT_FLAGS, LocalTarget
@@ -38,7 +39,8 @@ def init_worker(results: Any, instance: str, daemon_pid: int = 0) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
         signal.signal(signal.SIGTERM, _on_term)
         _die_with_parent(daemon_pid)
-        results.put(Hello(os.getpid()))
+        if not (faults.ENABLED and faults.value("no_hello") is not None):
+            results.put(Hello(os.getpid()))
     except BaseException:  # noqa: BLE001 - see docstring
         pass
 
