@@ -367,7 +367,7 @@ def _as_socket_path(base: Path) -> Callable[[Any], Path]:
 # A field whose metadata holds a Setting is a config key of the same name. The Setting says how
 # the key's node is read (and so validated), what a missing key means (the field's own default,
 # one derived from the other keys, or an error), how `check` shows the value, and what the key
-# is for. The reader, `check` and tests/test_config_settings.py (which holds config/example.yaml
+# is for. The reader, `check` and tests/unit/test_config_settings.py (which holds config/example.yaml
 # and README.md to every key) all walk these declarations, so a new key is one field, plus its
 # lines in example.yaml and README.md. flag, duration, choice and globs are the common kinds;
 # section and sections nest a dataclass of settings as a mapping or a list of mappings; setting

@@ -136,7 +136,7 @@ class _Handler(FileSystemEventHandler):
 
         watchdog then sets up the watches below it under a path that is already stale:
         a directory left unwatched, or events reported under the wrong path. Measured with
-        watchdog 7.1 under rename churn (see tests/test_faults.py); the service rebuilds the
+        watchdog 7.1 under rename churn (see tests/daemon/test_faults.py); WatchHealth rebuilds the
         folder's watches once it is quiet and compares it.
         """
         if not os.path.isdir(full):
