@@ -7,7 +7,6 @@ target side is read through the folder's Target, as the workers write it.
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 import threading
@@ -15,7 +14,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from foldermirror.paths import Excluder
-from foldermirror.pipeline.targets import Entry, LocalTarget, Target, TargetGone, scan_dir, stale_temps
+from foldermirror.pipeline.copier import SourceTree
+from foldermirror.pipeline.targets import ROOT_FLAGS, Entry, LocalTarget, Target, TargetGone, scan_dir, stale_temps
 from foldermirror.tempnames import LOCK_NAME, is_reserved, is_temp_name
 
 
@@ -39,7 +39,6 @@ class WalkStats:
 
 # A whole-folder comparison deleting fewer entries than this is never held back.
 MASS_DELETE_MIN = 10
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def hold_deletions(stats: WalkStats, max_fraction: float) -> bool:
@@ -56,34 +55,9 @@ def hold_deletions(stats: WalkStats, max_fraction: float) -> bool:
     return stats.doomed >= MASS_DELETE_MIN and stats.doomed > max_fraction * stats.target_entries
 
 
-def _open_dir(root: int, rel: str) -> int | None:
-    """An fd for root/rel, every component opened with O_NOFOLLOW; None when it is not there.
-
-    PermissionError propagates: an unreadable directory is not an empty one.
-    """
-    fd = os.dup(root)
-    try:
-        for part in rel.split("/") if rel else ():
-            try:
-                nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
-            except (FileNotFoundError, NotADirectoryError):
-                return None
-            except OSError as exc:
-                if exc.errno == errno.ELOOP:  # a symlink: mirrored as one, never walked into
-                    return None
-                raise
-            os.close(fd)
-            fd = nfd
-        result, fd = fd, -1
-        return result
-    finally:
-        if fd >= 0:
-            os.close(fd)
-
-
 def _open_root(path: str) -> int | None:
     try:
-        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        return os.open(path, ROOT_FLAGS)
     except (FileNotFoundError, NotADirectoryError):
         return None
 
@@ -115,31 +89,33 @@ def diff_tree(source: str, target: str, excluded: Excluder, delete: bool, instan
         mirror: Target | None = LocalTarget(target, delete=delete, durable=False, instance=instance, create=False)
     except (TargetGone, NotADirectoryError):
         mirror = None
+    tree = SourceTree(sroot)
     try:
-        yield from _walk(sroot, mirror, excluded, delete, instance, sub, stats, writer_alive, clean_temps)
+        yield from _walk(tree, mirror, excluded, delete, instance, sub, stats, writer_alive, clean_temps)
     finally:
-        os.close(sroot)
+        tree.close()
         if mirror is not None:
             mirror.close()
 
 
-def _walk(sroot: int, target: Target | None, excluded: Excluder, delete: bool, instance: str, sub: str,
+def _walk(source: SourceTree, target: Target | None, excluded: Excluder, delete: bool, instance: str, sub: str,
           stats: WalkStats, writer_alive: Callable[[int], bool], clean_temps: bool) -> Iterator[Difference]:
     assert stats.unreadable is not None
     stack = [sub]
     while stack:
         rel = stack.pop()
+        parts = tuple(rel.split("/")) if rel else ()
         try:
-            sfd = _open_dir(sroot, rel)
+            sfd = source.find(parts)
             s_entries = scan_dir(sfd) if sfd is not None else {}
         except PermissionError:
+            source.forget()
             stats.unreadable.append(rel)
             continue
         if sfd is None and rel == "":
             return
         if sfd is not None:
             stats.directories += 1
-        parts = tuple(rel.split("/")) if rel else ()
         scanned: dict[str, Entry] | None = None
         try:
             scanned = target.scan(parts) if target is not None else None
@@ -150,10 +126,11 @@ def _walk(sroot: int, target: Target | None, excluded: Excluder, delete: bool, i
             yield from _compare(rel, parts, sfd, target if scanned is not None else None, s_entries, t_entries,
                                 excluded, delete, instance, stats, writer_alive, stack, clean_temps)
         finally:
-            if sfd is not None:
-                os.close(sfd)
+            # One directory's fds at a time on each side, however big the tree, and each
+            # directory looked up afresh from its root (a rename meanwhile is not followed).
+            source.forget()
             if target is not None:
-                target.forget()  # one directory's fds at a time, however big the tree
+                target.forget()
 
 
 def _compare(rel: str, parts: tuple[str, ...], sfd: int | None, target: Target | None,

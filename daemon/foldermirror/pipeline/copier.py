@@ -15,7 +15,7 @@ import time
 
 from foldermirror import faults
 from foldermirror.pipeline.records import Outcome, Status
-from foldermirror.pipeline.targets import DIR_CACHE_MAX, DIR_FLAGS, Parts, Target
+from foldermirror.pipeline.targets import DIR_FLAGS, DirFds, Parts, Target
 from foldermirror.tempnames import RESERVED_REASON, is_reserved
 
 _CHUNK = 1 << 30
@@ -27,25 +27,8 @@ class _Gone(Exception):
     """A source path component is missing or is not a directory (or is a symlink)."""
 
 
-class SourceTree:
-    """A source folder opened once, with the fds of its directories cached (owned by the cache)."""
-
-    def __init__(self, root_fd: int) -> None:
-        self.root_fd = root_fd
-        self._dirs: dict[tuple[str, ...], int] = {}
-
-    def close(self) -> None:
-        self.forget()
-        os.close(self.root_fd)
-
-    def trim(self) -> None:
-        if len(self._dirs) > DIR_CACHE_MAX:
-            self.forget()
-
-    def forget(self) -> None:
-        for fd in self._dirs.values():
-            os.close(fd)
-        self._dirs.clear()
+class SourceTree(DirFds):
+    """A source folder opened once, with the fds of its directories cached."""
 
     def dir(self, parts: Parts) -> int:
         """An fd of source/parts; raises _Gone when a component is missing or not a directory."""
@@ -64,6 +47,14 @@ class SourceTree:
             raise
         self._dirs[key] = fd
         return fd
+
+    def find(self, parts: Parts) -> int | None:
+        """An fd of source/parts, or None when it is not there (or is a symlink: mirrored as
+        one, never walked into). PermissionError propagates: unreadable is not empty."""
+        try:
+            return self.dir(parts)
+        except _Gone:
+            return None
 
     def dir_stat(self, parts: Parts) -> os.stat_result:
         """What a target directory made for `parts` copies (mode, owner)."""

@@ -67,31 +67,17 @@ class TargetGone(Exception):
     """The target root cannot be opened (it is made only when publishing)."""
 
 
-class LocalTarget:
-    """A target directory on this machine (see the module docstring).
+class DirFds:
+    """A folder's root fd and the fds of its directories opened so far, by path parts
+    (owned by the cache: callers never close them)."""
 
-    `delete`: an entry of another type in the way may be removed (else EEXIST). `durable`:
-    fsync each file and its directory before it counts as published.
-    """
-
-    def __init__(self, root: str, *, delete: bool, durable: bool, instance: str, create: bool = True) -> None:
-        self.root = root
-        self.clears_way = delete  # delete: true lets what stands in a path's way go
-        self.durable = durable
-        self.instance = instance
-        try:
-            self._root_fd = os.open(root, ROOT_FLAGS)
-        except FileNotFoundError:
-            if not create:
-                raise TargetGone(root) from None
-            os.makedirs(root, exist_ok=True)
-            self._root_fd = os.open(root, ROOT_FLAGS)
-        self._dirs: dict[tuple[str, ...], int] = {}  # owned by the cache: callers never close them
-        self._made: list[str] = []  # directories made as the parents of others, since the last made_dirs()
+    def __init__(self, root_fd: int) -> None:
+        self.root_fd = root_fd
+        self._dirs: dict[tuple[str, ...], int] = {}
 
     def close(self) -> None:
         self.forget()
-        os.close(self._root_fd)
+        os.close(self.root_fd)
 
     def trim(self) -> None:
         """Between two paths (never during one: its fds are in use): bound the open fds."""
@@ -104,6 +90,29 @@ class LocalTarget:
         for key in [k for k in self._dirs if k[:len(prefix)] == prefix]:
             os.close(self._dirs.pop(key))
 
+
+class LocalTarget(DirFds):
+    """A target directory on this machine (see the module docstring).
+
+    `delete`: an entry of another type in the way may be removed (else EEXIST). `durable`:
+    fsync each file and its directory before it counts as published.
+    """
+
+    def __init__(self, root: str, *, delete: bool, durable: bool, instance: str, create: bool = True) -> None:
+        self.root = root
+        self.clears_way = delete  # delete: true lets what stands in a path's way go
+        self.durable = durable
+        self.instance = instance
+        try:
+            root_fd = os.open(root, ROOT_FLAGS)
+        except FileNotFoundError:
+            if not create:
+                raise TargetGone(root) from None
+            os.makedirs(root, exist_ok=True)
+            root_fd = os.open(root, ROOT_FLAGS)
+        super().__init__(root_fd)
+        self._made: list[str] = []  # directories made as the parents of others, since the last made_dirs()
+
     def made_dirs(self) -> list[str]:
         """Directories made as parents since the last call (each is reported as mirrored)."""
         made, self._made = self._made, []
@@ -114,7 +123,7 @@ class LocalTarget:
         """An fd of root/parts (owned by the cache); with `source_dir`, missing components
         are made with their source directory's mode and owner."""
         if not parts:
-            return self._root_fd
+            return self.root_fd
         key = tuple(parts)
         fd = self._dirs.get(key)
         if fd is not None:
