@@ -200,7 +200,7 @@ class ChangeQueue:
         return quiet
 
     def _eligible_at(self, key: Key, e: _Entry) -> float:
-        return max(e.not_before, min(self._natural_at(key, e), e.deadline))
+        return _due(e, self._natural_at(key, e))
 
     def _schedule(self, key: Key, e: _Entry, now: float) -> None:
         if key in self._in_flight:
@@ -264,7 +264,8 @@ class ChangeQueue:
             e.queued = False
             if key in self._in_flight:
                 continue
-            if self._eligible_at(key, e) > now:
+            natural = self._natural_at(key, e)
+            if _due(e, natural) > now:
                 self._schedule(key, e, now)
                 continue
             origin = e.origin
@@ -275,7 +276,7 @@ class ChangeQueue:
                     self._touch_locked(okey, e.settle, now)
                 else:
                     self._fly(okey)
-            busy = self._natural_at(key, e) > now
+            busy = natural > now  # due by max_delay, not by its events
             self._remove(key)
             self._fly(key)
             self._handed_out[key] = now
@@ -377,3 +378,9 @@ class ChangeQueue:
         with self._cond:
             oldest = min((e.first_seen for k, e in self._entries.items() if k[0] == folder), default=None)
             return 0.0 if oldest is None else max(0.0, self.clock() - oldest)
+
+
+def _due(e: _Entry, natural: float) -> float:
+    """When an entry due by its events at `natural` may be handed out: not before its retry
+    backoff, and not after max_delay."""
+    return max(e.not_before, min(natural, e.deadline))
