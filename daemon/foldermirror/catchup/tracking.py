@@ -41,7 +41,7 @@ class CatchUpTracker:
         self.log = log
         self.changes = changes
         self.folders = folders
-        self._lock = lock  # the service's: guards `folders` and each folder's catch_up
+        self._lock = lock  # Admission's: guards `folders` and each folder's catch_up
         self.instance = instance
         self.folder_stats = folder_stats
         self.wake = wake
