@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import shutil
@@ -341,8 +342,10 @@ def test_sigint_to_process_group_is_clean(tmp_path):
     """Ctrl-C reaches the whole process group: workers must leave it to the main process."""
     src, dst, spec = pair(tmp_path)
     cfg = write_config(tmp_path, [spec])
+    # PYTHONFAULTHANDLER: a daemon that does not stop is sent SIGABRT, and prints every thread's stack.
     proc = subprocess.Popen([sys.executable, "-m", "foldermirror", "run", "--config", str(cfg),
-                             "--log-format", "json"], stderr=subprocess.PIPE, env=ENV, start_new_session=True)
+                             "--log-format", "json"], stderr=subprocess.PIPE, env={**ENV, "PYTHONFAULTHANDLER": "1"},
+                            start_new_session=True)
     lines: list[bytes] = []
     assert proc.stderr is not None
     for line in proc.stderr:
@@ -350,7 +353,15 @@ def test_sigint_to_process_group_is_clean(tmp_path):
         if b'"sync_finished"' in line:
             break
     os.killpg(proc.pid, signal.SIGINT)
-    _, rest = proc.communicate(timeout=30)
+    try:
+        _, rest = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        _, rest = proc.communicate(timeout=30)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the fork server and the workers, if still there
+        pytest.fail("the daemon did not stop within 30 s of SIGINT; its threads, then its last lines:\n"
+                    + rest.decode(errors="replace")[-6000:])
     assert proc.returncode == 0, rest.decode()
     assert b"Traceback" not in rest and b"KeyboardInterrupt" not in rest, rest.decode()
 
