@@ -12,6 +12,7 @@ from foldermirror.config import FolderConfig
 from foldermirror.folderstate import FolderState
 from foldermirror.paths import Excluder
 from foldermirror.pipeline.changes import ChangeQueue, Item
+from foldermirror.pipeline.target_health import LocalTargetHealth
 
 
 class Clock:
@@ -77,7 +78,7 @@ def folder(name: str = "data", root: Path | None = None, **settings: Any) -> Fol
 
 
 def state(config: FolderConfig, **fields: Any) -> FolderState:
-    return FolderState(config, Excluder(config.exclude), **fields)
+    return FolderState(config, Excluder(config.exclude), LocalTargetHealth(str(config.target), "test"), **fields)
 
 
 def in_flight(changes: ChangeQueue, name: str, *paths: str, settle: float = 0.25) -> list[Item]:

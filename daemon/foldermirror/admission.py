@@ -16,7 +16,7 @@ from foldermirror.config import FolderConfig
 from foldermirror.errors import FoldermirrorError
 from foldermirror.folderstate import FolderState
 from foldermirror.paths import Excluder
-from foldermirror.pipeline.watcher import path_identity
+from foldermirror.pipeline.target_health import path_identity
 from foldermirror.targetlock import TargetLock, TargetLocked
 
 UNUSABLE_FIX = "the other folders are served; fix this, then reload (systemctl reload foldermirror, or SIGHUP)"
@@ -50,8 +50,9 @@ class Admission:
                 continue
             self.unusable.pop(f.name, None)
             with self.lock:
-                self.folders[f.name] = FolderState(f, Excluder(f.exclude), root_id=path_identity(str(f.source)),
-                                                   target_id=path_identity(str(f.target)))
+                target = checks.target_health(f, self.instance)
+                self.folders[f.name] = FolderState(f, Excluder(f.exclude), target,
+                                                   root_id=path_identity(str(f.source)), target_id=target.identity())
             admitted.append(f.name)
         return admitted
 

@@ -6,7 +6,6 @@ what to do about it.
 
 from __future__ import annotations
 
-import errno
 import os
 import pwd
 import stat
@@ -16,7 +15,7 @@ from typing import Any
 from foldermirror import faults
 from foldermirror.config import DEFAULT_RESCAN, Config, FolderConfig, under_private_tmp
 from foldermirror.pipeline.copier import describe
-from foldermirror.tempnames import temp_name
+from foldermirror.pipeline.target_health import LocalTargetHealth, TargetHealth, missing_from, probe_write, why_at
 
 WATCHES_SYSCTL = "fs.inotify.max_user_watches"
 WATCHES_FILE = "/proc/sys/fs/inotify/max_user_watches"
@@ -31,8 +30,9 @@ def user_label() -> str:
         return f"uid {uid}"
 
 
-def _why(exc: OSError) -> str:
-    return describe(exc)
+def target_health(f: FolderConfig, instance: str) -> TargetHealth:
+    """The health half of the folder's Target (see pipeline/target_health.py)."""
+    return LocalTargetHealth(str(f.target), instance)
 
 
 @dataclass(frozen=True)
@@ -62,20 +62,20 @@ def probe_folder(f: FolderConfig, instance: str, create: bool = True) -> FolderA
     """
     user = user_label()
     proved: list[str] = []
-    source, target = str(f.source), str(f.target)
+    source = str(f.source)
     if f.create:
         if create:
             try:
                 os.makedirs(source, exist_ok=True)
             except OSError as exc:
-                return FolderAccess(f"cannot create source {source}: {_why(exc)}")
+                return FolderAccess(f"cannot create source {source}: {describe(exc)}")
         else:
             try:
-                parent = _missing_from(source)
+                parent = missing_from(source)
             except OSError as exc:
-                return FolderAccess(f"cannot create source {source}: {_why_at(exc, source)}")
+                return FolderAccess(f"cannot create source {source}: {why_at(exc, source)}")
             if parent is not None:
-                problem = _probe_write(parent, instance, f"cannot create source {source}: {parent}", user)
+                problem = probe_write(parent, instance, f"cannot create source {source}: {parent}", user)
                 if problem is not None:
                     return FolderAccess(problem)
                 proved.append(f"source {source} does not exist yet: run creates it in {parent}, writable by {user}")
@@ -86,87 +86,24 @@ def probe_folder(f: FolderConfig, instance: str, create: bool = True) -> FolderA
             proved.append(f"source {source} does not exist yet: it is mirrored once it appears")
     except OSError as exc:
         if not create:
-            return FolderAccess(f"source {source} is not readable by {user}: {_why(exc)}")
+            return FolderAccess(f"source {source} is not readable by {user}: {describe(exc)}")
     else:
         if is_dir:
             try:
                 with os.scandir(source) as entries:
                     next(entries, None)
             except OSError as exc:
-                return FolderAccess(f"source {source} is not readable by {user}: {_why(exc)}")
+                return FolderAccess(f"source {source} is not readable by {user}: {describe(exc)}")
             if not os.access(source, os.R_OK | os.X_OK):
                 return FolderAccess(f"source {source} is not readable by {user}: permission denied")
             proved.append("source readable")
         elif not create:
             return FolderAccess(f"source {source} is not a directory")
-    where = target
-    if create:
-        try:
-            os.makedirs(target, exist_ok=True)
-        except OSError as exc:
-            return FolderAccess(f"cannot create target {target}: {_why(exc)}" + _read_only_hint(exc))
-    else:
-        try:
-            where = _missing_from(target) or target
-        except OSError as exc:
-            return FolderAccess(f"cannot create target {target}: {_why_at(exc, target)}")
-    label = f"target {target}" if where == target else f"cannot create target {target}: {where}"
-    problem = _probe_write(where, instance, label, user)
-    if problem is not None:
-        return FolderAccess(problem)
-    proved.append(f"target writable by {user}" if where == target
-                  else f"target {target} does not exist yet: run creates it in {where}, writable by {user}")
+    probe = target_health(f, instance).probe(create=create, user=user)
+    if probe.problem is not None:
+        return FolderAccess(probe.problem)
+    proved.append(probe.proved)
     return FolderAccess(None, tuple(proved))
-
-
-def _probe_write(directory: str, instance: str, label: str, user: str) -> str | None:
-    """Create and remove a temp file in `directory`; None when both worked, else what failed."""
-    # A real write, not os.access(): that misses read-only mounts (ProtectSystem=strict
-    # without ReadWritePaths=) and is always true for root.
-    probe = os.path.join(directory, temp_name(instance))
-    try:
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        return f"{label} is not writable by {user}: {_why(exc)}" + _read_only_hint(exc)
-    os.close(fd)
-    try:
-        os.unlink(probe)
-    except OSError as exc:
-        return f"{label} does not let {user} remove files: {_why(exc)}"
-    return None
-
-
-def _missing_from(path: str) -> str | None:
-    """The existing directory in which os.makedirs(path) would create its first folder.
-
-    None when `path` is a directory already. Creates nothing; raises the error makedirs would
-    for something that is not a directory in the way.
-    """
-    path = os.path.abspath(path)
-    if os.path.isdir(path):
-        return None
-    if os.path.lexists(path):
-        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path)
-    parent = os.path.dirname(path)
-    while not os.path.lexists(parent):  # "/" exists: this ends
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), parent)
-    return parent
-
-
-def _why_at(exc: OSError, path: str) -> str:
-    """_why, naming the path that failed when it is not `path` itself."""
-    if exc.filename and os.path.abspath(exc.filename) != os.path.abspath(path):
-        return f"{exc.filename}: {_why(exc)}"
-    return _why(exc)
-
-
-def _read_only_hint(exc: OSError) -> str:
-    if exc.errno == errno.EROFS and os.environ.get("INVOCATION_ID"):
-        return ("; under systemd (ProtectSystem=strict) list the target in ReadWritePaths= "
-                "in a drop-in, see README 'Run as a service'")
-    return ""
 
 
 # -- inotify watches -------------------------------------------------------------------

@@ -12,6 +12,7 @@ from foldermirror.config import FolderConfig
 from foldermirror.paths import Excluder
 from foldermirror.pipeline.folder_stats import Tally
 from foldermirror.pipeline.records import RootId
+from foldermirror.pipeline.target_health import TargetHealth
 
 
 @dataclass
@@ -30,6 +31,7 @@ class CatchUp:
 class FolderState:
     config: FolderConfig
     excluder: Excluder
+    target: TargetHealth  # the mirror as a whole: writable, which directory stands there
     catch_up: CatchUp | None = None
     missing: bool = False
     root_id: RootId | None = None  # the source root being watched: (st_dev, st_ino)

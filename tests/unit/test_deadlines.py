@@ -19,6 +19,7 @@ from foldermirror.folderstate import CatchUp, FolderState
 from foldermirror.notify import Notifier
 from foldermirror.paths import Excluder
 from foldermirror.pipeline.folder_stats import Tally
+from foldermirror.pipeline.target_health import LocalTargetHealth
 from foldermirror.service import PROGRESS_INTERVAL, TICK, WAKE, Service
 
 
@@ -83,7 +84,7 @@ def test_a_pending_catch_up_request_sets_the_working_pace(tmp_path: Path):
 def test_a_running_catch_up_sets_the_working_pace(tmp_path: Path):
     service, clock = make_service(tmp_path)
     f = service.config.folders[0]
-    service.folders["data"] = FolderState(f, Excluder(f.exclude), catch_up=CatchUp("startup", clock.now, Tally()))
+    service.folders["data"] = FolderState(f, Excluder(f.exclude), LocalTargetHealth(str(f.target), "test"), catch_up=CatchUp("startup", clock.now, Tally()))
     service._last_status = service._status_text()
     assert service._next_wait(clock.now) == TICK
     assert not service._sleeping

@@ -5,6 +5,8 @@ back, entries taken from a target. A fake Watcher says what the real one would; 
 
 from __future__ import annotations
 
+import errno
+from dataclasses import replace
 from pathlib import Path
 
 from fakes import Calls, Clock, FakeLog, folder, state
@@ -12,8 +14,8 @@ from foldermirror.catchup.compare import Request
 from foldermirror.config import FolderConfig
 from foldermirror.folderstate import FolderState
 from foldermirror.pipeline.changes import ChangeQueue
+from foldermirror.pipeline.target_health import Probe, path_identity
 from foldermirror.pipeline.watch_health import OBSERVER_DEATH_WINDOW, OBSERVER_DEATHS_MAX, TARGET_QUIET, WatchHealth
-from foldermirror.pipeline.watcher import path_identity
 
 
 class FakeWatcher:
@@ -248,3 +250,62 @@ def test_losses_in_a_folder_no_longer_served_are_dropped(tmp_path: Path):
     del rig.folders["data"]
     rig.health.tick(TARGET_QUIET, rescan=False)
     assert rig.changes.counts("data") == (0, 0) and rig.walks.calls == []
+
+
+# -- the target as a whole, through the TargetHealth seam --------------------------------------
+class FakeTargetHealth:
+    """A target whose identity a test sets, and which can be made again or not."""
+
+    def __init__(self, identity: tuple[int, int] | None) -> None:
+        self.id = identity
+        self.remade = 0
+        self.cannot: OSError | None = None
+
+    def probe(self, *, create: bool, user: str) -> Probe:
+        return Probe(None, "fake")
+
+    def identity(self) -> tuple[int, int] | None:
+        return self.id
+
+    def remake(self) -> None:
+        if self.cannot is not None:
+            raise self.cannot
+        self.remade += 1
+        self.id = (9, self.remade)
+
+
+def fake_target_rig(tmp_path: Path) -> tuple[Rig, FakeTargetHealth]:
+    rig = Rig(tmp_path)
+    target = FakeTargetHealth((9, 0))
+    rig.folders["data"] = replace(rig.folders["data"], target=target, target_id=(9, 0))
+    return rig, target
+
+
+def test_a_target_that_stays_the_same_is_left_alone(tmp_path: Path):
+    rig, target = fake_target_rig(tmp_path)
+    rig.health.tick(100.0, rescan=True)
+    assert target.remade == 0 and rig.log.of("target_lost") == [] and rig.catch_ups.calls == []
+
+
+def test_a_replaced_target_is_made_again_said_once_and_compared(tmp_path: Path):
+    rig, target = fake_target_rig(tmp_path)
+    target.id = (9, 77)  # another directory stands there now
+    rig.health.tick(100.0, rescan=True)
+    (line,) = rig.log.of("target_lost", "error")
+    assert "replaced by another directory" in line["error"]
+    assert target.remade == 1 and rig.folders["data"].target_id == (9, 1)
+    assert rig.watcher.targets == ["data"] and rig.catch_ups.calls == [("data", "target_restored")]
+
+
+def test_a_target_that_cannot_be_made_again_is_said_once_and_retried(tmp_path: Path):
+    rig, target = fake_target_rig(tmp_path)
+    target.id, target.cannot = None, PermissionError(errno.EACCES, "Permission denied", "/t")
+    rig.health.tick(100.0, rescan=True)
+    rig.health.tick(200.0, rescan=True)
+    (line,) = rig.log.of("target_lost", "error")
+    assert "cannot be made again: Permission denied (EACCES)" in line["error"] and "fix" in line
+    assert rig.folders["data"].target_lost and rig.catch_ups.calls == []
+    target.cannot = None
+    rig.health.tick(300.0, rescan=True)
+    assert rig.log.events("info")[-1] == "target_restored" and not rig.folders["data"].target_lost
+    assert rig.catch_ups.calls == [("data", "target_restored")]

@@ -1,6 +1,8 @@
 """The mirror side of a folder: everything workers and the comparison do to a target.
 
-`Target` is the seam; `LocalTarget`, a directory on this machine, is its implementation.
+`Target` is the seam, path by path; `LocalTarget`, a directory on this machine, is its
+implementation. The mirror as a whole (writable? still the same directory?) is the other
+half of the seam, in target_health.py.
 Standard library only (workers use it). Every path component is opened relative to a
 directory fd with O_NOFOLLOW, so a target directory swapped for a symlink is never
 followed; files are published as a temp file renamed into place, so no partial file is

@@ -9,7 +9,6 @@ watches existed; an observer thread that died; the kernel's queue overflowing.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import deque
@@ -21,7 +20,7 @@ from foldermirror.config import FolderConfig
 from foldermirror.folderstate import FolderState
 from foldermirror.pipeline.changes import ChangeQueue
 from foldermirror.pipeline.copier import describe
-from foldermirror.pipeline.watcher import Watcher, path_identity
+from foldermirror.pipeline.watcher import Watcher
 from foldermirror.targetlock import TargetLock
 
 ROOT_CHECK_INTERVAL = 1.0    # a missing or suspect root is looked at this often
@@ -200,7 +199,7 @@ class WatchHealth:
         deleted, self._targets_deleted = self._targets_deleted, set()
         for name, state in list(self.folders.items()):
             f = state.config
-            now = path_identity(str(f.target))
+            now = state.target.identity()
             lock = self.locks.get(name)
             intact = lock is None or lock.intact()
             if now is not None and now == state.target_id and name not in deleted and intact:
@@ -212,7 +211,7 @@ class WatchHealth:
             else:
                 what = "was emptied (its lock file is gone)"
             try:
-                os.makedirs(f.target, exist_ok=True)
+                state.target.remake()
             except OSError as exc:
                 if not state.target_lost:
                     state.target_lost = True
@@ -234,7 +233,7 @@ class WatchHealth:
             else:
                 self.log.info("target_restored", folder=name, path=str(f.target))
             state.target_lost = False
-            state.target_id = path_identity(str(f.target))
+            state.target_id = state.target.identity()
             self.watcher.watch_target(f)
             self.request_catch_up(name, "target_restored")
 

@@ -40,6 +40,7 @@ from foldermirror import faults
 from foldermirror.config import FolderConfig
 from foldermirror.paths import Excluder, relative
 from foldermirror.pipeline.changes import ChangeQueue
+from foldermirror.pipeline.target_health import path_identity
 from foldermirror.tempnames import LOCK_NAME, is_reserved
 
 # Never IN_OPEN or IN_CLOSE_NOWRITE: watchdog's own directory walks (while it adds watches)
@@ -439,12 +440,3 @@ def _watch_error(exc: OSError) -> str:
     if exc.errno == errno.EMFILE:
         return "the inotify instance limit is reached: raise fs.inotify.max_user_instances"
     return exc.strerror or str(exc)
-
-
-def path_identity(path: str) -> tuple[int, int] | None:
-    """(st_dev, st_ino) of a folder, following symlinks; None when it cannot be stat-ed."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino)
