@@ -87,11 +87,12 @@ class Admission:
         if lock is not None:
             lock.release()
 
-    def withdraw(self, name: str) -> None:
-        """Stop serving a folder (its lock goes too)."""
+    def withdraw(self, name: str, keep_lock: bool = False) -> None:
+        """Stop serving a folder; its lock goes too unless a reload serves it again at once."""
         with self.lock:
             self.folders.pop(name, None)
-        self.release(name)
+        if not keep_lock:
+            self.release(name)
 
     def reset(self) -> None:
         """Before a reload's admissions: every folder not served is tried again."""

@@ -390,6 +390,7 @@ class Setting:
     derive: Callable[[dict[str, Any]], Any] | None = None   # the default, from the keys read before
     section: type | None = None      # the key holds a mapping of this class's settings...
     many: bool = False               # ...or a list of them
+    restart: bool = False            # a reload does not apply it: it takes a restart
 
     def format(self, value: Any) -> str:
         return self.unset if value is None else self.show(value)
@@ -560,19 +561,23 @@ class Config:
     path: Path
     workers: int = setting("size of the worker pool that copies files; default: the number of CPUs",
                            lambda r, n, k: r.typed(n, k, "a whole number", _as_workers),
-                           default_factory=lambda: os.cpu_count() or 1)
+                           default_factory=lambda: os.cpu_count() or 1, restart=True)
     rescan_interval: float = duration(3600.0, "how often every folder is compared with its target as a safety net "
                                               "(0: never)")
     stop_grace: float = duration(10.0, "how long copies in flight may finish on SIGTERM")
     log: LogConfig = section(LogConfig, "logging", default_factory=LogConfig)
     control_socket: Path | None = setting(
         "the UNIX socket `status` and `rescan` talk to", _read_socket, default=None,
-        unset="(default: $RUNTIME_DIRECTORY/control.sock, else /run/foldermirror/control-HASH.sock)")
+        unset="(default: $RUNTIME_DIRECTORY/control.sock, else /run/foldermirror/control-HASH.sock)", restart=True)
     metrics: MetricsConfig | None = section(MetricsConfig, "the Prometheus endpoint, off unless given",
-                                            default=None, unset="(off)")
+                                            default=None, unset="(off)", restart=True)
     folders: tuple[FolderConfig, ...] = sections(
         FolderConfig, "the source/target pairs to mirror", what="folder pairs", limit=lambda: MAX_FOLDERS,
         check=_check_folders, required="missing: list at least one source/target pair")
+
+    def needs_restart(self, new: Config) -> list[str]:
+        """The keys `new` changes that a reload does not apply."""
+        return [k for k, s in settings(Config).items() if s.restart and getattr(new, k) != getattr(self, k)]
 
 
 # For code that needs a default without a config at hand.

@@ -5,13 +5,12 @@ puts changes into the Pipeline's ChangeQueue; the Pipeline's dispatcher hands th
 workers and its ResultRecorder logs what came of them; the catch-ups compare folders and
 feed the same queue; WatchHealth keeps the watches true; the operator's view reports.
 
-Signal handlers only record the signal; the main loop acts on it (as gunicorn's arbiter).
+Signal handlers only record the signal (wakeup.py); the main loop acts on it.
 """
 
 from __future__ import annotations
 
 import os
-import queue
 import signal
 import sys
 import time
@@ -29,10 +28,10 @@ from foldermirror.pipeline.pipeline import Pipeline
 from foldermirror.pipeline.watch_health import WatchHealth
 from foldermirror.pipeline.watcher import Watcher
 from foldermirror.view.operator import OperatorView
-from foldermirror.view.read_model import ReadModel, Watching, status_line
+from foldermirror.view.read_model import ReadModel, status_line
+from foldermirror.wakeup import Wakeup
 
 TICK = 0.2                   # the main loop's pace while there is work; idle, it sleeps (see _next_wait)
-WAKE = 0                     # on the signal queue: not a signal, "look again"
 PROGRESS_INTERVAL = 1.0
 
 
@@ -46,9 +45,8 @@ class Service:
     def __post_init__(self) -> None:
         self.log = get_logger()
         self.instance = os.urandom(4).hex()
-        self._signals: queue.SimpleQueue[int] = queue.SimpleQueue()
-        self._sleeping = False  # the main loop waits for a deadline: _wake() interrupts it
-        self._sleeping_long = False  # ...one further than PROGRESS_INTERVAL: so does a new change
+        self.wakeup = Wakeup()
+        self._wake = self.wakeup.wake
         self._last_progress = 0.0
         self._next_rescan = 0.0
         self._last_ping = 0.0
@@ -62,19 +60,20 @@ class Service:
         self.pipeline = Pipeline(log=self.log, folders=self.folders, folder_stats=self.view.folder_stats,
                                  repeats=self.view.repeats, wake=self._wake, once=self.once)
         self.changes = self.pipeline.changes
-        self.changes.on_change = self._new_change
+        self.changes.on_change = self.wakeup.change
         self.view.follow(self.changes)
-        self.catch_ups = CatchUpTracker(self.log, self.changes, self.folders, self.admission.lock, self.instance,
-                                  self.view.folder_stats, self._wake, once=self.once)
+        self.catch_ups = CatchUpTracker(log=self.log, changes=self.changes, folders=self.folders,
+                                        lock=self.admission.lock, instance=self.instance,
+                                        folder_stats=self.view.folder_stats, wake=self._wake, once=self.once)
         self.health = WatchHealth(log=self.log, folders=self.folders, changes=self.changes,
                                   request_catch_up=self.catch_ups.request,
                                   request_walk=self.catch_ups.reconciler.request, locks=self.admission.locks,
                                   relock=self.admission.lock_target, drop_folder=self._drop_folder, wake=self._wake,
                                   watchdog_enabled=bool(self._ping_every))
-        self.pipeline.connect(request_walk=self.catch_ups.reconciler.request,
+        self.pipeline.connect(request_walk=self.catch_ups.reconciler.request, request_catch_up=self.catch_ups.request,
                               root_suspect=self.health.check_roots_soon, observe=self.view.observe)
         self.model = ReadModel(config=lambda: self.config, folders=self.folders, folder_stats=self.view.folder_stats,
-                               all_stats=self.view.all_stats, changes=self.changes, watching=self._watching,
+                               all_stats=self.view.all_stats, changes=self.changes, watching=self.health.watching,
                                watch_problems=self.health.problems, overflows=lambda: self.health.overflows,
                                restarts=lambda: self.pipeline.restarts,
                                unusable=lambda: list(self.admission.unusable), addresses=self.view.addresses,
@@ -93,8 +92,7 @@ class Service:
         if not self.once:
             self._check_watch_limit()
         # The Pool (and its fork server) comes before any watcher thread.
-        self.pipeline.start(workers=cfg.workers, instance=self.instance, on_worker_lost=self._on_worker_lost,
-                            on_error=self._on_pool_error, wake=self._wake)
+        self.pipeline.start(workers=cfg.workers, instance=self.instance)
         if not self.once:
             # The socket answers before the start-up walks are requested: say "catching up" from the start.
             self.catch_ups.begin("startup")
@@ -119,7 +117,7 @@ class Service:
 
     def _install_signals(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, lambda signum, frame: self._signals.put(signum))
+            signal.signal(sig, lambda signum, frame: self.wakeup.signal(signum))
 
     def _check_watch_limit(self) -> None:
         self._rescan_every = checks.warn_watch_limit(self.log, tuple(s.config for s in self.folders.values()),
@@ -130,33 +128,13 @@ class Service:
     # -- main loop -------------------------------------------------------------
     def _main_loop(self) -> None:
         while True:
-            sig = self._wait(self._next_wait(time.monotonic()))
+            sig = self.wakeup.wait(self._next_wait(time.monotonic()))
             if sig in (signal.SIGTERM, signal.SIGINT):
                 self.log.info("daemon_stopping", signal=signal.Signals(sig).name)
                 return
             if sig == signal.SIGHUP:
                 self._reload()
             self._tick()
-
-    def _wait(self, timeout: float | None) -> int | None:
-        try:
-            return self._signals.get(timeout=timeout)
-        except queue.Empty:
-            return None
-        finally:
-            self._sleeping = self._sleeping_long = False
-
-    def _wake(self) -> None:
-        """Any thread: the main loop has something new to look at; cut its sleep short."""
-        if self._sleeping:
-            self._sleeping = self._sleeping_long = False
-            self._signals.put(WAKE)
-
-    def _new_change(self) -> None:
-        # A pending path only changes the status line, which may wait for the next pass if
-        # that comes within PROGRESS_INTERVAL: a trickle of changes does not wake it each time.
-        if self._sleeping_long:
-            self._wake()
 
     def _next_wait(self, now: float) -> float | None:
         """Seconds until the main loop has something to do (None: nothing until woken).
@@ -166,10 +144,10 @@ class Service:
         from another thread wakes it: the ChangeQueue, a catch-up request, the pool's
         worker monitor, the watcher (observer exit, root lost, suspect directories).
         """
-        self._sleeping = self._sleeping_long = True  # before looking: a change made meanwhile wakes the wait
+        self.wakeup.arm()  # before looking: work handed over meanwhile wakes the wait
         due = self.changes.next_due()
         if (due is not None and due <= now) or not self.catch_ups.reconciler.idle() or self.catch_ups.active():
-            self._sleeping = self._sleeping_long = False
+            self.wakeup.disarm()
             return TICK
         deadlines = [d for d in (due, self.view.repeats.next_due(), self.health.deadline()) if d is not None]
         if self._ping_every:
@@ -179,7 +157,7 @@ class Service:
         if self._status_text() != self._last_status:
             deadlines.append(self._last_progress + PROGRESS_INTERVAL)
         wait = min(deadlines) - now if deadlines else None
-        self._sleeping_long = wait is None or wait > PROGRESS_INTERVAL
+        self.wakeup.arm(long=wait is None or wait > PROGRESS_INTERVAL)
         if wait is not None and wait <= 0:
             # A deadline already past is one the last pass chose not to act on (a watchdog
             # ping withheld while unhealthy): look again at the working pace.
@@ -227,29 +205,18 @@ class Service:
     def _status_text(self) -> str:
         return status_line(self.model.snapshot(brief=True))
 
-    def _watching(self) -> Watching | None:
-        watcher = self.health.watcher
-        return None if watcher is None else Watching(alive=watcher.alive(), watched=watcher.watched)
-
-    def _on_pool_error(self, where: str, exc: BaseException) -> None:
-        self.log.error("internal_error", where=where, error=repr(exc))
-
-    def _on_worker_lost(self, pids: list[int], resubmitted: int) -> None:
-        self.log.error("worker_lost", pids=pids, resubmitted=resubmitted,
-                       error="a worker process died; the pool was replaced and its work resubmitted")
-        for name in list(self.folders):  # the dead worker's temp file, if any, goes with this walk
-            self.catch_ups.request(name, "worker_lost")
-
     def _drop_folder(self, name: str, problem: str, fix: str) -> None:
         """Stop serving a folder whose target another process took (WatchHealth found it)."""
         state = self.folders.get(name)
-        if state is None:
-            return
+        if state is not None:
+            self._stop_serving(name)
+            self.admission.refuse(state.config, problem, fix)
+
+    def _stop_serving(self, name: str, keep_lock: bool = False) -> None:
         if self.health.watcher is not None:
             self.health.watcher.remove(name)
-        self.admission.withdraw(name)
+        self.admission.withdraw(name, keep_lock=keep_lock)
         self.pipeline.forget(name)
-        self.admission.refuse(state.config, problem, fix)
 
     # -- reload ------------------------------------------------------------------------
     def _reload(self) -> None:
@@ -267,18 +234,14 @@ class Service:
         checks.warn_private_tmp(self.log, new)
         # Compared with what is served, so a folder that was unusable is tried again.
         plan = reload_plan({n: s.config for n, s in self.folders.items()}, new.folders)
-        assert self.health.watcher is not None
         for name in plan.stopped:
-            self.health.watcher.remove(name)
-            with self.admission.lock:
-                self.folders.pop(name, None)
-            self.pipeline.forget(name)
-            if name in plan.released:
-                self.admission.release(name)  # before admitting: another folder may now name that target
+            # Released before admitting (another folder may now name that target); a folder
+            # changed but kept on its target keeps its lock, without a gap.
+            self._stop_serving(name, keep_lock=name not in plan.released)
         self.admission.reset()
         admitted = self.admission.admit(plan.to_admit)
         self.admission.release_unserved()
-        ignored = [k for k in ("workers", "control_socket", "metrics") if getattr(new, k) != getattr(self.config, k)]
+        ignored = self.config.needs_restart(new)
         if new.rescan_interval != self.config.rescan_interval:
             self._next_rescan = time.monotonic() + new.rescan_interval
         self.config = new

@@ -36,8 +36,9 @@ class Rig:
         self.folders: dict[str, FolderState] = {"data": state(self.config)}
         self.stats: dict[str, FolderStats] = {}
         self.wake = Calls()
-        self.catch_ups = CatchUpTracker(self.log, self.changes, self.folders, threading.RLock(), "inst0001",
-                                  self.folder_stats, self.wake)
+        self.catch_ups = CatchUpTracker(log=self.log, changes=self.changes, folders=self.folders,
+                                        lock=threading.RLock(), instance="inst0001", folder_stats=self.folder_stats,
+                                        wake=self.wake)
 
     def folder_stats(self, name: str) -> FolderStats:
         return self.stats.setdefault(name, FolderStats())

@@ -250,3 +250,11 @@ def test_a_new_nested_setting_is_one_declaration(tmp_path):
             read_pair(text, tmp_path)
         assert info.value.key == key and fragment in str(info.value), str(info.value)
         assert info.value.line == 1 and info.value.column is not None
+
+
+def test_a_reload_names_the_changed_settings_that_take_a_restart(tmp_path):
+    text = "workers: {w}\nrescan_interval: {r}\nfolders:\n  - {{name: data, source: s, target: t, create: true}}\n"
+    old = parse_config(text.format(w=2, r="1h"), str(tmp_path / "c.yaml"))
+    assert old.needs_restart(parse_config(text.format(w=2, r="5m"), str(tmp_path / "c.yaml"))) == []
+    assert old.needs_restart(parse_config(text.format(w=3, r="5m"), str(tmp_path / "c.yaml"))) == ["workers"]
+    assert {k for k, s in settings(Config).items() if s.restart} == {"workers", "control_socket", "metrics"}

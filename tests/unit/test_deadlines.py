@@ -6,7 +6,6 @@ on a fake clock.
 from __future__ import annotations
 
 import multiprocessing
-import queue
 import threading
 from pathlib import Path
 
@@ -20,7 +19,8 @@ from foldermirror.notify import Notifier
 from foldermirror.paths import Excluder
 from foldermirror.pipeline.folder_stats import Tally
 from foldermirror.pipeline.target_health import LocalTargetHealth
-from foldermirror.service import PROGRESS_INTERVAL, TICK, WAKE, Service
+from foldermirror.service import PROGRESS_INTERVAL, TICK, Service
+from foldermirror.wakeup import WAKE
 
 
 def make_service(tmp_path: Path, rescan: str = "0") -> tuple[Service, Clock]:
@@ -35,12 +35,7 @@ def make_service(tmp_path: Path, rescan: str = "0") -> tuple[Service, Clock]:
 
 
 def signals(service: Service) -> list[int]:
-    out = []
-    while True:
-        try:
-            out.append(service._signals.get_nowait())
-        except queue.Empty:
-            return out
+    return service.wakeup.drain()
 
 
 def test_constructing_a_service_starts_no_thread_and_no_process(tmp_path: Path):
@@ -53,14 +48,14 @@ def test_constructing_a_service_starts_no_thread_and_no_process(tmp_path: Path):
 def test_idle_with_no_deadline_it_sleeps_until_woken(tmp_path: Path):
     service, clock = make_service(tmp_path)
     assert service._next_wait(clock.now) is None
-    assert service._sleeping and service._sleeping_long
+    assert service.wakeup.sleeping and service.wakeup.sleeping_long
 
 
 def test_a_change_due_now_sets_the_working_pace(tmp_path: Path):
     service, clock = make_service(tmp_path)
     service.changes.touch("data", "a", settle=0.25, ready=True)
     assert service._next_wait(clock.now) == TICK
-    assert not service._sleeping
+    assert not service.wakeup.sleeping
 
 
 def test_a_settling_change_sets_the_working_pace(tmp_path: Path):
@@ -87,7 +82,7 @@ def test_a_running_catch_up_sets_the_working_pace(tmp_path: Path):
     service.folders["data"] = FolderState(f, Excluder(f.exclude), LocalTargetHealth(str(f.target), "test"), catch_up=CatchUp("startup", clock.now, Tally()))
     service._last_status = service._status_text()
     assert service._next_wait(clock.now) == TICK
-    assert not service._sleeping
+    assert not service.wakeup.sleeping
 
 
 def test_the_rescan_interval_bounds_the_sleep(tmp_path: Path):
@@ -149,7 +144,7 @@ def test_a_wake_while_the_loop_is_not_sleeping_queues_nothing(tmp_path: Path):
 def test_the_end_of_the_wait_ends_the_sleep(tmp_path: Path):
     service, clock = make_service(tmp_path)
     assert service._next_wait(clock.now) is None
-    assert service._wait(0) is None  # the deadline came
-    assert not service._sleeping and not service._sleeping_long
+    assert service.wakeup.wait(0) is None  # the deadline came
+    assert not service.wakeup.sleeping and not service.wakeup.sleeping_long
     service.changes.touch("data", "a", settle=0.25)
     assert signals(service) == []  # awake: the loop sees it on this pass

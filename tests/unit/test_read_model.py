@@ -17,7 +17,8 @@ from foldermirror import checks
 from foldermirror.folderstate import CatchUp, FolderState
 from foldermirror.pipeline.changes import ChangeQueue
 from foldermirror.pipeline.folder_stats import FolderStats, LastError, Tally
-from foldermirror.view.read_model import DaemonView, Health, ReadModel, Watching, health, status_line
+from foldermirror.pipeline.watch_health import Watching
+from foldermirror.view.read_model import DaemonView, Health, ReadModel, health, status_line
 from helpers import REPO
 
 ROOT = Path("/srv")

@@ -35,7 +35,7 @@ RELEASE_AFTER = 1000
 class CatchUpTracker:
     """Requests comparisons, runs their walks (on the Reconciler thread) and tells when each ends."""
 
-    def __init__(self, log: Any, changes: ChangeQueue, folders: Mapping[str, FolderState], lock: threading.RLock,
+    def __init__(self, *, log: Any, changes: ChangeQueue, folders: Mapping[str, FolderState], lock: threading.RLock,
                  instance: str, folder_stats: Callable[[str], FolderStats], wake: Callable[[], None],
                  once: bool = False) -> None:
         self.log = log

@@ -31,6 +31,7 @@ BATCH_MAX = 64
 class Pipeline:
     def __init__(self, *, log: Any, folders: Mapping[str, FolderState], folder_stats: Callable[[str], FolderStats],
                  repeats: Repeats, wake: Callable[[], None], once: bool = False) -> None:
+        self.log = log
         self.folders = folders
         self.changes = ChangeQueue()
         self.recorder = ResultRecorder(log=log, changes=self.changes, folders=folders, folder_stats=folder_stats,
@@ -38,19 +39,21 @@ class Pipeline:
         self.pool: WorkerPool | None = None
         self._running = False
         self._dispatcher: threading.Thread | None = None
+        self._wake = wake
+        self._request_catch_up: Callable[[str, str], None] = lambda name, reason: None
 
-    def connect(self, *, request_walk: Callable[[Request], None], root_suspect: Callable[[], None],
-                observe: Observe) -> None:
+    def connect(self, *, request_walk: Callable[[Request], None], request_catch_up: Callable[[str, str], None],
+                root_suspect: Callable[[], None], observe: Observe) -> None:
         """The parts made after this one that outcomes lead to: the comparison of a moved
-        directory, the root checks, the operator's view."""
+        directory or of every folder (a worker died), the root checks, the operator's view."""
         self.recorder.request_walk = request_walk
         self.recorder.root_suspect = root_suspect
         self.recorder.observe = observe
+        self._request_catch_up = request_catch_up
 
-    def start(self, *, workers: int, instance: str, on_worker_lost: Callable[[list[int], int], None],
-              on_error: Callable[[str, BaseException], None], wake: Callable[[], None]) -> None:
-        self.pool = WorkerPool(workers, on_results=self.recorder.on_results, on_worker_lost=on_worker_lost,
-                               instance=instance, wake=wake, on_error=on_error)
+    def start(self, *, workers: int, instance: str) -> None:
+        self.pool = WorkerPool(workers, on_results=self.recorder.on_results, on_worker_lost=self._on_worker_lost,
+                               instance=instance, wake=self._wake, on_error=self._on_error)
         self._running = True
         self._dispatcher = threading.Thread(target=self._dispatch, name="dispatcher", daemon=True)
         self._dispatcher.start()
@@ -92,6 +95,15 @@ class Pipeline:
             return None
         f = state.config
         return FolderSpec(str(f.source), str(f.target), f.delete, f.durable, state.root_id), self.changes.epoch(name)
+
+    def _on_error(self, where: str, exc: BaseException) -> None:
+        self.log.error("internal_error", where=where, error=repr(exc))
+
+    def _on_worker_lost(self, pids: list[int], resubmitted: int) -> None:
+        self.log.error("worker_lost", pids=pids, resubmitted=resubmitted,
+                       error="a worker process died; the pool was replaced and its work resubmitted")
+        for name in list(self.folders):  # the dead worker's temp file, if any, goes with this walk
+            self._request_catch_up(name, "worker_lost")
 
     def forget(self, folder: str) -> None:
         """Drop a folder's pending work; what is in flight for it is now stale."""

@@ -13,6 +13,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from foldermirror.catchup.compare import Request
@@ -31,6 +32,14 @@ TARGET_QUIET = 1.0           # seconds without deletions in a target before what
 # so systemd's watchdog restarts the whole service.
 OBSERVER_DEATHS_MAX = 3
 OBSERVER_DEATH_WINDOW = 60.0
+
+
+@dataclass(frozen=True)
+class Watching:
+    """What the watcher can tell of itself (None: nothing watches, as under `sync`)."""
+
+    alive: bool
+    watched: Callable[[str], bool]
 
 
 class WatchHealth:
@@ -148,6 +157,10 @@ class WatchHealth:
         if self._unstable:
             return [f"unhealthy: the observer died {len(self._deaths)} times in {OBSERVER_DEATH_WINDOW:g}s"]
         return []
+
+    def watching(self) -> Watching | None:
+        """What the read model shows of the watcher; None before it starts (and under `sync`)."""
+        return None if self.watcher is None else Watching(alive=self.watcher.alive(), watched=self.watcher.watched)
 
     def stop(self) -> None:
         if self.watcher is not None:

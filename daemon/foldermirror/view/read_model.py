@@ -20,6 +20,7 @@ from foldermirror import __version__, checks
 from foldermirror.folderstate import CatchUp, FolderState
 from foldermirror.pipeline.changes import ChangeQueue
 from foldermirror.pipeline.folder_stats import FolderStats, LastError, Tally, total
+from foldermirror.pipeline.watch_health import Watching
 
 UNREADABLE_SHOWN = 5  # unreadable directories named in `status` (all are counted)
 WATCH_LIMIT_TTL = 30.0  # seconds a read of the inotify watch limit is trusted
@@ -106,14 +107,6 @@ def _folder_json(f: FolderView) -> dict[str, Any]:
         "unreadable": {"count": len(f.unreadable), "paths": list(f.unreadable[:UNREADABLE_SHOWN])},
         "catch_up": None if f.catch_up is None else {**asdict(f.catch_up), "seconds": round(f.catch_up.seconds, 3)},
     }
-
-
-@dataclass(frozen=True)
-class Watching:
-    """What the watcher can tell of itself (None: nothing watches, as under `sync`)."""
-
-    alive: bool
-    watched: Callable[[str], bool]
 
 
 class ReadModel:
