@@ -16,6 +16,7 @@ import pytest
 pytest.register_assert_rewrite("helpers")  # before the import: its asserts explain themselves too
 
 from helpers import ENV, Daemon  # noqa: E402
+from sshd import SshServer, missing_tools  # noqa: E402
 
 # Processes this one starts without going through ENV, above all multiprocessing's fork server
 # (an in-process WorkerPool in tests/unit): without this they would import foldermirror from
@@ -41,3 +42,19 @@ def daemon_factory() -> Iterator[Callable[..., Daemon]]:
     # internal_error is a bug the daemon survived: whatever the test was about, it fails.
     bugs = [r for d in started for r in d.events("internal_error")]
     assert not bugs, bugs
+
+
+@pytest.fixture
+def sshd() -> Iterator[SshServer]:
+    """A started OpenSSH server on 127.0.0.1 for this test alone (tests/sshd.py), closed after it.
+
+    Skips where OpenSSH is not installed; CI installs it (.ci/run), so there it runs.
+    """
+    missing = missing_tools()
+    if missing:
+        pytest.skip(f"OpenSSH is not installed ({', '.join(missing)} missing; apt-get install "
+                    "openssh-server openssh-client, as .ci/run does)")
+    with SshServer() as server:
+        yield server
+        # Printed at teardown, so pytest shows it with a failing test only.
+        print(f"--- sshd log ({server.log_path}) ---\n{server.log()}")

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from foldermirror import checks, targetlock
-from foldermirror.config import FolderConfig
+from foldermirror.config import FolderConfig, SshConfig
 from foldermirror.errors import FoldermirrorError
 from foldermirror.folderstate import FolderState
 from foldermirror.paths import Excluder
@@ -36,13 +36,14 @@ class Admission:
         self.locks: dict[str, TargetLock] = {}  # one per folder served: its target's lock
         self._locked_out: dict[str, TargetLocked] = {}  # unusable because another process holds the target
         self.lock = threading.RLock()  # guards `folders` and each folder's catch_up
+        self.ssh: SshConfig | None = None  # where remote targets' host keys are looked up
 
     def admit(self, folders: tuple[FolderConfig, ...]) -> list[str]:
         """Serve each folder whose source can be read and target written; log the others."""
         admitted = []
         for f in folders:
             self._locked_out.pop(f.name, None)
-            problem, fix = checks.folder_problem(f, self.instance), self.unusable_fix()
+            problem, fix = checks.folder_problem(f, self.instance, ssh=self.ssh), self.unusable_fix()
             if problem is None:  # folder_problem made the target: it can hold the lock now
                 problem, fix = self.lock_target(f)
             if problem is not None:
@@ -62,6 +63,8 @@ class Admission:
 
     def lock_target(self, f: FolderConfig) -> tuple[str | None, str]:
         """Hold the lock of the folder's target; (problem, fix) when another process holds it."""
+        if f.remote is not None:
+            return None, ""  # on another machine: nothing here to lock
         held = self.locks.get(f.name)
         if held is not None:
             if held.target == str(f.target) and held.intact():

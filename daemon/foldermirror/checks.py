@@ -13,9 +13,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from foldermirror import faults
-from foldermirror.config import DEFAULT_RESCAN, Config, FolderConfig, under_private_tmp
+from foldermirror.config import DEFAULT_RESCAN, Config, FolderConfig, SshConfig, under_private_tmp
 from foldermirror.pipeline.copier import describe
-from foldermirror.pipeline.target_health import LocalTargetHealth, TargetHealth, missing_from, probe_write, why_at
+from foldermirror.pipeline.target_health import (
+    LocalTargetHealth,
+    RemoteTargetHealth,
+    TargetHealth,
+    missing_from,
+    probe_write,
+    why_at,
+)
 
 WATCHES_SYSCTL = "fs.inotify.max_user_watches"
 WATCHES_FILE = "/proc/sys/fs/inotify/max_user_watches"
@@ -30,8 +37,12 @@ def user_label() -> str:
         return f"uid {uid}"
 
 
-def target_health(f: FolderConfig, instance: str) -> TargetHealth:
-    """The health half of the folder's Target (see pipeline/target_health.py)."""
+def target_health(f: FolderConfig, instance: str, ssh: SshConfig | None = None) -> TargetHealth:
+    """The health half of the folder's Target (see pipeline/target_health.py); `ssh` names the
+    known_hosts file a remote target's host key is looked up in."""
+    if f.remote is not None:
+        known = ssh.for_host(f.remote.link.host).known_hosts if ssh is not None else None
+        return RemoteTargetHealth(str(f.remote), str(known) if known else None, f.remote.link.known_hosts_name)
     return LocalTargetHealth(str(f.target), instance)
 
 
@@ -43,12 +54,12 @@ class FolderAccess:
     proved: tuple[str, ...] = ()    # what was shown, for `check`'s verdict
 
 
-def folder_problem(f: FolderConfig, instance: str, create: bool = True) -> str | None:
+def folder_problem(f: FolderConfig, instance: str, create: bool = True, ssh: SshConfig | None = None) -> str | None:
     """One sentence naming the path and the cause, or None when the folder can be served (see probe_folder)."""
-    return probe_folder(f, instance, create).problem
+    return probe_folder(f, instance, create, ssh).problem
 
 
-def probe_folder(f: FolderConfig, instance: str, create: bool = True) -> FolderAccess:
+def probe_folder(f: FolderConfig, instance: str, create: bool = True, ssh: SshConfig | None = None) -> FolderAccess:
     """Prove, for this process's user, the source readable and the target writable.
 
     create=True (run, sync) first creates what the config asks for: the target, and the source
@@ -99,7 +110,7 @@ def probe_folder(f: FolderConfig, instance: str, create: bool = True) -> FolderA
             proved.append("source readable")
         elif not create:
             return FolderAccess(f"source {source} is not a directory")
-    probe = target_health(f, instance).probe(create=create, user=user)
+    probe = target_health(f, instance, ssh).probe(create=create, user=user)
     if probe.problem is not None:
         return FolderAccess(probe.problem)
     proved.append(probe.proved)

@@ -138,7 +138,7 @@ def check(config: Config) -> int:
     instance = os.urandom(4).hex()
     failed = []
     for f in config.folders:
-        access = checks.probe_folder(f, instance, create=False)
+        access = checks.probe_folder(f, instance, create=False, ssh=config.ssh)
         if access.problem is None:
             print(f"folder {f.name}: ok ({'; '.join(access.proved)})")
         else:

@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 import yaml
 
 from foldermirror.errors import ConfigError
+from foldermirror.remote import url as remote_url
+from foldermirror.remote.url import RemoteUrl
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "json", "console")
@@ -30,6 +32,13 @@ MAX_CONFIG_BYTES = 1 << 20
 MAX_DEPTH = 32
 MAX_NODES = 100_000
 MAX_FOLDERS = 1000    # every pair of folders is checked for overlap: 1000 take about a second
+MAX_CONNECTIONS = 16  # ssh masters per host
+# Options the daemon sets itself on every ssh it runs: a user's value would break the link's
+# supervision (a master outside the service, a login per batch, a prompt under systemd).
+SSH_OWNED_OPTIONS = ("ControlMaster", "ControlPath", "ControlPersist", "BatchMode", "ProxyCommand",
+                     "StrictHostKeyChecking", "UserKnownHostsFile", "IdentityFile", "IdentitiesOnly")
+_SSH_OPTION = re.compile(r"^([A-Za-z][A-Za-z0-9]*)\s*[= ]\s*(\S.*)$")
+_BWLIMIT = re.compile(r"^\d+(?:\.\d+)?[KMG]?$")
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -204,7 +213,9 @@ class _Reader:
         if node.tag not in _ALLOWED_TAGS:
             raise self.error(node, key, f"YAML tag {_show_tag(node.tag)} is not allowed (plain values only)")
 
-    def mapping(self, node: yaml.Node, key: str, allowed: tuple[str, ...]) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+    def mapping(self, node: yaml.Node, key: str,
+                allowed: tuple[str, ...] | None) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+        """The key and value nodes of a mapping; `allowed` None: any key (e.g. host names)."""
         self.check_tag(node, key)
         if not isinstance(node, yaml.MappingNode):
             raise self.error(node, key, f"expected a mapping, got {_describe(node)}")
@@ -218,7 +229,7 @@ class _Reader:
             if name in out:
                 first = out[name][0].start_mark.line + 1
                 raise self.error(knode, path, f"duplicate key (first given on line {first})")
-            if name not in allowed:
+            if allowed is not None and name not in allowed:
                 hint = difflib.get_close_matches(name, allowed, n=1)
                 extra = f"; did you mean {hint[0]!r}?" if hint else f"; known keys: {', '.join(allowed)}"
                 raise self.error(knode, path, f"unknown key{extra}")
@@ -250,6 +261,13 @@ class _Reader:
         if one:
             return (self.typed(node, key, "", _as_str),)
         raise self.error(node, key, f"expected {what}")
+
+    def items(self, node: yaml.Node, key: str, what: str) -> list[yaml.Node]:
+        """The item nodes of a list."""
+        self.check_tag(node, key)
+        if not isinstance(node, yaml.SequenceNode):
+            raise self.error(node, key, f"expected {what}")
+        return list(node.value)
 
     def values(self, cls: type, node: yaml.Node, key: str) -> tuple[dict[str, Any], _Nodes]:
         """The settings `cls` declares, read from the mapping `node`, and the nodes they came from.
@@ -487,6 +505,56 @@ def _read_folder(reader: _Reader, node: yaml.Node, key: str) -> Path:
     return reader.typed(node, key, "", _as_folder(reader.base))
 
 
+def _read_target(reader: _Reader, node: yaml.Node, key: str) -> Path | RemoteUrl:
+    text = reader.typed(node, key, "", _as_str)
+    if remote_url.is_remote(text):
+        return reader.typed(node, key, "", remote_url.parse)
+    return reader.typed(node, key, "", _as_folder(reader.base))
+
+
+def _read_file(reader: _Reader, node: yaml.Node, key: str) -> Path:
+    """A file that must exist (known_hosts, a key): its absence is found now, not at the first connection."""
+    path = reader.typed(node, key, "", _as_folder(reader.base))
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise reader.error(node, key, f"{path}: {exc.strerror}" + private_tmp_hint(str(path))) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise reader.error(node, key, f"{path} is not a file")
+    return path
+
+
+def _as_ssh_option(value: Any) -> str:
+    m = _SSH_OPTION.match(_as_str(value))
+    if m is None:
+        raise ValueError(f"expected an ssh option as Name=value (see ssh_config(5)), got {_show(value)}")
+    owned = {o.lower(): o for o in SSH_OWNED_OPTIONS}
+    if m.group(1).lower() in owned:
+        raise ValueError(f"{owned[m.group(1).lower()]} is set by the daemon itself and cannot be given here"
+                         + ("; use identity_file" if m.group(1).lower() in ("identityfile", "identitiesonly") else "")
+                         + ("; use known_hosts" if m.group(1).lower() in ("userknownhostsfile", "stricthostkeychecking") else ""))
+    return f"{m.group(1)}={m.group(2)}"
+
+
+def _as_bwlimit(value: Any) -> int:
+    """KiB/s, written as a number of KiB/s or with K, M or G as rsync takes it."""
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else _as_str(value)
+    if not _BWLIMIT.match(text):
+        raise ValueError(f"expected a rate in KiB/s, optionally with K, M or G (e.g. 500, 10M), got {_show(value)}")
+    scale = {"K": 1, "M": 1024, "G": 1024 * 1024}.get(text[-1], 1)
+    kib = int(float(text.rstrip("KMG")) * scale)
+    if kib < 1:
+        raise ValueError(f"must be at least 1 KiB/s, got {_show(value)}")
+    return kib
+
+
+def _as_connections(value: Any) -> int:
+    n = _as_int(value)
+    if not 1 <= n <= MAX_CONNECTIONS:
+        raise ValueError(f"must be at least 1 and at most {MAX_CONNECTIONS}, got {_show(n)}")
+    return n
+
+
 def _read_socket(reader: _Reader, node: yaml.Node, key: str) -> Path:
     return reader.typed(node, key, "", _as_socket_path(reader.base))
 
@@ -519,8 +587,9 @@ class FolderConfig:
                         _read_text, derive=lambda values: values["source"].name or "root")
     source: Path = setting("the folder to watch; must exist and be a directory unless create is true",
                            _read_folder, required=_PAIR_NEEDS)
-    target: Path = setting("where the mirror is kept; created if missing; must not overlap any source or target",
-                           _read_folder, required=_PAIR_NEEDS)
+    target: Path | RemoteUrl = setting(
+        "where the mirror is kept: a local folder, or ssh://[user@]host[:port]/path on another machine (see ssh); "
+        "created if missing; must not overlap any source or target", _read_target, required=_PAIR_NEEDS)
     delete: bool = flag(False, "replay deletions and renames in the source into the target")
     exclude: tuple[str, ...] = globs("glob patterns on the path relative to the source that are not mirrored")
     settle: float = duration(0.25, "how long a file written without close must stay quiet before it is copied")
@@ -531,6 +600,62 @@ class FolderConfig:
         "holds those deletions back (1 turns the guard off)",
         lambda r, n, k: r.typed(n, k, "", _fraction), default=0.5, show=lambda v: f"{v:g}")
     max_delay: float = duration(5.0, "a file that never goes quiet is published this often anyway (0: only once quiet)")
+
+
+    @property
+    def remote(self) -> RemoteUrl | None:
+        return self.target if isinstance(self.target, RemoteUrl) else None
+
+
+@dataclass(frozen=True)
+class SshOptions:
+    """How the daemon reaches the hosts of remote targets (every key may be set per host)."""
+
+    identity_file: Path | None = setting("the private key ssh logs in with; default: ssh's own (~/.ssh/id_*)",
+                                         _read_file, default=None, unset="(ssh's default keys)")
+    known_hosts: Path | None = setting(
+        "the known_hosts file that holds each host's key; required for remote targets (no trust on first use)",
+        _read_file, default=None)
+    connections: int = setting("ssh connections (masters) per host; batches share them",
+                               lambda r, n, k: r.typed(n, k, "", _as_connections), default=1)
+    connect_timeout: float = duration(10.0, "how long a connection may take to be made")
+    keepalive: float = duration(5.0, "how often a quiet connection is probed; three probes unanswered "
+                                     "and the host is down")
+    io_timeout: float = duration(60.0, "how long a transfer may go without any data before it is given up")
+    retry_min: float = duration(1.0, "the first wait before reconnecting to a host that is down; it doubles")
+    retry_max: float = duration(60.0, "the longest wait between reconnections")
+    compress: bool = flag(False, "compress data on the wire (helps on slow links, costs CPU)")
+    bwlimit: int | None = setting("bandwidth limit per transfer in KiB/s, optionally with K, M or G (e.g. 10M)",
+                                  lambda r, n, k: r.typed(n, k, "", _as_bwlimit), default=None, unset="(none)",
+                                  show=lambda v: f"{v} KiB/s")
+    rsync_path: str = setting("the rsync program on the remote host", _read_text, default="rsync")
+    options: tuple[str, ...] = setting(
+        "extra ssh options as Name=value (ssh_config(5)); the ones the daemon sets itself are refused",
+        lambda r, n, k: tuple(r.typed(item, f"{k}[{i}]", "", _as_ssh_option) for i, item in
+                              enumerate(r.items(n, k, "a list of ssh options"))),
+        default=(), show=show_list)
+
+
+def _read_hosts(reader: _Reader, node: yaml.Node, key: str) -> tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]:
+    """host name → the SshOptions keys given for it (the others come from the ssh block)."""
+    m = reader.mapping(node, key, None)
+    return tuple((host, tuple(reader.values(SshOptions, vnode, _join(key, host))[0].items()))
+                 for host, (_, vnode) in m.items())
+
+
+@dataclass(frozen=True)
+class SshConfig(SshOptions):
+    hosts: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = setting(
+        "per-host settings: a mapping of host name to any of the keys above", _read_hosts, default=(),
+        show=lambda hosts: ", ".join(h for h, _ in hosts) or "(none)")
+
+    def for_host(self, host: str) -> SshOptions:
+        """The ssh block's settings with the host's own over them."""
+        base = {f.name: getattr(self, f.name) for f in fields(SshOptions)}
+        for name, given in self.hosts:
+            if name == host:
+                base.update(given)
+        return SshOptions(**base)
 
 
 @dataclass(frozen=True)
@@ -571,6 +696,7 @@ class Config:
         unset="(default: $RUNTIME_DIRECTORY/control.sock, else /run/foldermirror/control-HASH.sock)", restart=True)
     metrics: MetricsConfig | None = section(MetricsConfig, "the Prometheus endpoint, off unless given",
                                             default=None, unset="(off)", restart=True)
+    ssh: SshConfig = section(SshConfig, "how remote targets (ssh://) are reached", default_factory=SshConfig)
     folders: tuple[FolderConfig, ...] = sections(
         FolderConfig, "the source/target pairs to mirror", what="folder pairs", limit=lambda: MAX_FOLDERS,
         check=_check_folders, required="missing: list at least one source/target pair")
@@ -703,8 +829,22 @@ def _parse(loader: _Loader, file: str) -> Config:
     if root is None:
         raise ConfigError(file, "the config file is empty; it needs at least a 'folders' list")
     reader = _Reader(file, loader, Path(os.path.dirname(os.path.abspath(file))))
-    values, _ = reader.values(Config, root, "")
-    return Config(path=Path(os.path.abspath(file)), **values)
+    values, nodes = reader.values(Config, root, "")
+    config = Config(path=Path(os.path.abspath(file)), **values)
+    _check_remote(reader, config, nodes)
+    return config
+
+
+def _check_remote(reader: _Reader, config: Config, nodes: _Nodes) -> None:
+    """Each remote target's host needs its key in a known_hosts file: never trust on first use."""
+    for i, f in enumerate(config.folders):
+        remote = f.remote
+        if remote is not None and config.ssh.for_host(remote.link.host).known_hosts is None:
+            where = nodes["ssh"][1] if "ssh" in nodes else nodes["folders"][1].value[i]
+            raise reader.error(where, "ssh.known_hosts",
+                               f"missing: folders[{i}] mirrors to {remote}, and the host's key must be known "
+                               f"beforehand (there is no trust on first use); give a known_hosts file holding it, "
+                               f"e.g. from ssh-keyscan {remote.link.host} after checking its fingerprint")
 
 
 def under_private_tmp(path: str) -> bool:
@@ -741,7 +881,10 @@ def _resolve(raw: str, base: Path) -> Path:
     return Path(os.path.realpath(path))
 
 
-def _inside(inner: Path, outer: Path) -> bool:
+def _inside(inner: Path | RemoteUrl, outer: Path | RemoteUrl) -> bool:
+    """At or below: on one machine only (a remote target never overlaps a local folder)."""
+    if isinstance(inner, RemoteUrl) or isinstance(outer, RemoteUrl):
+        return isinstance(inner, RemoteUrl) and isinstance(outer, RemoteUrl) and inner.inside(outer)
     # On strings: both are real absolute paths, and every pair of folders is compared.
     i, o = str(inner), str(outer)
     return i == o or i.startswith(o.rstrip("/") + "/")

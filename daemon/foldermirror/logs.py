@@ -25,6 +25,11 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 # What to do about each warning and error that has one fix whatever its cause. Lines whose
 # fix depends on the cause (mirror_failed: the errno) pass `fix=` themselves.
 FIXES: dict[str, str] = {
+    "remote_retry": "the daemon keeps reconnecting with back-off; the fix of the remote_down line says what "
+                    "to check",
+    "remote_transfer_failed": "nothing to do if the host is coming back; otherwise see the remote_down line",
+    "remote_backlog_dropped": "nothing to do: the folder is compared with its target once the host is back",
+    "reconcile_deferred": "nothing to do: the comparison runs once the host is back (remote_up)",
     "folder_unwatched": "make the source folder exist and readable by the service user; it is watched again "
                         "as soon as it is back",
     "source_missing": "restore or re-mount the source folder; mirroring resumes by itself when it is back",

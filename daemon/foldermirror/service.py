@@ -27,6 +27,7 @@ from foldermirror.pipeline.folder_stats import total
 from foldermirror.pipeline.pipeline import Pipeline
 from foldermirror.pipeline.watch_health import WatchHealth
 from foldermirror.pipeline.watcher import Watcher
+from foldermirror.remote.links import Links
 from foldermirror.view.operator import OperatorView
 from foldermirror.view.read_model import ReadModel, status_line
 from foldermirror.wakeup import Wakeup
@@ -70,8 +71,13 @@ class Service:
                                   request_walk=self.catch_ups.reconciler.request, locks=self.admission.locks,
                                   relock=self.admission.lock_target, drop_folder=self._drop_folder, wake=self._wake,
                                   watchdog_enabled=bool(self._ping_every))
+        self.links = Links(log=self.log, folders=self.folders, changes=self.changes,
+                           request_catch_up=self.catch_ups.request, drop_folder=self._drop_folder, wake=self._wake,
+                           once=self.once)
+        self.catch_ups.remote_spec = self.links.spec
         self.pipeline.connect(request_walk=self.catch_ups.reconciler.request, request_catch_up=self.catch_ups.request,
-                              root_suspect=self.health.check_roots_soon, observe=self.view.observe)
+                              root_suspect=self.health.check_roots_soon, link_suspect=self.links.suspect,
+                              remote_spec=self.links.spec, observe=self.view.observe)
         self.model = ReadModel(config=lambda: self.config, folders=self.folders, folder_stats=self.view.folder_stats,
                                all_stats=self.view.all_stats, changes=self.changes, watching=self.health.watching,
                                watch_problems=self.health.problems, overflows=lambda: self.health.overflows,
@@ -87,8 +93,10 @@ class Service:
         self.log.info("daemon_started", pid=os.getpid(), config=str(cfg.path), workers=cfg.workers,
                       folders=[f.name for f in cfg.folders], mode="sync" if self.once else "run")
         checks.warn_private_tmp(self.log, cfg)
+        self.admission.ssh = cfg.ssh
         if not self.admission.admit(cfg.folders):
             raise StartupError(self.admission.nothing_served([f.name for f in cfg.folders]))
+        self.links.configure(cfg.ssh)  # before the catch-ups: a remote folder waits for its link
         if not self.once:
             self._check_watch_limit()
         # The Pool (and its fork server) comes before any watcher thread.
@@ -100,8 +108,9 @@ class Service:
         self.catch_ups.reconciler.start()
         if not self.once:
             self.health.start(Watcher(self.health, self.changes))
-        for name in list(self.folders):
-            self.catch_ups.request(name, "startup")
+        for name, state in list(self.folders.items()):
+            if state.config.remote is None:  # a remote one is compared once its link is up
+                self.catch_ups.request(name, "startup")
         if not self.once:
             # Watches are in place: changes from here on are seen, and the catch-up covers the rest.
             self.log.info("daemon_ready", folders=len(self.folders), unusable=sorted(self.admission.unusable))
@@ -149,7 +158,8 @@ class Service:
         if (due is not None and due <= now) or not self.catch_ups.reconciler.idle() or self.catch_ups.active():
             self.wakeup.disarm()
             return TICK
-        deadlines = [d for d in (due, self.view.repeats.next_due(), self.health.deadline()) if d is not None]
+        deadlines = [d for d in (due, self.view.repeats.next_due(), self.health.deadline(), self.links.deadline())
+                     if d is not None]
         if self._ping_every:
             deadlines.append(self._last_ping + self._ping_every)
         if self._rescan_every:
@@ -179,13 +189,15 @@ class Service:
         now = time.monotonic()
         rescan = bool(self._rescan_every) and now >= self._next_rescan and not self.once
         self.pipeline.supervise()
+        self.links.tick(now)
         self.health.tick(now, rescan)
         self.catch_ups.finish(now)
         self.view.log_repeats()
         if rescan:
             self._next_rescan = now + self._rescan_every
-            for name in self.folders:
-                self.catch_ups.request(name, "rescan")
+            for name, state in self.folders.items():
+                if state.config.remote is None or self.links.up(state.config.remote.link):
+                    self.catch_ups.request(name, "rescan")
         self._report(now)
 
     def _report(self, now: float) -> None:
@@ -239,17 +251,21 @@ class Service:
             # changed but kept on its target keeps its lock, without a gap.
             self._stop_serving(name, keep_lock=name not in plan.released)
         self.admission.reset()
+        self.admission.ssh = new.ssh
         admitted = self.admission.admit(plan.to_admit)
         self.admission.release_unserved()
         ignored = self.config.needs_restart(new)
         if new.rescan_interval != self.config.rescan_interval:
             self._next_rescan = time.monotonic() + new.rescan_interval
         self.config = new
+        self.links.configure(new.ssh)
         self._check_watch_limit()
         fresh = {f.name: f for f in new.folders}
         for name in admitted:
             self.health.add(fresh[name])
-            self.catch_ups.request(name, "reload")
+            remote = fresh[name].remote
+            if remote is None or self.links.up(remote.link):
+                self.catch_ups.request(name, "reload")
         unusable = sorted(self.admission.unusable)
         self.log.info("config_reloaded", config=str(new.path), added=list(plan.added), removed=list(plan.removed),
                       changed=list(plan.changed),
@@ -264,6 +280,7 @@ class Service:
         self.health.stop()
         self.catch_ups.reconciler.stop()
         abandoned = self.pipeline.stop(self.config.stop_grace)
+        self.links.stop()  # after the workers: an rsync in flight keeps its master to the end
         self.admission.release_all()  # no worker writes any more: another daemon may take over
         self.view.log_repeats(flush=True)
         done = total(self.view.all_stats())

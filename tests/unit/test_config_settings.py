@@ -162,6 +162,20 @@ def test_describe_prints_the_demo_config_setting_by_setting():
         "  trace:  (none)",
         "metrics:",
         "  listen: (off)",
+        "ssh:",
+        "  identity_file:   (ssh's default keys)",
+        "  known_hosts:     (none)",
+        "  connections:     1",
+        "  connect_timeout: 10s",
+        "  keepalive:       5s",
+        "  io_timeout:      1m",
+        "  retry_min:       1s",
+        "  retry_max:       1m",
+        "  compress:        false",
+        "  bwlimit:         (none)",
+        "  rsync_path:      rsync",
+        "  options:         (none)",
+        "  hosts:           (none)",
         "folders[0]:",
         "  name:                demo",
         f"  source:              {demo / 'source'}",
@@ -199,7 +213,7 @@ def test_describe_shows_every_setting_with_its_own_formatter(tmp_path):
     per_folder = list(settings(FolderConfig))
     assert shown == [*(n for n, s in settings(Config).items() if s.section is None), "log",
                      *settings(config_module.LogConfig), "metrics", *settings(config_module.MetricsConfig),
-                     "folders[0]", *per_folder, "folders[1]", *per_folder]
+                     "ssh", *settings(config_module.SshConfig), "folders[0]", *per_folder, "folders[1]", *per_folder]
     assert per_folder[0] == "name"
 
 

@@ -123,3 +123,18 @@ def test_items_taken_after_the_new_epoch_began_are_live():
     ((sent, _),) = rig.pool.batches
     assert sent == items
     assert rig.log.lines == []
+
+
+def test_a_held_folder_keeps_its_paths_coalesced_until_released():
+    from foldermirror.pipeline.changes import ChangeQueue
+
+    clock = Clock()
+    changes = ChangeQueue(clock=clock)
+    changes.hold("remote")
+    for _ in range(3):
+        changes.touch("remote", "a", settle=0.25, ready=True)
+    changes.touch("local", "b", settle=0.25, ready=True)
+    assert [i.path for i in changes.take(10, timeout=0)] == ["b"]
+    assert changes.take(10, timeout=0) == [] and changes.counts("remote") == (1, 0)
+    changes.release("remote")
+    assert [(i.folder, i.path) for i in changes.take(10, timeout=0)] == [("remote", "a")]

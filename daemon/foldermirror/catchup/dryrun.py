@@ -46,18 +46,42 @@ class Plan:
     stale_temps: int = 0
     unreadable: list[str] = field(default_factory=list)
     source_missing: bool = False
+    unreachable: str | None = None  # a remote target that could not be compared: why
 
     def count(self, verb: str) -> int:
         return sum(1 for a in self.actions if a.verb == verb)
 
 
 def plan(config: Config) -> list[Plan]:
-    return [plan_folder(f) for f in config.folders]
+    return [plan_folder(f) if f.remote is None else plan_remote(f, config) for f in config.folders]
+
+
+def plan_remote(f: FolderConfig, config: Config) -> Plan:
+    """A remote pair, compared by rsync's own dry run over one ssh connection of its own."""
+    from foldermirror.remote.compare import LinkDown, diff_remote
+    from foldermirror.remote.links import remote_spec
+
+    p = Plan(f)
+    if not os.path.isdir(f.source):
+        p.source_missing = True
+        return p
+    stats = WalkStats()
+    excluded = Excluder(f.exclude)
+    try:
+        for diff in diff_remote(str(f.source), remote_spec(f, config.ssh, sockets=()), sub="", delete=True,
+                                excluded=excluded, stats=stats):
+            verb = {"extra": "delete" if f.delete else "keep", "missing": "copy"}.get(diff.reason, "replace")
+            p.actions.append(Action(verb, diff.path))
+    except (LinkDown, OSError) as exc:
+        p.unreachable = str(exc)
+    p.actions.sort(key=lambda a: a.path)
+    return p
 
 
 def plan_folder(f: FolderConfig) -> Plan:
     """Compare one pair read-only and say what a catch-up would do."""
     p = Plan(f)
+    assert f.remote is None
     source, target = str(f.source), str(f.target)
     if not os.path.isdir(source):
         p.source_missing = True
@@ -75,13 +99,13 @@ def plan_folder(f: FolderConfig) -> Plan:
 
 def _action(f: FolderConfig, path: str, reason: str) -> Action:
     s = _lstat(os.path.join(f.source, path))
-    t = _lstat(os.path.join(f.target, path))
+    t = _lstat(os.path.join(str(f.target), path))
     if reason == "special":
         return Action("skip", path, _kind(s))
     if reason == "reserved":
         return Action("skip", path, f"{_kind(s)}, {RESERVED_REASON}")
     if reason == "extra":
-        detail = _kind(t) + (f", {_entries(os.path.join(f.target, path))} entries inside" if _isdir(t) else "")
+        detail = _kind(t) + (f", {_entries(os.path.join(str(f.target), path))} entries inside" if _isdir(t) else "")
         return Action("delete" if f.delete else "keep", path, detail)
     if reason == "missing" or t is None:
         return Action("copy", path, _describe(s))
@@ -97,7 +121,7 @@ def _probable_renames(f: FolderConfig, actions: list[Action]) -> list[tuple[str,
     extras: dict[tuple[int, int, bytes], list[str]] = {}
     for a in actions:
         if a.verb in ("delete", "keep"):
-            key = _fingerprint(os.path.join(f.target, a.path))
+            key = _fingerprint(os.path.join(str(f.target), a.path))
             if key is not None:
                 extras.setdefault(key, []).append(a.path)
     out = []
@@ -171,6 +195,10 @@ def render(plans: list[Plan]) -> str:
         out.append(f"folder {f.name}: {f.source} → {f.target} (delete: {str(f.delete).lower()})")
         if p.source_missing:
             out.append(f"  the source {f.source} does not exist: a catch-up would do nothing here")
+            out.append("")
+            continue
+        if p.unreachable is not None:
+            out.append(f"  the target could not be compared: {p.unreachable}")
             out.append("")
             continue
         width = max((len(a.verb) for a in p.actions), default=0)

@@ -21,6 +21,8 @@ from foldermirror.pipeline.changes import ChangeQueue
 from foldermirror.pipeline.copier import describe
 from foldermirror.pipeline.folder_stats import FolderStats, Tally
 from foldermirror.pipeline.pool import process_alive
+from foldermirror.pipeline.records import RemoteSpec
+from foldermirror.remote.compare import LinkDown, diff_remote
 
 SYNC_FIXES = {
     "reconcile_failed": "check that the source and target folders are readable by the service user, then run "
@@ -40,6 +42,8 @@ class CatchUpTracker:
                  once: bool = False) -> None:
         self.log = log
         self.changes = changes
+        # How a remote folder's target is reached now (the links' supervisor sets it).
+        self.remote_spec: Callable[[FolderConfig], RemoteSpec | None] = lambda f: None
         self.folders = folders
         self._lock = lock  # Admission's: guards `folders` and each folder's catch_up
         self.instance = instance
@@ -87,8 +91,15 @@ class CatchUpTracker:
         stats = WalkStats()
         extras: list[str] = []
         try:
-            for diff in diff_tree(str(f.source), str(f.target), state.excluder, f.delete, self.instance,
-                                  sub=req.sub, stats=stats, writer_alive=process_alive):
+            if f.remote is not None:
+                spec = self.remote_spec(f)
+                assert spec is not None
+                diffs = diff_remote(str(f.source), spec, sub=req.sub, delete=f.delete, excluded=state.excluder,
+                                    stats=stats)
+            else:
+                diffs = diff_tree(str(f.source), str(f.target), state.excluder, f.delete, self.instance,
+                                  sub=req.sub, stats=stats, writer_alive=process_alive)
+            for diff in diffs:
                 if diff.reason == "extra":
                     extras.append(diff.path)  # judged once the walk has seen everything
                 elif req.only_unknown and self.changes.known(f.name, diff.path):
@@ -103,6 +114,9 @@ class CatchUpTracker:
             for path in extras:
                 self.changes.wait_for_room()
                 self.changes.touch(f.name, path, settle=f.settle, ready=req.ready)
+        except LinkDown as exc:
+            # Compared again once the link is back (Links asks for it).
+            self.log.warning("reconcile_deferred", folder=f.name, path=req.sub, error=str(exc))
         except OSError as exc:
             self.log.error("reconcile_failed", folder=f.name, path=req.sub, error=describe(exc),
                            **self._sync_fix("reconcile_failed"))

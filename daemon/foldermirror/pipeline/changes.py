@@ -79,6 +79,8 @@ class ChangeQueue:
     _next_prune: float = 0.0
     _pending: dict[str, int] = field(default_factory=dict)  # per folder: len(_entries) of it
     _flying: dict[str, int] = field(default_factory=dict)   # per folder: len(_in_flight) of it
+    # Folders whose target cannot be reached: their due paths wait here, by folder, coalesced.
+    _held: dict[str, set[Key]] = field(default_factory=dict)
     # Debug hook, called under the lock with ("event" | "ready" | "dispatched", key); must be cheap.
     tracer: Callable[[str, Key], None] | None = None
     backlog_max: int = BACKLOG_MAX
@@ -206,6 +208,10 @@ class ChangeQueue:
         if key in self._in_flight:
             return  # done() reschedules it
         at = self._eligible_at(key, e)
+        held = self._held.get(key[0])
+        if held is not None and at <= now:
+            held.add(key)  # release() schedules it again
+            return
         if at <= now:
             if not e.queued:
                 e.queued = True
@@ -263,6 +269,10 @@ class ChangeQueue:
                 continue
             e.queued = False
             if key in self._in_flight:
+                continue
+            held = self._held.get(key[0])
+            if held is not None:
+                held.add(key)
                 continue
             natural = self._natural_at(key, e)
             if _due(e, natural) > now:
@@ -322,6 +332,24 @@ class ChangeQueue:
             self._epochs[folder] = self._epochs.get(folder, 0) + 1
             for key in [k for k in self._entries if k[0] == folder]:
                 self._remove(key)
+
+    def hold(self, folder: str) -> None:
+        """Hand out none of the folder's paths until release(): its target is unreachable.
+        They keep coalescing by path meanwhile."""
+        with self._cond:
+            self._held.setdefault(folder, set())
+
+    def release(self, folder: str) -> None:
+        with self._cond:
+            keys = self._held.pop(folder, None)
+            now = self.clock()
+            for key in keys or ():
+                e = self._entries.get(key)
+                if e is not None:
+                    self._schedule(key, e, now)
+
+    def held(self, folder: str) -> bool:
+        return folder in self._held
 
     def epoch(self, folder: str) -> int:
         with self._cond:

@@ -17,12 +17,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from foldermirror.catchup.compare import Request
+from foldermirror.config import FolderConfig
 from foldermirror.folderstate import FolderState
 from foldermirror.logs import Repeats
 from foldermirror.pipeline.changes import ChangeQueue, Item
 from foldermirror.pipeline.folder_stats import FolderStats
 from foldermirror.pipeline.pool import Result, WorkerPool
-from foldermirror.pipeline.records import FolderSpec, Outcome, Status, WorkItem
+from foldermirror.pipeline.records import FolderSpec, Outcome, RemoteSpec, Status, WorkItem
 from foldermirror.pipeline.results import Observe, ResultRecorder
 
 BATCH_MAX = 64
@@ -41,13 +42,17 @@ class Pipeline:
         self._dispatcher: threading.Thread | None = None
         self._wake = wake
         self._request_catch_up: Callable[[str, str], None] = lambda name, reason: None
+        self._remote_spec: Callable[[FolderConfig], RemoteSpec | None] = lambda f: None
 
     def connect(self, *, request_walk: Callable[[Request], None], request_catch_up: Callable[[str, str], None],
-                root_suspect: Callable[[], None], observe: Observe) -> None:
+                root_suspect: Callable[[], None], link_suspect: Callable[[str, str], None],
+                remote_spec: Callable[[FolderConfig], RemoteSpec | None], observe: Observe) -> None:
         """The parts made after this one that outcomes lead to: the comparison of a moved
         directory or of every folder (a worker died), the root checks, the operator's view."""
         self.recorder.request_walk = request_walk
         self.recorder.root_suspect = root_suspect
+        self.recorder.link_suspect = link_suspect
+        self._remote_spec = remote_spec
         self.recorder.observe = observe
         self._request_catch_up = request_catch_up
 
@@ -94,7 +99,8 @@ class Pipeline:
         if state is None:
             return None
         f = state.config
-        return FolderSpec(str(f.source), str(f.target), f.delete, f.durable, state.root_id), self.changes.epoch(name)
+        return (FolderSpec(str(f.source), str(f.target), f.delete, f.durable, state.root_id, self._remote_spec(f)),
+                self.changes.epoch(name))
 
     def _on_error(self, where: str, exc: BaseException) -> None:
         self.log.error("internal_error", where=where, error=repr(exc))

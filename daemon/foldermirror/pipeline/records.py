@@ -24,6 +24,7 @@ class Status(StrEnum):
     SKIPPED = "skipped"            # not mirrored by design (FIFO, socket, device, a reserved name)
     CHANGED = "changed"            # the source changed during the copy: nothing published, look again
     FAILED = "failed"              # an error; `error` and `errno` say which
+    LINK_DOWN = "link_down"        # a remote target could not be reached: nothing is known, try again
     ROOT_CHANGED = "root_changed"  # the source root is gone or replaced: nothing was touched
     STALE = "stale"                # seen before its folder was reloaded or its root changed: dropped
 
@@ -52,6 +53,19 @@ class Outcome(NamedTuple):
     renamed_from: str | None = None
 
 
+class RemoteSpec(NamedTuple):
+    """How a worker reaches a remote target: through one of the link's ssh masters."""
+
+    host: str
+    user: str | None
+    path: str                      # the target's absolute path on the host
+    ssh: tuple[tuple[str, ...], ...]  # per master, the ssh command that goes through it only
+    rsync_path: str
+    io_timeout: int                # seconds: rsync's --timeout
+    bwlimit: int | None            # KiB/s
+    preserve_owner: bool
+
+
 class FolderSpec(NamedTuple):
     """What a worker needs of a folder; one object per folder per batch."""
 
@@ -60,6 +74,7 @@ class FolderSpec(NamedTuple):
     delete: bool
     durable: bool
     root_id: RootId | None
+    remote: RemoteSpec | None = None
 
 
 class WorkItem(NamedTuple):

@@ -21,6 +21,9 @@ from foldermirror.pipeline.records import Outcome, Status
 from foldermirror.tempnames import LOCK_NAME, is_reserved
 
 RETRY_MAX_DELAY = 300.0
+# A batch that could not reach its host goes back into the queue for at least this long, so
+# a link that fails while its master still looks up is not hammered batch after batch.
+LINK_RETRY_DELAY = 2.0
 
 # What else hears of each outcome (the metrics' latency histogram, the debug trace).
 Observe = Callable[[str, Outcome, float], None]
@@ -33,6 +36,7 @@ class ResultRecorder:
                  folder_stats: Callable[[str], FolderStats], repeats: Repeats, wake: Callable[[], None],
                  request_walk: Callable[[Request], None] = lambda req: None,
                  root_suspect: Callable[[], None] = lambda: None,
+                 link_suspect: Callable[[str, str], None] = lambda folder, error: None,
                  observe: Observe = lambda folder, outcome, latency_ms: None, once: bool = False) -> None:
         self.log = log
         self.changes = changes
@@ -42,6 +46,7 @@ class ResultRecorder:
         self.request_walk = request_walk  # a directory's contents to compare (the Reconciler's request)
         self.observe = observe
         self.root_suspect = root_suspect  # a worker found a source root gone or replaced: look at the roots
+        self.link_suspect = link_suspect  # a worker could not reach a folder's host: look at its link
         self.wake = wake
         self.once = once                  # `sync`: no retries, a changed root is a failure
         self._attempts: dict[tuple[str, str], int] = {}
@@ -111,6 +116,14 @@ class ResultRecorder:
                 self.log.debug("file_set_aside", folder=f.name, path=o.path, error=o.error)
                 state.suspect = True
                 self.root_suspect()
+            elif o.status is Status.LINK_DOWN:
+                # Nothing is known of the path: it waits, with the folder's other changes,
+                # until the link is back (Links holds the folder meanwhile).
+                self.log.debug("file_held", folder=f.name, path=o.path, error=o.error)
+                later = self.changes.clock() + LINK_RETRY_DELAY
+                for path in (o.path, item.origin) if item.origin is not None else (o.path,):
+                    self.changes.touch(f.name, path, settle=f.settle, ready=True, not_before=later)
+                self.link_suspect(f.name, o.error)
             elif o.status is Status.STALE:  # the comparison after the change that made it stale covers it
                 self.log.debug("file_set_aside", folder=f.name, path=o.path, error="seen before the folder changed")
             else:

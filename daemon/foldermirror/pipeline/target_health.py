@@ -70,6 +70,47 @@ class LocalTargetHealth:
         os.makedirs(self.root, exist_ok=True)
 
 
+class RemoteTargetHealth:
+    """A target on another machine: its link's supervisor (remote/links.py) proves it once the
+    host is reached; here, only what can be known without connecting."""
+
+    def __init__(self, url: str, known_hosts: str | None, host_name: str) -> None:
+        self.url = url
+        self.known_hosts = known_hosts
+        self.host_name = host_name  # as known_hosts names it
+
+    def probe(self, *, create: bool, user: str) -> Probe:
+        if self.known_hosts is not None and not _host_known(self.known_hosts, self.host_name):
+            return Probe(f"target {self.url}: the host key of {self.host_name} is not in {self.known_hosts}; "
+                         f"after checking its fingerprint, add it: ssh-keyscan -H {_keyscan_args(self.host_name)} "
+                         f">> {self.known_hosts}")
+        return Probe(None, f"host key of {self.host_name} known; the remote side is proved once connected")
+
+    def identity(self) -> RootId | None:
+        return None
+
+    def remake(self) -> None:
+        """The remote side makes its root itself (mkdir -p on connecting)."""
+
+
+def _host_known(known_hosts: str, name: str) -> bool:
+    import subprocess  # noqa: PLC0415 - only for remote targets
+
+    try:
+        done = subprocess.run(["ssh-keygen", "-F", name, "-f", known_hosts], capture_output=True, timeout=10,
+                              check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return True  # cannot tell here: the connection says so, naming the file
+    return done.returncode == 0 and bool(done.stdout.strip())
+
+
+def _keyscan_args(name: str) -> str:
+    if name.startswith("[") and "]:" in name:
+        host, port = name[1:].split("]:", 1)
+        return f"-p {port} {host}"
+    return name
+
+
 def path_identity(path: str) -> RootId | None:
     """(st_dev, st_ino) of a folder, following symlinks; None when it cannot be stat-ed."""
     try:

@@ -212,6 +212,8 @@ class WatchHealth:
         deleted, self._targets_deleted = self._targets_deleted, set()
         for name, state in list(self.folders.items()):
             f = state.config
+            if f.remote is not None:
+                continue  # its link's supervisor (remote/links.py) watches over it
             now = state.target.identity()
             lock = self.locks.get(name)
             intact = lock is None or lock.intact()

@@ -320,6 +320,8 @@ class Watcher:
         old = self._targets.pop(folder.name, None)
         if old is not None and old[1] is not None:
             self._unschedule(old[1])
+        if folder.remote is not None:
+            return  # on another machine: its link says whether it is there
         watch = None
         try:
             watch = self._observer.schedule(_TargetHandler(folder, self.sink), str(folder.target),

@@ -86,6 +86,10 @@ def run_batch(generation: int, task_id: int, items: list[WorkItem]) -> None:
     takes its unsent results with it; those items are resubmitted and find nothing to do.
     """
     pid = os.getpid()
+    remote = [item for item in items if item.folder.remote is not None]
+    if remote:
+        _results.put(BatchResults(generation, task_id, _remote_batches(remote), pid))
+        items = [item for item in items if item.folder.remote is None]
     folders = _Folders()
     pending: list[ItemResult] = []
     last_flush = time.monotonic_ns()
@@ -105,6 +109,23 @@ def run_batch(generation: int, task_id: int, items: list[WorkItem]) -> None:
         folders.close()
     if pending:
         _results.put(BatchResults(generation, task_id, pending, pid))
+
+
+def _remote_batches(items: list[WorkItem]) -> list[ItemResult]:
+    """A remote folder's items go as one batch each (see remote/batch.py)."""
+    from foldermirror.remote.batch import mirror_batch  # the local-only worker never loads it
+
+    by_folder: dict[FolderSpec, list[WorkItem]] = {}
+    for item in items:
+        by_folder.setdefault(item.folder, []).append(item)
+    results: list[ItemResult] = []
+    for spec, group in by_folder.items():
+        try:
+            results += mirror_batch(spec, group)
+        except Exception as exc:  # noqa: BLE001 - a bug must cost this batch, not the worker
+            results += [ItemResult(i.position, [Outcome(i.path, Status.FAILED, error=f"internal error: {exc!r}")], 0)
+                        for i in group]
+    return results
 
 
 class _Folders:

@@ -1,0 +1,223 @@
+"""One batch of a remote folder, in a worker: renames, one transfer pass, one delete pass.
+
+Where a local target is driven path by path, a remote one is driven a batch at a time,
+since a round trip costs milliseconds: the renames seen live are replayed in one ssh call,
+the paths that exist go in one `rsync --files-from` call, the paths that are gone in a
+second one with --delete-missing-args (kept apart: rsync 3.2.7, Debian 12's, drops a whole
+run that mixes them). rsync's own temp file and rename keep each publish atomic.
+
+rsync's per-file lines are trusted only when it exits 0. After a partial run (exit 23/24,
+or one cut short) a dry run of the same pass says which paths still differ: those failed,
+the others are in place. When the link fails nothing is known: every path comes back as
+LINK_DOWN and waits for the link. Standard library only.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import stat
+import subprocess
+import time
+from typing import NamedTuple
+
+from foldermirror.pipeline.copier import kind
+from foldermirror.pipeline.records import FolderSpec, ItemResult, Outcome, RemoteSpec, Status, WorkItem
+from foldermirror.remote import rsync
+from foldermirror.tempnames import RESERVED_REASON, is_reserved
+
+# Above rsync's own --timeout: a hung ssh must not hang the worker (rsync's timeout only
+# counts while the protocol runs).
+HARD_TIMEOUT_MARGIN = 30.0
+
+
+class _Pass(NamedTuple):
+    rc: int
+    lines: dict[str, rsync.OutLine]
+    errors: dict[str, rsync.FileError]
+    stderr: bytes
+
+
+def mirror_batch(spec: FolderSpec, items: list[WorkItem]) -> list[ItemResult]:
+    remote = spec.remote
+    assert remote is not None
+    started = time.monotonic_ns()
+    out: dict[int, list[Outcome]] = {}
+    send: dict[str, WorkItem] = {}
+    gone: dict[str, WorkItem] = {}
+    renames: list[tuple[str, str]] = []
+    for item in items:
+        path = item.path
+        if any(is_reserved(part) for part in path.split("/")):
+            out[item.position] = [Outcome(path, Status.SKIPPED, error=RESERVED_REASON)]
+            continue
+        st = _lstat(spec.source, path)
+        if st is None:
+            if spec.delete:
+                gone[path] = item
+            else:
+                out[item.position] = [Outcome(path, Status.GONE)]
+        elif stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode):
+            send[path] = item
+            if item.origin is not None and spec.delete and _lstat(spec.source, item.origin) is None:
+                renames.append((item.origin, path))
+                gone.setdefault(item.origin, item)
+        else:
+            out[item.position] = [Outcome(path, Status.SKIPPED, kind(st.st_mode),
+                                          error="not a regular file, directory or symlink")]
+    ssh = list(remote.ssh[os.getpid() % len(remote.ssh)])
+    renamed = _replay_renames(remote, ssh, renames) if renames else set()
+    link_error = None
+    sent: dict[str, list[Outcome]] = {}
+    if send:
+        sent, link_error = _transfer(spec, remote, ssh, list(send), rsync.Mode.TRANSFER)
+    deleted: dict[str, list[Outcome]] = {}
+    if gone and link_error is None:
+        listed = rsync.deletion_list(gone, lambda p: _lstat(spec.source, p) is not None)
+        deleted, link_error = _transfer(spec, remote, ssh, listed, rsync.Mode.DELETE)
+    duration = time.monotonic_ns() - started
+    results = []
+    for item in items:
+        if item.position in out:
+            outcomes = out[item.position]
+        elif link_error is not None:
+            outcomes = [Outcome(item.path, Status.LINK_DOWN, error=link_error)]
+        elif item.path in send:
+            outcomes = sent.get(item.path, [Outcome(item.path, Status.UNCHANGED)])
+            if item.origin is not None and (item.origin, item.path) in renamed:
+                st = _lstat(spec.source, item.path)
+                first = Outcome(item.path, Status.RENAMED, kind(st.st_mode) if st else "unknown",
+                                renamed_from=item.origin)
+                outcomes = [*outcomes[:-1], first] if outcomes[-1].status is Status.UNCHANGED else [first, *outcomes]
+            elif item.origin is not None and item.origin in gone:
+                outcomes = [*deleted.pop(item.origin, []), *outcomes]
+        else:
+            outcomes = deleted.pop(item.path, [Outcome(item.path, Status.GONE)])
+        results.append(ItemResult(item.position, outcomes, duration))
+    if deleted and results:  # entries deleted with a listed directory that no item of this batch names
+        results[0].outcomes.extend(o for outs in deleted.values() for o in outs)
+    return results
+
+
+def _transfer(spec: FolderSpec, remote: RemoteSpec, ssh: list[str], paths: list[str],
+              mode: rsync.Mode) -> tuple[dict[str, list[Outcome]], str | None]:
+    """One pass over `paths`: their outcomes (parents made on the way lead), or the link's error."""
+    run = _run(spec, remote, ssh, paths, mode, dry_run=False)
+    kind_ = rsync.classify(run.rc)
+    if kind_ is rsync.RsyncExit.LINK and rsync.remote_rsync_missing(run.stderr):
+        kind_ = rsync.RsyncExit.FATAL_USAGE  # no retry helps until someone installs it
+    if kind_ in (rsync.RsyncExit.LINK, rsync.RsyncExit.UNKNOWN):
+        return {}, _why(run)
+    if kind_ is rsync.RsyncExit.FATAL_USAGE:
+        error = _why(run)
+        return {p: [Outcome(p, Status.FAILED, error=error)] for p in paths}, None
+    still: dict[str, rsync.OutLine] = {}
+    if kind_ is not rsync.RsyncExit.OK:
+        check = _run(spec, remote, ssh, paths, mode, dry_run=True)
+        if rsync.classify(check.rc) in (rsync.RsyncExit.LINK, rsync.RsyncExit.UNKNOWN):
+            return {}, _why(check)
+        still = check.lines
+    out: dict[str, list[Outcome]] = {}
+    listed = set(paths)
+    made = [line for p, line in run.lines.items() if p not in listed and p and p not in still
+            and line.kind is rsync.Kind.DIR and line.action is not rsync.Action.DELETED]
+    for path in paths:
+        line = run.lines.get(path)
+        if path in still or (kind_ is not rsync.RsyncExit.OK and path in run.errors):
+            err = run.errors.get(path)
+            if err is not None and err.op == "file has vanished":
+                out[path] = [Outcome(path, Status.CHANGED)]
+            else:
+                message = f"{err.op}: {err.message}" if err else "rsync did not put it in place: " + _why(run)
+                out[path] = [Outcome(path, Status.FAILED, error=message, errno=(err.errno or 0) if err else 0)]
+        elif line is None:
+            out[path] = [Outcome(path, Status.UNCHANGED if mode is rsync.Mode.TRANSFER else Status.GONE)]
+        elif line.action is rsync.Action.DELETED:
+            out[path] = [Outcome(path, Status.DELETED, "dir" if line.kind is rsync.Kind.DIR else "file")]
+        else:
+            out[path] = [Outcome(path, Status.COPIED, str(line.kind),
+                                 line.size if line.action is rsync.Action.SENT else 0)]
+    for line in made:  # parents made on the way: reported once, before the first path under them
+        first = next((p for p in paths if p.startswith(line.path + "/")), None)
+        if first is not None:
+            out[first].insert(0, Outcome(line.path, Status.COPIED, "dir"))
+    if mode is rsync.Mode.DELETE:
+        # A listed directory goes with what is in it: each entry deleted is said once, as the
+        # outcome of its own item when the batch has one.
+        for p, line in run.lines.items():
+            if p not in listed and p not in still and line.action is rsync.Action.DELETED:
+                out[p] = [Outcome(p, Status.DELETED, "dir" if line.kind is rsync.Kind.DIR else "file")]
+    return out, None
+
+
+def _run(spec: FolderSpec, remote: RemoteSpec, ssh: list[str], paths: list[str], mode: rsync.Mode,
+         *, dry_run: bool) -> _Pass:
+    argv = rsync.argv(mode=mode, source_root=spec.source, host=remote.host, user=remote.user,
+                      remote_root=remote.path, ssh=ssh, rsync_path=shlex.split(remote.rsync_path),
+                      delete=spec.delete, dry_run=dry_run, preserve_owner=remote.preserve_owner,
+                      fsync=spec.durable, bwlimit=remote.bwlimit, timeout_s=remote.io_timeout)
+    try:
+        done = subprocess.run(argv, input=rsync.files_from(paths), capture_output=True, check=False,
+                              timeout=remote.io_timeout + HARD_TIMEOUT_MARGIN)
+    except subprocess.TimeoutExpired as exc:
+        return _Pass(30, {}, {}, (exc.stderr or b"") + b"\nrsync did not finish in time")
+    lines: dict[str, rsync.OutLine] = {}
+    errors: dict[str, rsync.FileError] = {}
+    for raw in done.stdout.split(b"\n"):
+        line = rsync.parse_line(raw)
+        if line is not None:
+            lines[line.path] = line
+        elif raw:
+            _note_error(raw, spec, remote, paths, errors)
+    for raw in done.stderr.split(b"\n"):
+        _note_error(raw, spec, remote, paths, errors)
+    return _Pass(done.returncode, lines, errors, done.stderr)
+
+
+def _note_error(raw: bytes, spec: FolderSpec, remote: RemoteSpec, paths: list[str],
+                errors: dict[str, rsync.FileError]) -> None:
+    err = rsync.parse_error(raw)
+    if err is None:
+        return
+    path = rsync.folder_path(err, source_root=spec.source, remote_root=remote.path, listed=paths)
+    if path is not None:
+        errors.setdefault(path, err)
+
+
+def _why(run: _Pass) -> str:
+    if rsync.remote_rsync_missing(run.stderr):
+        return "rsync is not installed on the remote host (or ssh.rsync_path is wrong)"
+    text = run.stderr.decode(errors="replace").strip().splitlines()
+    detail = next((t for t in text if not t.startswith("rsync error:")), text[-1] if text else "")
+    return f"{rsync.describe(run.rc)}" + (f": {detail}" if detail else "")
+
+
+# A rename, replayed as the local copier would: only when the origin is there and neither
+# side is a directory in the way; `mv -T` never moves into a directory of the same name.
+_RENAME_SCRIPT = r"""r() { { [ -e "$2" ] || [ -L "$2" ]; } || return 0
+if [ -e "$3" ] || [ -L "$3" ]; then
+  { [ -d "$3" ] && [ ! -L "$3" ]; } && return 0
+  { [ -d "$2" ] && [ ! -L "$2" ]; } && return 0
+fi
+mkdir -p -- "$(dirname -- "$3")" && mv -fT -- "$2" "$3" && echo "$1"; }"""
+
+
+def _replay_renames(remote: RemoteSpec, ssh: list[str], pairs: list[tuple[str, str]]) -> set[tuple[str, str]]:
+    """One ssh call for every rename of the batch; the pairs that moved. A rename that fails
+    is no error: the transfer and delete passes that follow converge all the same."""
+    calls = [f"r {i} {shlex.quote('./' + a)} {shlex.quote('./' + b)}" for i, (a, b) in enumerate(pairs)]
+    script = f"cd {shlex.quote(remote.path)} || exit 1\n{_RENAME_SCRIPT}\n" + "\n".join(calls) + "\n"
+    try:
+        done = subprocess.run([*ssh, "--", remote.host, "sh -s"], input=script.encode(), capture_output=True,
+                              check=False, timeout=remote.io_timeout + HARD_TIMEOUT_MARGIN)
+    except (OSError, subprocess.TimeoutExpired):
+        return set()
+    moved = {int(x) for x in done.stdout.split() if x.isdigit()}
+    return {pair for i, pair in enumerate(pairs) if i in moved}
+
+
+def _lstat(root: str, path: str) -> os.stat_result | None:
+    try:
+        return os.lstat(os.path.join(root, path))
+    except OSError:
+        return None

@@ -1,0 +1,88 @@
+"""The comparison of a folder with a remote target: rsync's own dry run, over the master.
+
+`rsync -n -r --delete` lists every path that differs; each becomes a Difference fed to the
+ChangeQueue as the local walk's are, so the mass-delete guard judges the deletions the same
+way. Runs on the catch-up thread of the main process.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+from collections.abc import Callable, Iterator
+
+from foldermirror.catchup.compare import Difference, WalkStats
+from foldermirror.pipeline.records import RemoteSpec
+from foldermirror.remote import rsync
+from foldermirror.remote.batch import HARD_TIMEOUT_MARGIN
+
+
+class LinkDown(Exception):
+    """The host could not be reached: the comparison runs again once the link is back."""
+
+
+def diff_remote(source: str, remote: RemoteSpec, *, sub: str, delete: bool, excluded: Callable[[str], bool],
+                stats: WalkStats) -> Iterator[Difference]:
+    argv = rsync.argv(mode=rsync.Mode.COMPARE, source_root=source, host=remote.host, user=remote.user,
+                      remote_root=remote.path, base=sub, ssh=list(remote.ssh[0]),
+                      rsync_path=shlex.split(remote.rsync_path), delete=delete,
+                      preserve_owner=remote.preserve_owner, timeout_s=remote.io_timeout)
+    argv.insert(1, "--stats")
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    new = 0
+    try:
+        for raw in proc.stdout:
+            line = rsync.parse_line(raw, base=sub)
+            if line is None:
+                _count(raw, stats)
+                continue
+            if not line.path or excluded(line.path):
+                continue
+            stats.differences += 1
+            if line.action is rsync.Action.DELETED:
+                stats.doomed += 1
+                yield Difference(line.path, "extra")
+                continue
+            if line.new:
+                new += 1
+            if line.kind in (rsync.Kind.FILE, rsync.Kind.SYMLINK):
+                stats.copies += 1
+            yield Difference(line.path, "missing" if line.new else "differs")
+        err = proc.stderr.read()
+        rc = proc.wait(timeout=remote.io_timeout + HARD_TIMEOUT_MARGIN)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    # What the target holds: the source's entries, less those it lacks, plus its extras.
+    stats.target_entries = max(0, stats.entries - new) + stats.doomed
+    kind = rsync.classify(rc)
+    if kind in (rsync.RsyncExit.LINK, rsync.RsyncExit.UNKNOWN):
+        raise LinkDown(_words(rc, err))
+    if kind is not rsync.RsyncExit.OK and kind is not rsync.RsyncExit.PARTIAL:
+        raise OSError(0, _words(rc, err))
+
+
+_NUMBER_OF_FILES = re.compile(rb"Number of files: ([\d,]+)(?: \(.*?dir: ([\d,]+))?")
+
+
+def _count(raw: bytes, stats: WalkStats) -> None:
+    # --stats: "Number of files: 1,234 (reg: 1,000, dir: 234)"; the root itself is one of them.
+    m = _NUMBER_OF_FILES.match(raw)
+    if m is not None:
+        stats.entries = max(0, int(m.group(1).replace(b",", b"")) - 1)
+        if m.group(2):
+            stats.directories = int(m.group(2).strip(b",").replace(b",", b""))
+
+
+def _words(rc: int, err: bytes) -> str:
+    text = os.fsdecode(err).strip().splitlines()
+    if rsync.remote_rsync_missing(err):
+        return "rsync is not installed on the remote host (or ssh.rsync_path is wrong)"
+    detail = next((t for t in text if not t.startswith("rsync error:")), "")
+    return rsync.describe(rc) + (f": {detail}" if detail else "")

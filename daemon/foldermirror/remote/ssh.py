@@ -1,0 +1,68 @@
+"""The ssh command lines: one master per link, and the sessions that go through it.
+
+The main process runs each master (`ssh -N -M`) as its own child, so it lives and dies
+inside the service. Everything else (rsync, a rename) goes through the master's socket
+with ControlMaster=no and a ProxyCommand that fails: ssh's `auto` would silently log in
+anew when the master is gone (a login per batch, and a prompt-less hang under systemd);
+this way a missing master fails in milliseconds. Standard library only (workers use it).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from foldermirror.remote.url import Link
+
+KEEPALIVE_COUNT = 3  # unanswered keepalives before ssh gives the connection up
+
+
+class SshParams(NamedTuple):
+    """What ssh needs to know of one link, from the config's ssh block (and its host's keys)."""
+
+    link: Link
+    known_hosts: str
+    identity_file: str | None
+    connect_timeout: float
+    keepalive: float
+    compress: bool
+    options: tuple[str, ...]
+
+
+def _common(p: SshParams) -> list[str]:
+    out = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+           "-o", f"UserKnownHostsFile={p.known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
+           "-o", f"ConnectTimeout={max(1, round(p.connect_timeout))}",
+           "-o", f"ServerAliveInterval={max(1, round(p.keepalive))}", "-o", f"ServerAliveCountMax={KEEPALIVE_COUNT}",
+           "-o", "LogLevel=ERROR"]
+    if p.identity_file:
+        out += ["-o", "IdentitiesOnly=yes", "-i", p.identity_file]
+    if p.compress:
+        out += ["-o", "Compression=yes"]
+    for option in p.options:
+        out += ["-o", option]
+    if p.link.port:
+        out += ["-p", str(p.link.port)]
+    if p.link.user:
+        out += ["-l", p.link.user]
+    return out
+
+
+def master_argv(p: SshParams, socket: str) -> list[str]:
+    """The master: no command, no forwarding, gone when its parent says so (never persisting)."""
+    return ["ssh", "-N", "-M", "-S", socket, "-o", "ControlPersist=no", "-o", "ClearAllForwardings=yes",
+            "-o", "ExitOnForwardFailure=yes", *_common(p), "--", p.link.host]
+
+
+def session_argv(p: SshParams, socket: str) -> list[str]:
+    """ssh through the master only; the host and the command follow (rsync -e appends them)."""
+    return ["ssh", "-S", socket, "-o", "ControlMaster=no", "-o", "ProxyCommand=/bin/false", *_common(p)]
+
+
+def check_argv(p: SshParams, socket: str) -> list[str]:
+    """Asks the master, locally, whether it is still up (no round trip)."""
+    return ["ssh", "-S", socket, "-O", "check", *_common(p), "--", p.link.host]
+
+
+def direct_argv(p: SshParams) -> list[str]:
+    """ssh logging in on its own, for one-off commands outside the daemon (`sync --dry-run`)."""
+    return ["ssh", "-o", "ControlMaster=no", "-o", "ControlPath=none", *_common(p)]
