@@ -52,6 +52,7 @@ class FolderAccess:
 
     problem: str | None             # one sentence naming the path and the cause; None: it can be served
     proved: tuple[str, ...] = ()    # what was shown, for `check`'s verdict
+    config_error: bool = False      # the config must change (exit 78), e.g. a host key not in known_hosts
 
 
 def folder_problem(f: FolderConfig, instance: str, create: bool = True, ssh: SshConfig | None = None) -> str | None:
@@ -112,9 +113,35 @@ def probe_folder(f: FolderConfig, instance: str, create: bool = True, ssh: SshCo
             return FolderAccess(f"source {source} is not a directory")
     probe = target_health(f, instance, ssh).probe(create=create, user=user)
     if probe.problem is not None:
-        return FolderAccess(probe.problem)
+        return FolderAccess(probe.problem, config_error=probe.config_error)
     proved.append(probe.proved)
     return FolderAccess(None, tuple(proved))
+
+
+def prove_remote(f: FolderConfig, ssh: SshConfig) -> FolderAccess:
+    """`check` on a remote target: log in (a connection of its own) and prove the remote side,
+    creating nothing. A host that does not answer now is no verdict on the config: the
+    daemon keeps trying; a host key that does not match is one."""
+    from foldermirror.remote import probe
+    from foldermirror.remote.links import remote_spec
+
+    remote = f.remote
+    assert remote is not None
+    spec = remote_spec(f, ssh, sockets=())
+    proof = probe.run(list(spec.ssh[0]), remote.link.host, spec.rsync_path, remote.path, make=False,
+                      url=str(remote), timeout=ssh.for_host(remote.link.host).connect_timeout)
+    if proof.link_error is None:
+        return FolderAccess(proof.problem, (proof.proved,) if proof.proved else ())
+    known = ssh.for_host(remote.link.host).known_hosts
+    if "host key" in proof.link_error.lower() or "identification has changed" in proof.link_error.lower():
+        return FolderAccess(f"target {remote}: the host key of {remote.link.known_hosts_name} does not match the "
+                            f"one in {known}: {proof.link_error}; if the host was rebuilt, check its new "
+                            f"fingerprint, then replace its line (ssh-keygen -R, ssh-keyscan)", config_error=True)
+    if "permission denied" in proof.link_error.lower():
+        return FolderAccess(f"target {remote}: the key is refused: {proof.link_error}; add the public key to the "
+                            f"remote user's ~/.ssh/authorized_keys")
+    return FolderAccess(None, (f"host {remote.link} cannot be reached now ({proof.link_error}): the remote side "
+                               "is proved once the daemon connects",))
 
 
 # -- inotify watches -------------------------------------------------------------------

@@ -11,7 +11,7 @@ from typing import Any
 
 from foldermirror import __version__
 from foldermirror.config import Config, load_config, settings
-from foldermirror.errors import EXIT_FAILURE, EXIT_OK, FoldermirrorError, NoConfigError
+from foldermirror.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, FoldermirrorError, NoConfigError
 from foldermirror.logs import configure_logging
 
 DEFAULT_CONFIG = "/etc/foldermirror/config.yaml"
@@ -136,14 +136,22 @@ def check(config: Config) -> int:
 
     print(describe(config))
     instance = os.urandom(4).hex()
-    failed = []
+    failed: list[str] = []
+    config_errors: list[str] = []
     for f in config.folders:
         access = checks.probe_folder(f, instance, create=False, ssh=config.ssh)
+        if access.problem is None and f.remote is not None:
+            remote = checks.prove_remote(f, config.ssh)
+            access = checks.FolderAccess(remote.problem, access.proved + remote.proved, remote.config_error)
         if access.problem is None:
             print(f"folder {f.name}: ok ({'; '.join(access.proved)})")
         else:
-            failed.append(f.name)
+            (config_errors if access.config_error else failed).append(f.name)
             print(f"folder {f.name}: cannot be served: {access.problem}")
+    if config_errors:
+        print(f"foldermirror: error: {config.path}: the config must change for folders {', '.join(config_errors)} "
+              "(see above)", file=sys.stderr)
+        return EXIT_CONFIG
     if failed:
         print(f"foldermirror: error: {len(failed)} of {len(config.folders)} folders cannot be served by "
               f"{checks.user_label()}: {', '.join(failed)}", file=sys.stderr)

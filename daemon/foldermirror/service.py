@@ -83,7 +83,8 @@ class Service:
                                watch_problems=self.health.problems, overflows=lambda: self.health.overflows,
                                restarts=lambda: self.pipeline.restarts,
                                unusable=lambda: list(self.admission.unusable), addresses=self.view.addresses,
-                               started=self.view.started, started_wall=self.view.started_wall)
+                               started=self.view.started, started_wall=self.view.started_wall,
+                               link=self.links.view)
 
     # -- start-up --------------------------------------------------------------
     def run(self) -> int:

@@ -6,11 +6,12 @@ the source by the same oracle as a local target's.
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from helpers import temps, tree_diff, wait_mirrored, wait_until, write_config
+from helpers import fm, status, temps, tree_diff, wait_mirrored, wait_until, write_config
 from sshd import SshServer, ssh_config_block
 
 pytestmark = pytest.mark.timeout(180)
@@ -75,15 +76,20 @@ def test_a_remote_folder_waits_while_its_host_is_down_and_catches_up(tmp_path: P
         (src / f"while-down-{i}").write_text(str(i))
     (src / "a").unlink()
     d.wait_for("remote_retry", 30)
+    folder_status = status(config)["folders"][0]
+    assert folder_status["state"] == "remote_down" and folder_status["link"]["state"] == "down", folder_status
+    assert folder_status["link"]["last_error"] and any("cannot be reached" in p for p in folder_status["problems"])
     sshd.restart()
     d.wait_for("remote_up", 30, reconnect=True)
     wait_mirrored(src, dst, 60)
+    link = wait_until(lambda: (lambda f: f["link"] if f["state"] == "in_sync" else None)(status(config)["folders"][0]),
+                      30, lambda: str(status(config)["folders"][0]))
+    assert link["state"] == "up" and link["reconnects"] == 1 and link["rtt_ms"] > 0, link
     assert rsync_temps(dst) == []
     assert d.stop() == 0
 
 
 def test_sync_to_a_remote_target_and_its_dry_run(tmp_path: Path, sshd: SshServer):
-    from helpers import fm
     src, dst, folder = remote_pair(tmp_path, sshd, delete=True)
     (src / "x").write_text("x")
     (src / "d").mkdir()
@@ -99,13 +105,96 @@ def test_sync_to_a_remote_target_and_its_dry_run(tmp_path: Path, sshd: SshServer
     assert "in sync" in dry.stdout, dry.stdout
 
 
-def test_a_remote_target_without_its_host_key_is_refused_by_check(tmp_path: Path, sshd: SshServer):
-    from helpers import fm
+def test_check_proves_the_remote_side_without_creating_anything(tmp_path: Path, sshd: SshServer):
+    _, dst, folder = remote_pair(tmp_path, sshd)
+    config = write_config(tmp_path, [folder], ssh=ssh_config_block(sshd))
+    done = fm("check", "--config", str(config))
+    assert done.returncode == 0, done.stdout + done.stderr
+    verdict = next(line for line in done.stdout.splitlines() if line.startswith("folder data:"))
+    assert "remote rsync 3." in verdict and f"run creates it in {tmp_path}" in verdict, verdict
+    assert "owners and groups kept" in verdict, verdict  # the fixture logs in as root
+    assert not dst.exists()
+
+
+def test_check_exits_78_for_a_host_key_missing_or_not_matching(tmp_path: Path, sshd: SshServer):
     _, _, folder = remote_pair(tmp_path, sshd)
-    empty = tmp_path / "known_hosts"
+    empty = tmp_path / "empty_known_hosts"
     empty.write_text("")
     config = write_config(tmp_path, [folder], ssh={**ssh_config_block(sshd), "known_hosts": str(empty)})
     done = fm("check", "--config", str(config))
-    assert done.returncode != 0
-    assert "ssh-keyscan" in done.stdout + done.stderr, done.stdout + done.stderr
-    wait_until(lambda: True, 1)
+    assert done.returncode == 78, done.stdout + done.stderr
+    assert f"ssh-keyscan -H -p {sshd.port} 127.0.0.1" in done.stdout, done.stdout
+    other = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True, timeout=30)
+    wrong = tmp_path / "wrong_known_hosts"
+    kind, blob = (tmp_path / "other_key.pub").read_text().split()[:2]
+    wrong.write_text(f"[127.0.0.1]:{sshd.port} {kind} {blob}\n")
+    config = write_config(tmp_path, [folder], ssh={**ssh_config_block(sshd), "known_hosts": str(wrong)})
+    done = fm("check", "--config", str(config))
+    assert done.returncode == 78, done.stdout + done.stderr
+    assert "does not match" in done.stdout, done.stdout
+
+
+def test_check_and_run_refuse_a_host_without_rsync(tmp_path: Path, sshd: SshServer, daemon_factory):
+    src, _, folder = remote_pair(tmp_path, sshd)
+    (src / "a").write_text("a")
+    local_src, local_dst, local = tmp_path / "l-src", tmp_path / "l-dst", None
+    local_src.mkdir()
+    (local_src / "b").write_text("b")
+    local = {"name": "local", "source": str(local_src), "target": str(local_dst)}
+    config = write_config(tmp_path, [folder, local],
+                          ssh={**ssh_config_block(sshd), "rsync_path": "/nonexistent/rsync"})
+    done = fm("check", "--config", str(config))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "/nonexistent/rsync is not installed on 127.0.0.1" in done.stdout, done.stdout
+    d = daemon_factory(config)
+    line = d.wait_for("folder_unusable", 30, folder="data")[0]
+    assert "/nonexistent/rsync is not installed" in line["error"] and line["fix"], line
+    wait_mirrored(local_src, local_dst, 30)  # the other folder is served
+    assert d.proc.poll() is None
+    assert d.stop() == 0
+
+
+def test_check_says_an_unreachable_host_is_proved_later(tmp_path: Path, sshd: SshServer):
+    _, _, folder = remote_pair(tmp_path, sshd)
+    config = write_config(tmp_path, [folder], ssh={**ssh_config_block(sshd), "connect_timeout": "2s"})
+    sshd.stop()
+    done = fm("check", "--config", str(config))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "cannot be reached now" in done.stdout and "proved once the daemon connects" in done.stdout, done.stdout
+
+
+@pytest.mark.parametrize("merged", [False, True], ids=["pass-per-directory", "one-pass"])
+def test_a_batch_deletes_nested_paths_in_either_delete_mode(tmp_path: Path, sshd: SshServer, merged: bool):
+    """mirror_batch in-process against the real server: the per-directory delete passes that
+    receivers older than 3.4.4 need, and the single pass newer ones take, end alike."""
+    from foldermirror.config import parse_config
+    from foldermirror.pipeline.records import FolderSpec, Status, WorkItem
+    from foldermirror.remote.batch import mirror_batch
+    from foldermirror.remote.links import remote_spec
+
+    src, dst, folder = remote_pair(tmp_path, sshd, delete=True)
+    for rel in ("keep/a", "old/x/y", "old/z", "top", "keep/gone"):
+        for root in (src, dst):
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_text(rel)
+        os.utime(dst / rel, ns=(0, (src / rel).stat().st_mtime_ns))
+    for rel in ("old/x/y", "old/z", "top", "keep/gone"):
+        (src / rel).unlink()
+    (src / "old" / "x").rmdir()
+    (src / "old").rmdir()
+    (src / "keep" / "new").write_text("new")
+    config = parse_config(yaml_config(folder, sshd), str(tmp_path / "c.yaml"))
+    remote = remote_spec(config.folders[0], config.ssh, sockets=())._replace(merged_delete=merged)
+    spec = FolderSpec(str(src), str(dst), True, False, None, remote)
+    paths = ["old/x/y", "old/z", "old", "top", "keep/gone", "keep/new"]
+    results = mirror_batch(spec, [WorkItem(i, spec, p) for i, p in enumerate(paths)])
+    said = {o.path: o.status for r in results for o in r.outcomes}
+    assert said["keep/new"] is Status.COPIED and said["top"] is Status.DELETED, said
+    assert said["keep/gone"] is Status.DELETED and said["old"] is Status.DELETED, said
+    assert tree_diff(src, dst) == []
+
+
+def yaml_config(folder: dict, server: SshServer) -> str:
+    import yaml
+    return yaml.safe_dump({"ssh": ssh_config_block(server), "folders": [folder]})

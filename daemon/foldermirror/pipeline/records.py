@@ -64,6 +64,9 @@ class RemoteSpec(NamedTuple):
     io_timeout: int                # seconds: rsync's --timeout
     bwlimit: int | None            # KiB/s
     preserve_owner: bool
+    # The remote rsync takes existing and missing paths in one --delete-missing-args pass
+    # (3.4.4 and later); older ones get a pass per directory for the missing ones.
+    merged_delete: bool = False
 
 
 class FolderSpec(NamedTuple):

@@ -23,6 +23,7 @@ RootId = tuple[int, int]  # (st_dev, st_ino)
 class Probe(NamedTuple):
     problem: str | None  # one sentence naming the path and the cause; None: writable
     proved: str = ""     # what was shown, for `check`'s verdict
+    config_error: bool = False  # the problem is the config's (exit 78), not the machine's
 
 
 class TargetHealth(Protocol):
@@ -83,7 +84,7 @@ class RemoteTargetHealth:
         if self.known_hosts is not None and not _host_known(self.known_hosts, self.host_name):
             return Probe(f"target {self.url}: the host key of {self.host_name} is not in {self.known_hosts}; "
                          f"after checking its fingerprint, add it: ssh-keyscan -H {_keyscan_args(self.host_name)} "
-                         f">> {self.known_hosts}")
+                         f">> {self.known_hosts}", config_error=True)
         return Probe(None, f"host key of {self.host_name} known; the remote side is proved once connected")
 
     def identity(self) -> RootId | None:

@@ -2,9 +2,11 @@
 
 Where a local target is driven path by path, a remote one is driven a batch at a time,
 since a round trip costs milliseconds: the renames seen live are replayed in one ssh call,
-the paths that exist go in one `rsync --files-from` call, the paths that are gone in a
-second one with --delete-missing-args (kept apart: rsync 3.2.7, Debian 12's, drops a whole
-run that mixes them). rsync's own temp file and rename keep each publish atomic.
+the paths that exist go in one `rsync --files-from` call, the paths that are gone with
+--delete-missing-args: in the same call where the remote rsync is 3.4.4 or later, else in
+a call per directory (older receivers with the 3.4.3 security fixes, Debian 12's 3.2.7
+among them, refuse a whole list in which a missing path follows an existing one). rsync's
+own temp file and rename keep each publish atomic.
 
 rsync's per-file lines are trusted only when it exits 0. After a partial run (exit 23/24,
 or one cut short) a dry run of the same pass says which paths still differ: those failed,
@@ -69,12 +71,24 @@ def mirror_batch(spec: FolderSpec, items: list[WorkItem]) -> list[ItemResult]:
     renamed = _replay_renames(remote, ssh, renames) if renames else set()
     link_error = None
     sent: dict[str, list[Outcome]] = {}
-    if send:
-        sent, link_error = _transfer(spec, remote, ssh, list(send), rsync.Mode.TRANSFER)
     deleted: dict[str, list[Outcome]] = {}
-    if gone and link_error is None:
-        listed = rsync.deletion_list(gone, lambda p: _lstat(spec.source, p) is not None)
-        deleted, link_error = _transfer(spec, remote, ssh, listed, rsync.Mode.DELETE)
+    listed = rsync.deletion_list(gone, lambda p: _lstat(spec.source, p) is not None) if gone else []
+    if remote.merged_delete and listed:
+        # One pass: this receiver takes existing and missing paths in one list.
+        both, link_error = _transfer(spec, remote, ssh, [*send, *listed], rsync.Mode.DELETE, present=set(send))
+        sent = {p: o for p, o in both.items() if p in send}
+        deleted = {p: o for p, o in both.items() if p not in send}
+    else:
+        if send:
+            sent, link_error = _transfer(spec, remote, ssh, list(send), rsync.Mode.TRANSFER, present=set(send))
+        # Before 3.4.4 a receiver refuses a whole list in which a missing path follows an
+        # existing one, and the sender lists a path's parents first: so a pass per directory,
+        # in which every listed path is missing.
+        for base, names in rsync.by_directory(listed).items() if link_error is None else ():
+            in_dir, link_error = _transfer(spec, remote, ssh, names, rsync.Mode.DELETE, base=base)
+            deleted.update(in_dir)
+            if link_error is not None:
+                break
     duration = time.monotonic_ns() - started
     results = []
     for item in items:
@@ -99,10 +113,14 @@ def mirror_batch(spec: FolderSpec, items: list[WorkItem]) -> list[ItemResult]:
     return results
 
 
-def _transfer(spec: FolderSpec, remote: RemoteSpec, ssh: list[str], paths: list[str],
-              mode: rsync.Mode) -> tuple[dict[str, list[Outcome]], str | None]:
-    """One pass over `paths`: their outcomes (parents made on the way lead), or the link's error."""
-    run = _run(spec, remote, ssh, paths, mode, dry_run=False)
+def _transfer(spec: FolderSpec, remote: RemoteSpec, ssh: list[str], names: list[str], mode: rsync.Mode,
+              base: str = "", present: set[str] | None = None) -> tuple[dict[str, list[Outcome]], str | None]:
+    """One pass over `names` (relative to `base`): the outcomes by folder-relative path
+    (parents made on the way lead), or the link's error. `present`: the paths that exist in
+    the source (the others, in a delete pass, are gone)."""
+    paths = [f"{base}/{n}" if base else n for n in names]
+    present = present or set()
+    run = _run(spec, remote, ssh, names, mode, base, dry_run=False)
     kind_ = rsync.classify(run.rc)
     if kind_ is rsync.RsyncExit.LINK and rsync.remote_rsync_missing(run.stderr):
         kind_ = rsync.RsyncExit.FATAL_USAGE  # no retry helps until someone installs it
@@ -113,7 +131,7 @@ def _transfer(spec: FolderSpec, remote: RemoteSpec, ssh: list[str], paths: list[
         return {p: [Outcome(p, Status.FAILED, error=error)] for p in paths}, None
     still: dict[str, rsync.OutLine] = {}
     if kind_ is not rsync.RsyncExit.OK:
-        check = _run(spec, remote, ssh, paths, mode, dry_run=True)
+        check = _run(spec, remote, ssh, names, mode, base, dry_run=True)
         if rsync.classify(check.rc) in (rsync.RsyncExit.LINK, rsync.RsyncExit.UNKNOWN):
             return {}, _why(check)
         still = check.lines
@@ -131,7 +149,7 @@ def _transfer(spec: FolderSpec, remote: RemoteSpec, ssh: list[str], paths: list[
                 message = f"{err.op}: {err.message}" if err else "rsync did not put it in place: " + _why(run)
                 out[path] = [Outcome(path, Status.FAILED, error=message, errno=(err.errno or 0) if err else 0)]
         elif line is None:
-            out[path] = [Outcome(path, Status.UNCHANGED if mode is rsync.Mode.TRANSFER else Status.GONE)]
+            out[path] = [Outcome(path, Status.UNCHANGED if path in present else Status.GONE)]
         elif line.action is rsync.Action.DELETED:
             out[path] = [Outcome(path, Status.DELETED, "dir" if line.kind is rsync.Kind.DIR else "file")]
         else:
@@ -150,36 +168,36 @@ def _transfer(spec: FolderSpec, remote: RemoteSpec, ssh: list[str], paths: list[
     return out, None
 
 
-def _run(spec: FolderSpec, remote: RemoteSpec, ssh: list[str], paths: list[str], mode: rsync.Mode,
+def _run(spec: FolderSpec, remote: RemoteSpec, ssh: list[str], names: list[str], mode: rsync.Mode, base: str,
          *, dry_run: bool) -> _Pass:
-    argv = rsync.argv(mode=mode, source_root=spec.source, host=remote.host, user=remote.user,
+    argv = rsync.argv(mode=mode, source_root=spec.source, host=remote.host, user=remote.user, base=base,
                       remote_root=remote.path, ssh=ssh, rsync_path=shlex.split(remote.rsync_path),
                       delete=spec.delete, dry_run=dry_run, preserve_owner=remote.preserve_owner,
                       fsync=spec.durable, bwlimit=remote.bwlimit, timeout_s=remote.io_timeout)
     try:
-        done = subprocess.run(argv, input=rsync.files_from(paths), capture_output=True, check=False,
+        done = subprocess.run(argv, input=rsync.files_from(names), capture_output=True, check=False,
                               timeout=remote.io_timeout + HARD_TIMEOUT_MARGIN)
     except subprocess.TimeoutExpired as exc:
         return _Pass(30, {}, {}, (exc.stderr or b"") + b"\nrsync did not finish in time")
     lines: dict[str, rsync.OutLine] = {}
     errors: dict[str, rsync.FileError] = {}
     for raw in done.stdout.split(b"\n"):
-        line = rsync.parse_line(raw)
+        line = rsync.parse_line(raw, base)
         if line is not None:
             lines[line.path] = line
         elif raw:
-            _note_error(raw, spec, remote, paths, errors)
+            _note_error(raw, spec, remote, names, base, errors)
     for raw in done.stderr.split(b"\n"):
-        _note_error(raw, spec, remote, paths, errors)
+        _note_error(raw, spec, remote, names, base, errors)
     return _Pass(done.returncode, lines, errors, done.stderr)
 
 
-def _note_error(raw: bytes, spec: FolderSpec, remote: RemoteSpec, paths: list[str],
+def _note_error(raw: bytes, spec: FolderSpec, remote: RemoteSpec, names: list[str], base: str,
                 errors: dict[str, rsync.FileError]) -> None:
     err = rsync.parse_error(raw)
     if err is None:
         return
-    path = rsync.folder_path(err, source_root=spec.source, remote_root=remote.path, listed=paths)
+    path = rsync.folder_path(err, source_root=spec.source, remote_root=remote.path, base=base, listed=names)
     if path is not None:
         errors.setdefault(path, err)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import random
-import shlex
 import shutil
 import subprocess
 import tempfile
@@ -27,6 +26,7 @@ from foldermirror.config import FolderConfig, SshConfig, SshOptions
 from foldermirror.folderstate import FolderState
 from foldermirror.pipeline.changes import ChangeQueue
 from foldermirror.pipeline.records import RemoteSpec
+from foldermirror.remote import probe, rsync
 from foldermirror.remote.ssh import SshParams, direct_argv, master_argv, session_argv
 from foldermirror.remote.url import Link
 
@@ -35,6 +35,20 @@ from foldermirror.remote.url import Link
 HELD_MAX = 100_000
 RTT_TIMEOUT = 10.0
 SUSPECT_EVERY = 60.0
+
+
+@dataclass(frozen=True)
+class LinkView:
+    """A remote target's connection, as the links' supervisor knows it."""
+
+    host: str                   # [user@]host[:port]
+    state: str                  # connecting | up | down
+    since_s: float              # in this state for so long
+    last_error: str | None
+    rtt_ms: float | None        # a session's round trip through the master, when it came up
+    reconnects: int
+    retry_in_s: float | None    # down: the next attempt
+
 
 
 class LinkState(StrEnum):
@@ -57,12 +71,14 @@ class LinkStatus:
     params: SshParams
     connections: int
     state: LinkState = LinkState.CONNECTING
-    since: float = 0.0
+    since: float = 0.0           # when it last went up, or down
+    attempt_at: float = 0.0      # when the current connection attempt began
     failures: int = 0            # consecutive failed connections
     retry_at: float = 0.0
     last_error: str | None = None
     rtt_ms: float | None = None
     remote_root: bool = False    # the remote user is root: owners and groups can be kept
+    rsync_version: tuple[int, int, int] | None = None
     reconnects: int = 0
     was_up: bool = False
     masters: list[_Master] = field(default_factory=list)
@@ -127,10 +143,25 @@ class Links:
             return None
         status = self.links.get(f.remote.link)
         sockets = tuple(m.socket for m in status.masters) if status else ()
-        return remote_spec(f, self.ssh, sockets or ("/nonexistent",), status.remote_root if status else False)
+        if status is None:
+            return remote_spec(f, self.ssh, ("/nonexistent",))
+        merged = status.rsync_version is not None and rsync.merges_delete_pass(status.rsync_version)
+        return remote_spec(f, self.ssh, sockets or ("/nonexistent",), status.remote_root, merged)
 
     def state(self, link: Link) -> LinkStatus | None:
         return self.links.get(link)
+
+    def view(self, f: FolderConfig) -> LinkView | None:
+        """What `status` and the metrics show of the folder's link (None: a local target)."""
+        if f.remote is None:
+            return None
+        status = self.links.get(f.remote.link)
+        if status is None:
+            return None
+        now = self.clock()
+        return LinkView(host=str(f.remote.link), state=str(status.state), since_s=now - status.since,
+                        last_error=status.last_error, rtt_ms=status.rtt_ms, reconnects=status.reconnects,
+                        retry_in_s=max(0.0, status.retry_at - now) if status.state is LinkState.DOWN else None)
 
     def up(self, link: Link) -> bool:
         status = self.links.get(link)
@@ -158,7 +189,7 @@ class Links:
             elif status.state is LinkState.CONNECTING:
                 if all(os.path.exists(m.socket) for m in status.masters):
                     self._up(link, status, now)
-                elif now - status.since > status.params.connect_timeout + 5:
+                elif now - status.attempt_at > status.params.connect_timeout + 5:
                     self._failed(link, status, "the connection was not made in time", now)
         self._bound_held()
 
@@ -174,7 +205,7 @@ class Links:
 
     def _connect(self, link: Link, status: LinkStatus) -> None:
         self._close(status)
-        status.state, status.since = LinkState.CONNECTING, self.clock()
+        status.state, status.attempt_at = LinkState.CONNECTING, self.clock()
         status.masters = []
         for i in range(status.connections):
             master = _Master(os.path.join(self._run_dir(), f"{_slug(link)}-{i}"))
@@ -189,8 +220,7 @@ class Links:
             status.masters.append(master)
 
     def _up(self, link: Link, status: LinkStatus, now: float) -> None:
-        status.rtt_ms, uid = self._rtt(status)
-        status.remote_root = uid == "0"
+        status.rtt_ms = self._rtt(status)
         status.state, status.since, status.failures = LinkState.UP, now, 0
         first = not status.was_up
         status.was_up = True
@@ -214,26 +244,13 @@ class Links:
         """Make the folder's remote root and prove rsync there; the problem, or None."""
         remote = f.remote
         assert remote is not None
-        rsync_path = self.ssh.for_host(remote.link.host).rsync_path
-        path = shlex.quote(remote.path)
-        script = (f"command -v {shlex.quote(rsync_path.split()[0])} >/dev/null 2>&1 || exit 97\n"
-                  f"mkdir -p -- {path} 2>/dev/null || exit 98\n"
-                  f"test -w {path} || exit 99\n")
-        try:
-            done = subprocess.run([*session_argv(status.params, status.masters[0].socket), "--",
-                                   status.params.link.host, "sh -s"], input=script.encode(), capture_output=True,
-                                  timeout=status.params.connect_timeout + RTT_TIMEOUT, check=False)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return f"target {remote}: the host did not answer ({exc})"
-        if done.returncode == 97:
-            return f"target {remote}: {rsync_path} is not installed on {remote.link.host} (or ssh.rsync_path is wrong)"
-        if done.returncode == 98:
-            return f"target {remote}: cannot create {remote.path} on {remote.link.host}"
-        if done.returncode == 99:
-            return f"target {remote}: {remote.path} is not writable by the remote user"
-        if done.returncode != 0:
-            return f"target {remote}: the check on the host failed: {done.stderr.decode(errors='replace').strip()}"
-        return None
+        proof = probe.run(session_argv(status.params, status.masters[0].socket), remote.link.host,
+                          self.ssh.for_host(remote.link.host).rsync_path, remote.path, make=True, url=str(remote),
+                          timeout=status.params.connect_timeout)
+        if proof.problem is None:
+            status.rsync_version = proof.rsync_version
+            status.remote_root = proof.root_user
+        return proof.problem
 
     def _failed(self, link: Link, status: LinkStatus, error: str, now: float) -> None:
         self._close(status)
@@ -278,18 +295,16 @@ class Links:
                 out.append(name)
         return out
 
-    def _rtt(self, status: LinkStatus) -> tuple[float | None, str]:
-        """The round trip of a session through the master, and the remote user's uid."""
+    def _rtt(self, status: LinkStatus) -> float | None:
+        """The round trip of a session through the master (None: it failed)."""
         start = time.monotonic()
         try:
             done = subprocess.run([*session_argv(status.params, status.masters[0].socket), "--",
-                                   status.params.link.host, "id -u"], stdin=subprocess.DEVNULL,
+                                   status.params.link.host, "true"], stdin=subprocess.DEVNULL,
                                   capture_output=True, timeout=RTT_TIMEOUT, check=False)
         except (OSError, subprocess.TimeoutExpired):
-            return None, ""
-        if done.returncode != 0:
-            return None, ""
-        return round((time.monotonic() - start) * 1000, 1), done.stdout.decode(errors="replace").strip()
+            return None
+        return round((time.monotonic() - start) * 1000, 1) if done.returncode == 0 else None
 
     # -- shutdown -----------------------------------------------------------------------
     def _close(self, status: LinkStatus) -> None:
@@ -330,7 +345,8 @@ def params_for(options: SshOptions, link: Link) -> SshParams:
                      options.connect_timeout, options.keepalive, options.compress, options.options)
 
 
-def remote_spec(f: FolderConfig, ssh: SshConfig, sockets: tuple[str, ...], remote_root: bool = False) -> RemoteSpec:
+def remote_spec(f: FolderConfig, ssh: SshConfig, sockets: tuple[str, ...], remote_root: bool = False,
+                merged_delete: bool = False) -> RemoteSpec:
     """What a worker needs to reach the folder's target: through these masters' sockets
     (none: a login of its own, for a one-off command)."""
     remote = f.remote
@@ -339,7 +355,7 @@ def remote_spec(f: FolderConfig, ssh: SshConfig, sockets: tuple[str, ...], remot
     params = params_for(options, remote.link)
     argvs = tuple(tuple(session_argv(params, s)) for s in sockets) or (tuple(direct_argv(params)),)
     return RemoteSpec(remote.link.host, remote.link.user, remote.path, argvs, options.rsync_path,
-                      max(1, round(options.io_timeout)), options.bwlimit, remote_root)
+                      max(1, round(options.io_timeout)), options.bwlimit, remote_root, merged_delete)
 
 
 def _spawn(argv: list[str], errors: IO[bytes]) -> subprocess.Popen[bytes]:

@@ -120,6 +120,23 @@ class _Collector:
         yield per_folder(GaugeMetricFamily, "foldermirror_watched_directories",
                          "Source directories found by the last full comparison (each needs an inotify watch)",
                          "watched_directories")
+        links = {f.link.host: f.link for f in folders if f.link is not None}
+        up = GaugeMetricFamily("foldermirror_remote_up", "1 while the ssh connection to a remote target's host is up",
+                               labels=["host"])
+        reconnects = CounterMetricFamily("foldermirror_remote_reconnects",
+                                         "Times the connection to a host was made again after it was lost",
+                                         labels=["host"])
+        rtt = GaugeMetricFamily("foldermirror_remote_rtt_seconds",
+                                "Round trip of a session through the host's connection, when it was made",
+                                labels=["host"])
+        for host, link in sorted(links.items()):
+            up.add_metric([host], 1 if link.state == "up" else 0)
+            reconnects.add_metric([host], link.reconnects)
+            if link.rtt_ms is not None:
+                rtt.add_metric([host], link.rtt_ms / 1000)
+        yield up
+        yield reconnects
+        yield rtt
         state = GaugeMetricFamily("foldermirror_folder_state", "1 for the folder's current state, 0 for the others",
                                   labels=["folder", "state"])
         for f in folders:

@@ -21,6 +21,7 @@ from foldermirror.folderstate import CatchUp, FolderState
 from foldermirror.pipeline.changes import ChangeQueue
 from foldermirror.pipeline.folder_stats import FolderStats, LastError, Tally, total
 from foldermirror.pipeline.watch_health import Watching
+from foldermirror.remote.links import LinkView
 
 UNREADABLE_SHOWN = 5  # unreadable directories named in `status` (all are counted)
 WATCH_LIMIT_TTL = 30.0  # seconds a read of the inotify watch limit is trusted
@@ -30,6 +31,7 @@ class Health(StrEnum):
     IN_SYNC = "in_sync"
     CATCHING_UP = "catching_up"
     DEGRADED = "degraded"
+    REMOTE_DOWN = "remote_down"   # a remote target's host cannot be reached: changes wait
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ class FolderView:
     watched_directories: int | None
     unreadable: tuple[str, ...]
     catch_up: CatchUpView | None
+    link: LinkView | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,7 @@ def _folder_json(f: FolderView) -> dict[str, Any]:
         "watches_complete": f.watches_complete, "watched_directories": f.watched_directories,
         "unreadable": {"count": len(f.unreadable), "paths": list(f.unreadable[:UNREADABLE_SHOWN])},
         "catch_up": None if f.catch_up is None else {**asdict(f.catch_up), "seconds": round(f.catch_up.seconds, 3)},
+        "link": None if f.link is None else {**asdict(f.link), "since_s": round(f.link.since_s, 3)},
     }
 
 
@@ -117,7 +121,8 @@ class ReadModel:
                  changes: ChangeQueue, watching: Callable[[], Watching | None],
                  watch_problems: Callable[[], list[str]], overflows: Callable[[], int], restarts: Callable[[], int],
                  unusable: Callable[[], list[str]], addresses: Callable[[], tuple[str | None, str | None]],
-                 started: float, started_wall: float) -> None:
+                 started: float, started_wall: float,
+                 link: Callable[[Any], LinkView | None] = lambda f: None) -> None:
         self._config = config
         self._folders = folders
         self._folder_stats = folder_stats
@@ -129,6 +134,7 @@ class ReadModel:
         self._restarts = restarts
         self._unusable = unusable
         self._addresses = addresses
+        self._link = link  # a folder config → its remote link's view (None: a local target)
         self.started = started
         self.started_wall = started_wall
         self._watch_limit_value: int | None = None
@@ -166,7 +172,8 @@ class ReadModel:
         f = state.config
         pending, in_flight = self._changes.counts(name)
         c = state.catch_up
-        state_, problems, complete = health(state, stats, watching, shortage)
+        link = self._link(f)
+        state_, problems, complete = health(state, stats, watching, shortage, link)
         return FolderView(
             name=name, source=str(f.source), target=str(f.target), state=state_, problems=problems,
             watches_complete=complete, pending=pending, in_flight=in_flight,
@@ -174,7 +181,7 @@ class ReadModel:
             files=stats.files, bytes=stats.bytes, deleted=stats.deleted, failed=stats.failed,
             failing=len(stats.failing), failures=dict(stats.failures), last_error=stats.last_error,
             watched_directories=stats.directories, unreadable=stats.unreadable,
-            catch_up=None if c is None else _catch_up(c, stats, now))
+            catch_up=None if c is None else _catch_up(c, stats, now), link=link)
 
 
 def _catch_up(c: CatchUp, stats: FolderStats, now: float) -> CatchUpView:
@@ -183,12 +190,14 @@ def _catch_up(c: CatchUp, stats: FolderStats, now: float) -> CatchUpView:
 
 
 def health(state: FolderState, stats: FolderStats, watching: Watching | None,
-           shortage: checks.WatchShortage | None) -> tuple[Health, tuple[str, ...], bool]:
+           shortage: checks.WatchShortage | None,
+           link: LinkView | None = None) -> tuple[Health, tuple[str, ...], bool]:
     """The one rule for a folder's health: (state, problems, watches complete).
 
-    Degraded when something needs the operator (a source missing, watches incomplete,
-    unreadable directories, paths failing); catching up while a comparison is worked off;
-    in sync otherwise. Watches are set up before the start-up walk ends, so a watcher that
+    Remote down while a remote target's host cannot be reached (the changes wait); degraded
+    when something needs the operator (a source missing, watches incomplete, unreadable
+    directories, paths failing); catching up while a comparison is worked off; in sync
+    otherwise. A link still connecting at start-up is no problem yet. Watches are set up before the start-up walk ends, so a watcher that
     is not up yet during that walk is not a problem.
     """
     f = state.config
@@ -211,7 +220,12 @@ def health(state: FolderState, stats: FolderStats, watching: Watching | None,
     failing = len(stats.failing)
     if failing:
         problems.append(f"{failing:,} {'path' if failing == 1 else 'paths'} failing")
-    state_ = Health.DEGRADED if problems else Health.CATCHING_UP if c is not None else Health.IN_SYNC
+    down = link is not None and link.state == "down"
+    if down and link is not None:
+        retry = f"; retrying in {link.retry_in_s:.0f}s" if link.retry_in_s is not None else ""
+        problems.append(f"host {link.host} cannot be reached: {link.last_error}{retry}")
+    state_ = (Health.REMOTE_DOWN if down else Health.DEGRADED if problems
+              else Health.CATCHING_UP if c is not None else Health.IN_SYNC)
     return state_, tuple(problems), complete
 
 
@@ -241,6 +255,9 @@ def status_line(view: DaemonView) -> str:
     degraded = [f.name for f in view.folders if f.state is Health.DEGRADED]
     if degraded:
         problems.append(f"{len(degraded)} degraded ({', '.join(degraded)})")
+    down = [f.name for f in view.folders if f.state is Health.REMOTE_DOWN]
+    if down:
+        problems.append(f"{len(down)} remote down ({', '.join(down)})")
     if view.unusable:
         problems.append(f"{len(view.unusable)} unusable ({', '.join(view.unusable)})")
     return "; ".join([text, *problems])

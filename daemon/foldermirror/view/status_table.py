@@ -34,6 +34,13 @@ def render(snap: dict[str, Any]) -> str:
             notes.append(f"{f['name']}: catching up ({c['reason']}): {done}")
         for problem in f["problems"]:
             notes.append(f"{f['name']}: {problem}")
+        link = f.get("link")
+        if link is not None and link["state"] == "up":
+            rtt = f", round trip {link['rtt_ms']:g} ms" if link["rtt_ms"] is not None else ""
+            again = f", {link['reconnects']} reconnects" if link["reconnects"] else ""
+            notes.append(f"{f['name']}: host {link['host']} up for {duration(link['since_s'])}{rtt}{again}")
+        elif link is not None and link["state"] == "connecting":
+            notes.append(f"{f['name']}: connecting to {link['host']}")
         e = f["last_error"]
         if e is not None:
             notes.append(f"{f['name']}: last error {e['time']} {e['path']}: {e['error']}")
