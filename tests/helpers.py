@@ -312,3 +312,20 @@ def never_within(predicate: Callable[[], Any], seconds: float, describe: Callabl
             detail = describe() if callable(describe) else describe
             pytest.fail(f"happened within {seconds}s, and must not: {detail}")
         time.sleep(0.01)  # sleep-ok: poll interval of a deadline-bounded watch
+
+
+# -- remote targets (tests/sshd.py is the server) -----------------------------------------------
+def remote_pair(tmp_path: Path, server: Any, name: str = "data", **opts: Any) -> tuple[Path, Path, dict[str, Any]]:
+    """A source folder and a folder entry whose target is `server`'s ssh:// URL of a folder
+    under tmp_path (the "remote" machine is this one)."""
+    src, dst = tmp_path / f"{name}-src", tmp_path / f"{name}-dst"
+    src.mkdir()
+    return src, dst, {"name": name, "source": str(src), "target": server.url(str(dst)), **opts}
+
+
+def remote_temps(root: Path) -> list[str]:
+    """rsync's temp files (.NAME.XXXXXX) and partial dir, and the daemon's, anywhere under root."""
+    found = temps(root)
+    for dirpath, _dirs, files in os.walk(root):
+        found += [os.path.join(dirpath, f) for f in files if f.startswith(".") and len(f) > 8 and f[-7] == "."]
+    return found

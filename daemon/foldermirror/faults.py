@@ -12,6 +12,8 @@ FOLDERMIRROR_FAULTS is a comma-separated list of `kind:name` entries:
                        holds as events (the daemon must find them by itself)
   slow_copy:NAME       a worker copies such a file 1 MiB at a time, 50 ms apart, so a
                        test can act while the copy is in progress
+  vanish:NAME          a remote batch deletes such a file from the source after listing
+                       it and before rsync runs (a file vanishing mid-batch)
 """
 
 from __future__ import annotations

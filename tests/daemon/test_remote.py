@@ -11,24 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from helpers import fm, status, temps, tree_diff, wait_mirrored, wait_until, write_config
+from helpers import fm, remote_pair, remote_temps, status, tree_diff, wait_mirrored, wait_until, write_config
 from sshd import SshServer, ssh_config_block
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def remote_pair(tmp_path: Path, server: SshServer, name: str = "data", **opts: object) -> tuple[Path, Path, dict]:
-    src, dst = tmp_path / f"{name}-src", tmp_path / f"{name}-dst"
-    src.mkdir()
-    return src, dst, {"name": name, "source": str(src), "target": server.url(str(dst)), **opts}
-
-
-def rsync_temps(root: Path) -> list[str]:
-    """rsync's own temp files (.NAME.XXXXXX) and the daemon's, anywhere under root."""
-    found = temps(root)
-    for dirpath, _dirs, files in os.walk(root):
-        found += [os.path.join(dirpath, f) for f in files if f.startswith(".") and len(f) > 8 and f[-7] == "."]
-    return found
 
 
 def test_a_remote_target_is_mirrored_live_and_at_start(tmp_path: Path, sshd: SshServer, daemon_factory):
@@ -55,7 +41,7 @@ def test_a_remote_target_is_mirrored_live_and_at_start(tmp_path: Path, sshd: Ssh
     assert renamed[-1].get("renamed_from") == "new.txt", renamed
     deleted = {e["path"] for e in d.events("file_deleted")}
     assert {"sub", "sub/deep.bin"} <= deleted, d.tail()
-    assert rsync_temps(dst) == []
+    assert remote_temps(dst) == []
     assert d.stop() == 0
     assert tree_diff(src, dst) == []
 
@@ -85,7 +71,7 @@ def test_a_remote_folder_waits_while_its_host_is_down_and_catches_up(tmp_path: P
     link = wait_until(lambda: (lambda f: f["link"] if f["state"] == "in_sync" else None)(status(config)["folders"][0]),
                       30, lambda: str(status(config)["folders"][0]))
     assert link["state"] == "up" and link["reconnects"] == 1 and link["rtt_ms"] > 0, link
-    assert rsync_temps(dst) == []
+    assert remote_temps(dst) == []
     assert d.stop() == 0
 
 

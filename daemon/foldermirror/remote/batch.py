@@ -23,6 +23,7 @@ import subprocess
 import time
 from typing import NamedTuple
 
+from foldermirror import faults
 from foldermirror.pipeline.copier import kind
 from foldermirror.pipeline.records import FolderSpec, ItemResult, Outcome, RemoteSpec, Status, WorkItem
 from foldermirror.remote import rsync
@@ -67,6 +68,10 @@ def mirror_batch(spec: FolderSpec, items: list[WorkItem]) -> list[ItemResult]:
         else:
             out[item.position] = [Outcome(path, Status.SKIPPED, kind(st.st_mode),
                                           error="not a regular file, directory or symlink")]
+    if faults.ENABLED:
+        for path in send:
+            if faults.value("vanish") == os.path.basename(path):
+                os.unlink(os.path.join(spec.source, path))
     ssh = list(remote.ssh[os.getpid() % len(remote.ssh)])
     renamed = _replay_renames(remote, ssh, renames) if renames else set()
     link_error = None

@@ -358,9 +358,16 @@ def remote_spec(f: FolderConfig, ssh: SshConfig, sockets: tuple[str, ...], remot
                       max(1, round(options.io_timeout)), options.bwlimit, remote_root, merged_delete)
 
 
+_SETPRIV = shutil.which("setpriv")
+
+
 def _spawn(argv: list[str], errors: IO[bytes]) -> subprocess.Popen[bytes]:
-    # Its own session: a Ctrl-C at the terminal reaches the daemon, which stops the master itself.
-    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors,
+    # Its own session: a Ctrl-C at the terminal reaches the daemon, which stops the master
+    # itself. The kernel kills it when the daemon dies (setpriv sets PR_SET_PDEATHSIG, which
+    # fires when the thread that started it ends: the main thread, the daemon's lifetime),
+    # so a kill -9 of the daemon leaves no master logged in behind it.
+    prefix = [_SETPRIV, "--pdeathsig", "KILL", "--"] if _SETPRIV else []
+    return subprocess.Popen([*prefix, *argv], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors,
                             start_new_session=True)
 
 
