@@ -18,12 +18,14 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parent.parent
 DAEMON_PATH = str(REPO / "daemon")
@@ -329,3 +331,14 @@ def remote_temps(root: Path) -> list[str]:
     for dirpath, _dirs, files in os.walk(root):
         found += [os.path.join(dirpath, f) for f in files if f.startswith(".") and len(f) > 8 and f[-7] == "."]
     return found
+
+
+# -- metrics ----------------------------------------------------------------------------------
+def scrape(address: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return out

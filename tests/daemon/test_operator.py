@@ -11,14 +11,12 @@ import re
 import socket
 import stat
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from helpers import LOCK_NAME, TEMP_MARK, fm, pair, snapshot, status, wait_mirrored, wait_until, write_config
+from helpers import LOCK_NAME, TEMP_MARK, fm, pair, scrape, snapshot, status, wait_mirrored, wait_until, write_config
 
 
 def live(sock: Path, name: str = "data") -> dict[str, Any]:
@@ -213,16 +211,6 @@ def test_control_socket_answers_only_status_and_rescan(tmp_path, daemon_factory)
 
 
 # -- metrics -----------------------------------------------------------------------------------
-def scrape(address: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as r:
-        text = r.read().decode()
-    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            out.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
-    return out
-
-
 def test_metrics_are_scraped_and_match_what_was_mirrored(tmp_path, daemon_factory):
     src, dst, spec = pair(tmp_path, delete=True)
     bsrc, bdst, bspec = pair(tmp_path, "bad")

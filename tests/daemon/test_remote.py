@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from helpers import fm, remote_pair, remote_temps, status, tree_diff, wait_mirrored, wait_until, write_config
+from helpers import fm, remote_pair, remote_temps, scrape, status, tree_diff, wait_mirrored, wait_until, write_config
 from sshd import SshServer, ssh_config_block
 
 pytestmark = pytest.mark.timeout(180)
@@ -184,3 +185,66 @@ def test_a_batch_deletes_nested_paths_in_either_delete_mode(tmp_path: Path, sshd
 def yaml_config(folder: dict, server: SshServer) -> str:
     import yaml
     return yaml.safe_dump({"ssh": ssh_config_block(server), "folders": [folder]})
+
+
+def test_renames_chained_and_a_directory_moved_are_replayed(tmp_path: Path, sshd: SshServer, daemon_factory):
+    src, dst, folder = remote_pair(tmp_path, sshd, delete=True)
+    (src / "dir").mkdir()
+    for i in range(5):
+        (src / "dir" / f"f{i}").write_bytes(os.urandom(1000))
+    (src / "a").write_text("a")
+    d = daemon_factory(write_config(tmp_path, [folder], ssh=ssh_config_block(sshd)))
+    d.wait_ready(60)
+    wait_mirrored(src, dst, 30)
+    (src / "a").rename(src / "b")
+    (src / "b").rename(src / "c")
+    (src / "dir").rename(src / "moved")
+    wait_mirrored(src, dst, 30)
+    assert remote_temps(dst) == []
+    assert d.events("mirror_failed") == [], d.tail()
+
+
+def test_a_file_is_only_ever_seen_whole_under_its_name_on_the_remote_side(tmp_path: Path, sshd: SshServer,
+                                                                           daemon_factory):
+    src, dst, folder = remote_pair(tmp_path, sshd, delete=True)
+    d = daemon_factory(write_config(tmp_path, [folder], ssh={**ssh_config_block(sshd), "bwlimit": 1000}))
+    d.wait_ready(60)
+    dst.mkdir(exist_ok=True)
+    data = os.urandom(2 << 20)  # about 2 s at 1000 KiB/s: many looks at it mid-transfer
+    (src / "big.bin").write_bytes(data)
+    names: set[str] = set()
+    torn: list[int] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for entry in os.scandir(dst):
+            names.add(entry.name)
+            if entry.name == "big.bin":
+                size = entry.stat().st_size
+                if size != len(data):
+                    torn.append(size)
+        if (dst / "big.bin").exists() and (dst / "big.bin").stat().st_size == len(data):
+            break
+    assert torn == [], f"big.bin was visible with {torn[:5]} bytes of {len(data)}"
+    assert (dst / "big.bin").read_bytes() == data
+    others = names - {"big.bin"}
+    assert others and all(n.startswith(".big.bin.") or n.startswith(".foldermirror-") for n in others), names
+
+
+def test_many_folders_on_one_host_share_one_login(tmp_path: Path, sshd: SshServer, daemon_factory):
+    folders, pairs = [], []
+    for i in range(20):
+        src, dst, folder = remote_pair(tmp_path, sshd, name=f"f{i:02d}")
+        (src / "x").write_text(str(i))
+        folders.append(folder)
+        pairs.append((src, dst))
+    d = daemon_factory(write_config(tmp_path, folders, ssh=ssh_config_block(sshd),
+                                    metrics={"listen": "127.0.0.1:0"}))
+    d.wait_ready(90)
+    for src, dst in pairs:
+        wait_mirrored(src, dst, 30)
+    assert sshd.logins() == 1, sshd.log()[-2000:]
+    assert len(d.events("remote_up")) == 1
+    metrics = scrape(d.wait_for("metrics_listening")[0]["listen"])
+    host = (("host", f"root@127.0.0.1:{sshd.port}"),)
+    assert metrics["foldermirror_remote_up"][host] == 1, metrics.get("foldermirror_remote_up")
+    assert metrics["foldermirror_remote_rtt_seconds"][host] > 0

@@ -54,6 +54,10 @@ def mirror_batch(spec: FolderSpec, items: list[WorkItem]) -> list[ItemResult]:
         if any(is_reserved(part) for part in path.split("/")):
             out[item.position] = [Outcome(path, Status.SKIPPED, error=RESERVED_REASON)]
             continue
+        # An origin gone from the source goes from the target too, whatever became of the
+        # path itself (moved on again, say: a → b → c hands out b with origin a).
+        if item.origin is not None and spec.delete and _lstat(spec.source, item.origin) is None:
+            gone.setdefault(item.origin, item)
         st = _lstat(spec.source, path)
         if st is None:
             if spec.delete:
@@ -62,9 +66,8 @@ def mirror_batch(spec: FolderSpec, items: list[WorkItem]) -> list[ItemResult]:
                 out[item.position] = [Outcome(path, Status.GONE)]
         elif stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode):
             send[path] = item
-            if item.origin is not None and spec.delete and _lstat(spec.source, item.origin) is None:
+            if item.origin in gone:
                 renames.append((item.origin, path))
-                gone.setdefault(item.origin, item)
         else:
             out[item.position] = [Outcome(path, Status.SKIPPED, kind(st.st_mode),
                                           error="not a regular file, directory or symlink")]
@@ -108,10 +111,12 @@ def mirror_batch(spec: FolderSpec, items: list[WorkItem]) -> list[ItemResult]:
                 first = Outcome(item.path, Status.RENAMED, kind(st.st_mode) if st else "unknown",
                                 renamed_from=item.origin)
                 outcomes = [*outcomes[:-1], first] if outcomes[-1].status is Status.UNCHANGED else [first, *outcomes]
-            elif item.origin is not None and item.origin in gone:
+            elif item.origin is not None:
                 outcomes = [*deleted.pop(item.origin, []), *outcomes]
         else:
             outcomes = deleted.pop(item.path, [Outcome(item.path, Status.GONE)])
+            if item.origin is not None:
+                outcomes = [*deleted.pop(item.origin, []), *outcomes]
         results.append(ItemResult(item.position, outcomes, duration))
     if deleted and results:  # entries deleted with a listed directory that no item of this batch names
         results[0].outcomes.extend(o for outs in deleted.values() for o in outs)
