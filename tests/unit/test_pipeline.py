@@ -138,3 +138,17 @@ def test_a_held_folder_keeps_its_paths_coalesced_until_released():
     assert changes.take(10, timeout=0) == [] and changes.counts("remote") == (1, 0)
     changes.release("remote")
     assert [(i.folder, i.path) for i in changes.take(10, timeout=0)] == [("remote", "a")]
+
+
+def test_take_more_fills_one_folders_batch_and_keeps_the_others_in_order():
+    from foldermirror.pipeline.changes import ChangeQueue
+
+    changes = ChangeQueue(clock=Clock())
+    for i in range(3):
+        changes.touch("remote", f"r{i}", settle=0.25, ready=True)
+        changes.touch("local", f"l{i}", settle=0.25, ready=True)
+    first = changes.take(1, timeout=0)
+    assert [(i.folder, i.path) for i in first] == [("remote", "r0")]
+    more = changes.take_more("remote", 10)
+    assert [i.path for i in more] == ["r1", "r2"]
+    assert [i.path for i in changes.take(10, timeout=0)] == ["l0", "l1", "l2"]

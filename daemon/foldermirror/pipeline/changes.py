@@ -257,6 +257,21 @@ class ChangeQueue:
                     wait = min(wait, max(0.0, self._timers[0][0] - now))
                 self._cond.wait(None if wait == math.inf else wait)
 
+    def take_more(self, folder: str, max_items: int) -> list[Item]:
+        """Up to `max_items` more ready items of one folder, without waiting: a remote
+        folder's batch costs a round trip whatever its size, so it is filled up."""
+        with self._cond:
+            now = self.clock()
+            self._promote(now)
+            mine: deque[Key] = deque()
+            others: deque[Key] = deque()
+            for key in self._ready:
+                (mine if key[0] == folder and len(mine) < max_items else others).append(key)
+            self._ready = mine
+            items = self._pop_ready(max_items, now)
+            self._ready.extend(others)  # what _pop_ready put back, then the rest, in order
+            return items
+
     def _pop_ready(self, limit: int, now: float) -> list[Item]:
         if len(self._handed_out) > 4096 and now >= self._next_prune:
             # At most once per settle period: in a burst, all of them may still be recent.

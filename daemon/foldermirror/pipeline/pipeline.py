@@ -27,6 +27,8 @@ from foldermirror.pipeline.records import FolderSpec, Outcome, RemoteSpec, Statu
 from foldermirror.pipeline.results import Observe, ResultRecorder
 
 BATCH_MAX = 64
+# A remote folder's batch is one rsync call, a round trip or more whatever its size: fill it.
+REMOTE_BATCH_MAX = 1000
 
 
 class Pipeline:
@@ -68,6 +70,11 @@ class Pipeline:
         assert self.pool is not None
         while self._running:
             items = self.changes.take(BATCH_MAX, timeout=None, spread=self.pool.size)  # close() wakes it
+            for name in {i.folder for i in items}:
+                state = self.folders.get(name)
+                if state is not None and state.config.remote is not None:
+                    have = sum(1 for i in items if i.folder == name)
+                    items += self.changes.take_more(name, REMOTE_BATCH_MAX - have)
             if items:
                 self.submit(items)
 
