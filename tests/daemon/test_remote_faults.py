@@ -31,6 +31,19 @@ pytestmark = pytest.mark.timeout(180)
 FAST = {"keepalive": "1s", "retry_min": "250ms", "retry_max": "1s"}
 
 
+def ssh_masters(pid: int) -> list[int]:
+    """The `ssh -N -M` processes below the daemon `pid`."""
+    out = []
+    for p in descendants(pid):
+        try:
+            argv = Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # gone meanwhile
+        if b"-M" in argv and b"ssh" in argv:
+            out.append(p)
+    return out
+
+
 def test_a_stopped_peer_turns_the_folder_remote_down_within_the_keepalive(tmp_path: Path, sshd: SshServer,
                                                                            daemon_factory):
     src, dst, folder = remote_pair(tmp_path, sshd, delete=True)
@@ -107,7 +120,7 @@ def test_the_daemon_killed_mid_transfer_leaves_no_master_and_the_next_start_conv
     def in_progress() -> bool:
         return any(remote_temps(dst)) or (dst / ".foldermirror-partial.tmp").exists()
     wait_until(in_progress, 30, "no transfer of big.bin in progress on the remote side")
-    masters = [p for p in descendants(d.proc.pid) if b"-M" in Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")]
+    masters = ssh_masters(d.proc.pid)
     assert masters, "the daemon runs no ssh master"
     d.proc.send_signal(signal.SIGKILL)
     d.proc.wait()
@@ -139,8 +152,7 @@ def test_remote_folders_are_added_changed_and_removed_by_reload(tmp_path: Path, 
     wait_mirrored(src, dst, 30)
 
     def masters() -> list[int]:
-        return [p for p in descendants(d.proc.pid)
-                if b"-M" in Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")]
+        return ssh_masters(d.proc.pid)
     assert len(masters()) == 1
     write_config(tmp_path, [local, folder], ssh={**ssh_config_block(sshd), "connections": 2})
     d.send(signal.SIGHUP)
@@ -176,3 +188,28 @@ def test_sigterm_mid_transfer_stops_rsync_and_publishes_nothing_half_done(tmp_pa
                lambda: f"processes of the daemon left: {tree}")
     big = dst / "big.bin"
     assert not big.exists() or big.read_bytes() == data, "a half-sent big.bin was published"
+
+
+def test_a_full_remote_disk_fails_the_file_with_enospc_and_the_others_land(tmp_path: Path, sshd: SshServer,
+                                                                          daemon_factory):
+    src, dst, folder = remote_pair(tmp_path, sshd, delete=True)
+    (src / "small").mkdir()
+    (src / "full").mkdir()
+    d = daemon_factory(write_config(tmp_path, [folder], ssh=ssh_config_block(sshd)))
+    d.wait_ready(60)
+    wait_mirrored(src, dst, 30)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(dst / "full")],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    try:
+        (src / "full" / "big.bin").write_bytes(os.urandom(3 << 20))
+        (src / "small" / "fits").write_text("fits")
+        failed = d.wait_for("mirror_failed", 60, path="full/big.bin")[0]
+        assert failed["errno"] == "ENOSPC" and failed["will_retry"] is True and failed["fix"], failed
+        d.wait_for("file_mirrored", 30, path="small/fits")
+        assert not (dst / "full" / "big.bin").exists()
+    finally:
+        subprocess.run(["umount", str(dst / "full")], check=True)
+    wait_mirrored(src, dst, 60)  # retried once there is room (the tmpfs is gone: the disk beneath)
+    assert remote_temps(dst) == []

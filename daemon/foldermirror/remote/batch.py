@@ -147,6 +147,7 @@ def _transfer(spec: FolderSpec, remote: RemoteSpec, ssh: list[str], names: list[
         still = check.lines
     out: dict[str, list[Outcome]] = {}
     listed = set(paths)
+    blamed = any(p in run.errors and run.errors[p].op != "file has vanished" for p in paths)
     made = [line for p, line in run.lines.items() if p not in listed and p and p not in still
             and line.kind is rsync.Kind.DIR and line.action is not rsync.Action.DELETED]
     for path in paths:
@@ -155,8 +156,13 @@ def _transfer(spec: FolderSpec, remote: RemoteSpec, ssh: list[str], names: list[
             err = run.errors.get(path)
             if err is not None and err.op == "file has vanished":
                 out[path] = [Outcome(path, Status.CHANGED)]
+            elif err is None and blamed:
+                # The run stopped at another path's error (a full disk aborts it): this one
+                # is not at fault and goes again at once, in a batch of its own making.
+                out[path] = [Outcome(path, Status.CHANGED, error="not sent: the transfer stopped at another file")]
             else:
-                message = f"{err.op}: {err.message}" if err else "rsync did not put it in place: " + _why(run)
+                message = (f"{err.message} (rsync's {err.role or 'receiver'}: {err.op})" if err
+                           else "rsync did not put it in place: " + _why(run))
                 out[path] = [Outcome(path, Status.FAILED, error=message, errno=(err.errno or 0) if err else 0)]
         elif line is None:
             out[path] = [Outcome(path, Status.UNCHANGED if path in present else Status.GONE)]
