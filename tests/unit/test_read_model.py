@@ -4,6 +4,7 @@ its `status --json` document and the STATUS= line. Every part it reads is a fake
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from foldermirror.folderstate import CatchUp, FolderState
 from foldermirror.pipeline.changes import ChangeQueue
 from foldermirror.pipeline.folder_stats import FolderStats, LastError, Tally
 from foldermirror.pipeline.watch_health import Watching
+from foldermirror.remote.links import LinkState, LinkView
 from foldermirror.view.read_model import DaemonView, Health, ReadModel, health, status_line
 from helpers import REPO
 
@@ -127,12 +129,13 @@ class Parts:
         self.watching: Watching | None = watching()
         self.watch_problems: list[str] = []
         self.unusable: list[str] = []
+        self.links: dict[str, LinkView] = {}
         self.model = ReadModel(
             config=FakeConfig, folders=self.folders, folder_stats=self.stats.__getitem__,
             all_stats=lambda: list(self.stats.values()), changes=self.changes, watching=lambda: self.watching,
             watch_problems=lambda: self.watch_problems, overflows=lambda: 3, restarts=lambda: 1,
             unusable=lambda: self.unusable, addresses=lambda: ("/run/fm/control.sock", None),
-            started=0.0, started_wall=1_800_000_000.0)
+            started=0.0, started_wall=1_800_000_000.0, link=lambda f: self.links.get(f.name))
 
     def view(self) -> DaemonView:
         return self.model.snapshot()
@@ -179,7 +182,7 @@ TOP_KEYS = {"version", "pid", "config", "started", "uptime_s", "workers", "worke
             "watcher_alive", "control_socket", "metrics", "folders"}
 FOLDER_KEYS = {"name", "source", "target", "state", "problems", "pending", "in_flight", "lag_s", "files", "bytes",
                "deleted", "failed", "failing", "failures", "last_error", "watches_complete", "watched_directories",
-               "unreadable", "catch_up"}
+               "unreadable", "catch_up", "link"}
 
 
 def json_view() -> dict[str, Any]:
@@ -215,11 +218,26 @@ def test_every_key_the_readme_names_for_status_json_is_there():
     named = set(re.findall(r"`([a-z_.\[\]]+)`", paragraph)) - {"--json", "status"}  # the flag, the command
     doc = json_view()
     folder_doc = doc["folders"][0] | {"catch_up": doc["folders"][1]["catch_up"]}
+    link_doc = {f.name for f in dataclasses.fields(LinkView)} | {str(s) for s in LinkState}
     known = set(doc) | set(folder_doc) | {"folders[].state"} | set(folder_doc["unreadable"]) \
-        | set(folder_doc["catch_up"])
-    states = {"in_sync", "catching_up", "degraded"}
+        | set(folder_doc["catch_up"]) | link_doc
+    states = {"in_sync", "catching_up", "degraded", "remote_down"}
     assert named - states <= known, named - states - known
     assert states <= named and states == {str(h) for h in Health}
+
+
+def test_a_folder_whose_host_is_down_is_remote_down_everywhere():
+    parts = Parts("a", "b")
+    parts.links["a"] = LinkView(host="mirror@backup", state="down", since_s=30.0, last_error="Connection refused",
+                                rtt_ms=None, reconnects=2, retry_in_s=8.0)
+    parts.links["b"] = LinkView(host="mirror@backup2", state="up", since_s=30.0, last_error=None, rtt_ms=11.0,
+                                reconnects=0, retry_in_s=None)
+    view = parts.view()
+    a, b = view.folders
+    assert a.state is Health.REMOTE_DOWN and b.state is Health.IN_SYNC
+    assert a.problems == ("host mirror@backup cannot be reached: Connection refused; retrying in 8s",)
+    assert status_line(view).endswith("; 1 remote down (a)")
+    assert view.to_json()["folders"][0]["link"]["last_error"] == "Connection refused"
 
 
 # -- the STATUS= line ---------------------------------------------------------------------------
