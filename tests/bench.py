@@ -1,8 +1,13 @@
 """foldermirror benchmark: the real daemon beside `cp -a` and `rsync -a`, same data, same run.
 
-    python3 -m tests.bench                       # all scenarios, 3 runs each
+    python3 -m tests.bench                       # the local scenarios, 3 runs each
     python3 -m tests.bench --quick               # small sizes, 1 run: a smoke test of the script
     python3 -m tests.bench --only burst,latency --runs 5 --json bench.json
+    python3 -m tests.bench --only remote         # the remote_* scenarios (ssh:// targets)
+
+The remote scenarios mirror to an ssh:// target on a throwaway OpenSSH server on 127.0.0.1
+(tests/sshd.py), beside `rsync -a` over the same ssh and lsyncd's default.rsyncssh (delay 0):
+see remote_* below and README "Performance".
 
 Prints medians and ranges and writes JSON. Not a pytest test: numbers, not pass/fail.
 Finished trees are moved aside and deleted at the end (deleting a big tree slows file
@@ -14,10 +19,13 @@ it is over 100 µs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
+import functools
 import json
 import os
 import platform
+import re
 import select
 import shutil
 import signal
@@ -28,11 +36,15 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # `python3 tests/bench.py` as well as `python3 -m tests.bench`
+    sys.path.insert(0, str(REPO))
+from tests.sshd import SshServer, missing_tools, ssh_config_block  # noqa: E402
+
 ENV = {**os.environ, "PYTHONPATH": str(REPO / "daemon")}
 # The daemon measured: this checkout's, or --baseline's (another checkout's daemon/) in turn with it.
 _DAEMON_PATH = [str(REPO / "daemon")]
@@ -71,6 +83,7 @@ class Daemon:
                 rec = json.loads(raw)
             except ValueError:
                 continue
+            rec["_t"] = time.monotonic()  # when it was read: a remote scenario times daemon_ready
             with self.cond:
                 ev = rec.get("event")
                 if ev == "file_mirrored" and rec.get("kind") != "dir":
@@ -189,7 +202,9 @@ class TargetWatch:
         if self.fd < 0 or self.libc.inotify_add_watch(self.fd, str(path).encode(), mask) < 0:
             raise OSError(ctypes.get_errno(), "inotify")
 
-    def wait_for(self, name: str, timeout: float) -> float:
+    def wait_for(self, name: str, timeout: float, done: Callable[[], bool] | None = None) -> float:
+        """When `name` was renamed into place (and `done()` held then, if given: a rename of a
+        partial copy, as lsyncd makes of a file rsynced while still open, does not count)."""
         deadline = time.perf_counter() + timeout
         want = name.encode()
         while True:
@@ -206,7 +221,7 @@ class TargetWatch:
                 _, mask, _, length = struct.unpack_from("iIII", data, off)
                 fname = data[off + 16: off + 16 + length].rstrip(b"\0")
                 off += 16 + length
-                if fname == want and mask & self.IN_MOVED_TO:
+                if fname == want and mask & self.IN_MOVED_TO and (done is None or done()):
                     return now
 
     def close(self) -> None:
@@ -255,6 +270,15 @@ def process_cpu(pid: int) -> float:
         return 0.0
     fields = data[data.rindex(b")") + 2:].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _start_time(pid: int) -> int | None:
+    """When a process started (clock ticks since boot), or None when it is gone."""
+    try:
+        data = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    return int(data[data.rindex(b")") + 2:].split()[19])
 
 
 def tree_cpu(pid: int) -> float:
@@ -461,6 +485,514 @@ def scenario_idle(base: Path, trash: Trash, folders: int, per_folder: int, secon
     return {"cpu_s": cpu, "rss_MiB": rss, "pss_MiB": pss, "processes": procs, "folders": folders}
 
 
+# -- remote targets: foldermirror, rsync -a and lsyncd over ssh to a throwaway sshd ------
+# The "remote" is this machine: an OpenSSH server on 127.0.0.1 (tests/sshd.py) with keys and
+# known_hosts of its own, one for the whole bench. Its sessions get an empty HOME of their own
+# (SshServer(user_rc=False)): the remote user's ~/.bashrc runs for every command otherwise (a
+# pyenv one adds about 200 ms to each here), which a dedicated remote user whose shell is
+# /bin/sh does not pay, and which would swamp what is measured. --ssh-user-rc measures with
+# it; remote_shell measures that overhead on its own.
+class Remote:
+    server: SshServer | None = None
+    user_rc = False          # --ssh-user-rc
+    lsyncd_wanted = True     # --no-lsyncd turns it off; the baseline daemon's runs skip it
+    lsyncd_now = True
+    lsyncd_master = False    # --lsyncd-master: lsyncd's ssh and rsync share a ControlMaster
+    lsyncd_version: str | None = None
+    lsyncd_missing_said = False
+
+    @classmethod
+    def get(cls) -> SshServer:
+        if cls.server is None:
+            missing = missing_tools() + [t for t in ("rsync",) if shutil.which(t) is None]
+            if missing:
+                raise RuntimeError(f"the remote scenarios need OpenSSH's server and client and rsync: {missing} missing"
+                                   " (Debian: apt-get install openssh-server openssh-client rsync)")
+            cls.server = SshServer(user_rc=cls.user_rc, log_level="INFO").start()
+        return cls.server
+
+    @classmethod
+    def close(cls) -> None:
+        if cls.server is not None:
+            cls.server.close()
+            cls.server = None
+
+    @classmethod
+    def lsyncd(cls) -> bool:
+        """lsyncd is here to compare with (installed with apt-get when missing and root)."""
+        if not (cls.lsyncd_wanted and cls.lsyncd_now):
+            return False
+        if cls.lsyncd_version is None and shutil.which("lsyncd") is None and os.geteuid() == 0 \
+                and shutil.which("apt-get") and not cls.lsyncd_missing_said:
+            print("lsyncd is not installed: apt-get install -y lsyncd (for its column; --no-lsyncd skips it)",
+                  file=sys.stderr, flush=True)
+            subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", "lsyncd"], check=False,
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        if shutil.which("lsyncd") is None:
+            if not cls.lsyncd_missing_said:
+                print("lsyncd is not installed (apt-get install lsyncd): its columns stay empty", file=sys.stderr,
+                      flush=True)
+                cls.lsyncd_missing_said = True
+            return False
+        if cls.lsyncd_version is None:
+            out = subprocess.run(["lsyncd", "--version"], capture_output=True, text=True).stdout
+            cls.lsyncd_version = out.strip().removeprefix("Version: ")
+        return True
+
+
+def remote_config(base: Path, src: Path, dst: Path, **opts: Any) -> Path:
+    """A config mirroring src to dst on the bench's sshd: target ssh://root@127.0.0.1:PORT/dst."""
+    import yaml
+    server = Remote.get()
+    cfg = base / "bench-remote.yaml"
+    cfg.write_text(yaml.safe_dump({"ssh": ssh_config_block(server), "folders": [
+        {"name": "bench", "source": str(src), "target": server.url(dst), **opts}]}))
+    return cfg
+
+
+@contextlib.contextmanager
+def ssh_master(server: SshServer, name: str = "bench-m") -> Iterator[list[str]]:
+    """An `ssh -N -M` master to `server`, as the daemon keeps one per host; yields the ssh
+    options of a client that goes through it (no login of its own)."""
+    sock = server.socket_path(name)
+    master = subprocess.Popen(server.ssh_argv("-N", "-M", "-S", str(sock), "-o", "ControlPersist=no"),
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    through = ["-S", str(sock), "-o", "ControlMaster=no"]
+    try:
+        deadline = time.monotonic() + 30
+        while subprocess.run(server.ssh_argv(*through, "-O", "check"), capture_output=True,
+                             stdin=subprocess.DEVNULL).returncode != 0:
+            if master.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"no ssh master to {server.destination}:{server.port}")
+            time.sleep(0.02)  # sleep-ok: poll interval of a deadline-bounded wait
+        yield through
+    finally:
+        master.terminate()
+        master.wait()
+
+
+def rsync_over_ssh(src: Path, dst: Path, *, master: bool) -> float:
+    """Seconds of one `rsync -a src/ host:dst/` over the bench's sshd: with `master`, through an
+    ssh master opened beforehand (the transfer alone, as the daemon's batches go through its
+    master), else logging in itself (what a daemon starting from nothing pays too)."""
+    server = Remote.get()
+    if not master:
+        return timed(["rsync", "-a", "-e", server.rsh(), f"{src}/", f"{server.destination}:{dst}/"])
+    with ssh_master(server) as through:
+        return timed(["rsync", "-a", "-e", server.rsh(*through), f"{src}/", f"{server.destination}:{dst}/"])
+
+
+def _lua(text: str) -> str:
+    return json.dumps(text)  # a double-quoted string Lua reads the same (ASCII: the paths here are)
+
+
+class Lsyncd:
+    """lsyncd 2.2's default.rsyncssh with delay 0, in the foreground, source → dst on the bench's sshd.
+
+    The ssh options go through its `ssh` table: rsyncssh passes identityFile, port and options
+    both to its own ssh calls (moves) and, as one `--rsh=ssh -i … -o K=V … -p PORT` string, to
+    rsync (so no value may hold a space). There is no `-F`: /etc/ssh/ssh_config applies, as
+    for the daemon. Out of the box every rsync it starts logs in anew; --lsyncd-master adds
+    ControlMaster=auto with ControlPersist, which lsyncd's docs leave to the user.
+
+    What it has mirrored is read from its log (stdout, level Normal): each "Calling rsync with
+    filter-list" names the paths of one rsync, and its "Finished (list): 0" says they are there.
+    maxProcesses is 1 for rsyncssh, so lists never overlap.
+    """
+
+    running: list[Lsyncd] = []
+    _HEADER = re.compile(r"^\d\d:\d\d:\d\d (\w+): (.*)$")
+
+    def __init__(self, base: Path, src: Path, dst: Path) -> None:
+        server = Remote.get()
+        self.control = server.socket_path("lsyncd-%C") if Remote.lsyncd_master else None
+        options = {"UserKnownHostsFile": str(server.known_hosts), "StrictHostKeyChecking": "yes",
+                   "BatchMode": "yes", "IdentitiesOnly": "yes"}
+        if self.control is not None:
+            options.update(ControlMaster="auto", ControlPath=str(self.control), ControlPersist="60")
+        opts = ", ".join(f"{k} = {_lua(v)}" for k, v in options.items())
+        self.config = base / "lsyncd.lua"
+        self.config.write_text(f"""settings {{ nodaemon = true, insist = false, inotifyMode = "CloseWrite" }}
+sync {{
+    default.rsyncssh,
+    source = {_lua(str(src))},
+    host = {_lua(server.destination)},
+    targetdir = {_lua(str(dst))},
+    delay = 0,
+    delete = false,
+    rsync = {{ archive = true }},
+    ssh = {{ identityFile = {_lua(str(server.client_key))}, port = {server.port}, options = {{ {opts} }} }},
+}}
+""")
+        self.cond = threading.Condition()
+        self.log: list[str] = []
+        self.startup: tuple[float, int] | None = None  # when its startup rsync finished, and its exit code
+        self.done: set[str] = set()                     # paths of the lists that finished with 0
+        self.carried: dict[str, int] = {}               # per path: how many finished lists named it
+        self.started = self.finished = 0                # lists
+        self.last_finished = 0.0
+        self._list: list[str] | None = None             # paths of the list being logged / in flight
+        self._collecting = False
+        self.proc = subprocess.Popen(["lsyncd", str(self.config)], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        Lsyncd.running.append(self)
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            now = time.monotonic()
+            line = raw.decode(errors="replace").rstrip("\n")
+            with self.cond:
+                self.log.append(line)
+                m = self._HEADER.match(line)
+                if m is None:
+                    if self._collecting and self._list is not None and line.strip("/"):
+                        self._list.append(line.strip("/"))
+                    continue
+                self._collecting = False
+                kind, text = m.groups()
+                if text.startswith("Calling rsync with filter-list"):
+                    self._list, self._collecting = [], True
+                    self.started += 1
+                elif text.startswith("Finished (list): "):
+                    if text.endswith(": 0"):
+                        for path in self._list or []:
+                            self.done.add(path)
+                            self.carried[path] = self.carried.get(path, 0) + 1
+                    self.finished += 1
+                    self.last_finished = now
+                    self._list = None
+                elif text.startswith("Startup of ") and " finished: " in text:
+                    self.startup = (now, int(text.rsplit(": ", 1)[1]))
+                elif kind == "Error" or "ailure" in text:
+                    self.startup = self.startup or (now, -1)
+                self.cond.notify_all()
+
+    def tail(self, n: int = 30) -> str:
+        with self.cond:
+            return "\n".join(self.log[-n:])
+
+    def wait_startup(self, timeout: float) -> float:
+        """When its startup rsync (the whole source) finished."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while self.startup is None and self.proc.poll() is None:
+                if not self.cond.wait(max(0.0, deadline - time.monotonic())):
+                    raise TimeoutError(f"lsyncd's startup did not finish within {timeout}s:\n{self.tail()}")
+            if self.startup is None or self.startup[1] != 0:
+                raise RuntimeError(f"lsyncd's startup failed:\n{self.tail()}")
+            return self.startup[0]
+
+    def wait_mirrored(self, paths: set[str], check: Callable[[], bool], timeout: float) -> float:
+        """When the last of `paths` was there: the end of the list that brought it, once
+        `check()` (what the target holds) agrees. A list that ran during the check makes the
+        check's end the time instead (an upper bound)."""
+        deadline = time.monotonic() + timeout
+        seen = -1
+        while True:
+            with self.cond:
+                while not (paths <= self.done and self.finished > seen and self.started == self.finished):
+                    if self.proc.poll() is not None:
+                        raise RuntimeError(f"lsyncd exited ({self.proc.returncode}):\n{self.tail()}")
+                    if not self.cond.wait(max(0.0, min(0.5, deadline - time.monotonic()))) \
+                            and time.monotonic() >= deadline:
+                        raise TimeoutError(f"lsyncd did not mirror {len(paths - self.done)} of {len(paths)} paths "
+                                           f"within {timeout}s:\n{self.tail()}")
+                seen, started, at = self.finished, self.started, self.last_finished
+            ok = check()
+            with self.cond:
+                if ok:
+                    return at if self.started == started else time.monotonic()
+
+    def stop(self) -> None:
+        if self in Lsyncd.running:
+            Lsyncd.running.remove(self)
+        tree = {p: _start_time(p) for p in process_tree(self.proc.pid) if p != self.proc.pid}
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        for pid, start in tree.items():  # an rsync or ssh it left running (none once it is idle)
+            if start is not None and _start_time(pid) == start:  # never a reused pid
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        if self.control is not None and Remote.server is not None:
+            server = Remote.server
+            subprocess.run([*server.ssh_argv("-o", f"ControlPath={self.control}", "-O", "exit")],
+                           capture_output=True, timeout=10, stdin=subprocess.DEVNULL)
+        self.reader.join(5)
+
+
+def tree_paths(files: int, folders: int) -> set[str]:
+    """The files make_tree(files, folders) writes, relative."""
+    return {f"d{i % folders:03}/f{i:06}" for i in range(files)}
+
+
+def complete(dst: Path, paths: set[str], size: int) -> bool:
+    """Every path is at dst with `size` bytes (rsync renames a file into place once written)."""
+    try:
+        return all(os.stat(dst / p).st_size == size for p in paths)
+    except OSError:
+        return False
+
+
+def missing_or_short(dst: Path, paths: set[str], size: int) -> int:
+    n = 0
+    for p in paths:
+        try:
+            n += os.stat(dst / p).st_size != size
+        except OSError:
+            n += 1
+    return n
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def _percentiles(samples: list[float], prefix: str) -> dict[str, float]:
+    q = statistics.quantiles(samples, n=100, method="inclusive")  # never past the largest sample
+    return {f"{prefix}p50_ms": statistics.median(samples), f"{prefix}p90_ms": q[89], f"{prefix}p99_ms": q[98],
+            f"{prefix}max_ms": max(samples)}
+
+
+def _ssh_command_ms(server: SshServer, n: int) -> tuple[float, float]:
+    """Median ms of `ssh host true`: through a ControlMaster (what the daemon pays per remote
+    command), and logging in anew (what an rsync of its own pays, as lsyncd's do)."""
+    with ssh_master(server) as options:
+        through = [timed([*server.ssh_argv(*options), "true"]) for _ in range(n)]
+    login = [timed([*server.ssh_argv(), "true"]) for _ in range(max(3, n // 3))]
+    return statistics.median(through) * 1000, statistics.median(login) * 1000
+
+
+def scenario_remote_shell(base: Path, trash: Trash, commands: int) -> dict[str, Any]:
+    """What one remote command costs over ssh, and the share of the remote user's shell rc files:
+    the bench's server (HOME of its own unless --ssh-user-rc) against one where they run."""
+    cmd_ms, login_ms = _ssh_command_ms(Remote.get(), commands)
+    with SshServer(user_rc=not Remote.user_rc, log_level="INFO") as other:
+        other_cmd_ms, other_login_ms = _ssh_command_ms(other, commands)
+    with_rc, without = ((cmd_ms, other_cmd_ms) if Remote.user_rc else (other_cmd_ms, cmd_ms))
+    return {"command_ms": cmd_ms, "login_ms": login_ms, "other_command_ms": other_cmd_ms,
+            "other_login_ms": other_login_ms, "rc_overhead_ms": with_rc - without, "user_rc": Remote.user_rc}
+
+
+def scenario_remote_latency(base: Path, trash: Trash, writes: int, gap_ms: float) -> dict[str, Any]:
+    """One 4 KiB file at a time, `gap_ms` after the last one landed: close → renamed into place on
+    the remote (inotify on the target folder, no polling floor; a partial copy does not count)."""
+    out: dict[str, Any] = {}
+    payload = os.urandom(4 * KIB)
+    for tool in ("daemon", "lsyncd"):
+        if tool == "lsyncd" and not Remote.lsyncd():
+            out.update({f"lsyncd_{k}": None for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms")})
+            continue
+        src, dst = base / f"rlat-{tool}-src", base / f"rlat-{tool}-dst"
+        src.mkdir()
+        dst.mkdir()
+        runner: Daemon | Lsyncd
+        if tool == "daemon":
+            runner = d = Daemon(remote_config(base, src, dst))
+            d.wait(lambda s: s.has("sync_finished", reason="startup"), 60)
+        else:
+            runner = lsy = Lsyncd(base, src, dst)
+            lsy.wait_startup(60)
+        watch = TargetWatch(dst)
+        samples = []
+        try:
+            for i in range(writes):
+                name = f"l{i:04}"
+                fd = os.open(src / name, os.O_WRONLY | os.O_CREAT, 0o644)
+                os.write(fd, payload)
+                os.close(fd)
+                t_close = time.perf_counter()
+                t_seen = watch.wait_for(name, 30, functools.partial(complete, dst, {name}, len(payload)))
+                samples.append((t_seen - t_close) * 1000)
+                time.sleep(gap_ms / 1000)  # sleep-ok: spacing, so each write is a change on its own
+        finally:
+            watch.close()
+            runner.stop()
+        out.update(_percentiles(samples, "" if tool == "daemon" else "lsyncd_"))
+        trash.put(src, dst)
+    out["lsyncd_p50_vs_daemon"] = _ratio(out["lsyncd_p50_ms"], out["p50_ms"])
+    return out
+
+
+def scenario_remote_burst(base: Path, trash: Trash, files: int, folders: int) -> dict[str, Any]:
+    """files × 4 KiB written as fast as possible into the watched source: first write → all
+    complete on the remote (the daemon: its file_mirrored lines; lsyncd: its finished lists,
+    checked on the target), against one `rsync -a` of the same tree over the same ssh, alone,
+    through a master opened beforehand (the daemon's master is up before the first write)."""
+    paths, size = tree_paths(files, folders), 4 * KIB
+    src, dst = base / "rburst-src", base / "rburst-dst"
+    src.mkdir()
+    d = Daemon(remote_config(base, src, dst))
+    d.wait(lambda s: s.has("sync_finished", reason="startup"), 60)
+    t0 = time.monotonic()
+    make_tree(src, files, size, folders)
+    t_written = time.monotonic()
+    t_done = d.wait(lambda s: len(s.mirrored) >= files, 900)
+    cpu = cpu_split(d.proc.pid)
+    d.stop()
+    out: dict[str, Any] = {"daemon_s": t_done - t0, "daemon_after_writes_s": t_done - t_written,
+                           "write_s": t_written - t0, "missing": missing_or_short(dst, paths, size), **cpu}
+    rs_dst = base / "rburst-rsync"
+    sync_caches()
+    out["rsync_s"] = rsync_over_ssh(src, rs_dst, master=True)
+    trash.put(src, dst, rs_dst)
+    out["lsyncd_s"] = out["lsyncd_after_writes_s"] = out["lsyncd_write_s"] = out["lsyncd_missing"] = None
+    out["lsyncd_rsyncs"] = None
+    if Remote.lsyncd():
+        src, dst = base / "rburst-lsyncd-src", base / "rburst-lsyncd-dst"
+        src.mkdir()
+        lsy = Lsyncd(base, src, dst)
+        try:
+            lsy.wait_startup(60)
+            t0 = time.monotonic()
+            make_tree(src, files, size, folders)
+            t_written = time.monotonic()
+            t_done = lsy.wait_mirrored(paths, lambda: complete(dst, paths, size), 1800)
+            out.update(lsyncd_s=t_done - t0, lsyncd_after_writes_s=t_done - t_written,
+                       lsyncd_write_s=t_written - t0, lsyncd_rsyncs=lsy.finished,
+                       lsyncd_missing=missing_or_short(dst, paths, size))
+        finally:
+            lsy.stop()
+        trash.put(src, dst)
+    out["ratio_vs_rsync"] = _ratio(out["daemon_s"], out["rsync_s"])
+    out["lsyncd_ratio_vs_rsync"] = _ratio(out["lsyncd_s"], out["rsync_s"])
+    return out
+
+
+def scenario_remote_catchup(base: Path, trash: Trash, files: int, folders: int) -> dict[str, Any]:
+    """files present before the start, the remote target empty: start → complete on the remote
+    (the daemon's startup sync_finished; lsyncd's startup rsync), beside one `rsync -a` over ssh
+    that logs in itself (each of them starts from nothing); then the daemon's and rsync's
+    run on a target already in sync."""
+    paths, size = tree_paths(files, folders), 4 * KIB
+    src = base / "rcu-src"
+    make_tree(src, files, size, folders)
+    sync_caches()
+    rs_dst, dst = base / "rcu-rsync", base / "rcu-dst"
+    out: dict[str, Any] = {"rsync_s": rsync_over_ssh(src, rs_dst, master=False),
+                           "rsync_in_sync_s": rsync_over_ssh(src, rs_dst, master=False)}
+    cfg = remote_config(base, src, dst)
+    t0 = time.monotonic()
+    d = Daemon(cfg)
+    t_done = d.wait(lambda s: s.has("sync_finished", reason="startup"), 1800)
+    ready = next((e["_t"] for e in d.events if e.get("event") == "daemon_ready"), None)
+    cpu = cpu_split(d.proc.pid)
+    d.stop()
+    out.update(daemon_s=t_done - t0, daemon_ready_s=None if ready is None else ready - t0,
+               missing=missing_or_short(dst, paths, size), **cpu)
+    # a second start with everything in sync: the cost of the comparison (rsync's dry run) alone
+    t1 = time.monotonic()
+    d2 = Daemon(cfg)
+    t_idle = d2.wait(lambda s: s.has("sync_finished", reason="startup"), 600)
+    out.update(in_sync_start_s=t_idle - t1, copied_when_in_sync=len(d2.mirrored))
+    d2.stop()
+    trash.put(dst, rs_dst)
+    out["lsyncd_s"] = out["lsyncd_missing"] = None
+    if Remote.lsyncd():
+        ls_dst = base / "rcu-lsyncd"
+        t0 = time.monotonic()
+        lsy = Lsyncd(base, src, ls_dst)
+        try:
+            out["lsyncd_s"] = lsy.wait_startup(1800) - t0
+        finally:
+            lsy.stop()
+        out["lsyncd_missing"] = missing_or_short(ls_dst, paths, size)
+        trash.put(ls_dst)
+    trash.put(src)
+    out["ratio_vs_rsync"] = _ratio(out["daemon_s"], out["rsync_s"])
+    out["lsyncd_ratio_vs_rsync"] = _ratio(out["lsyncd_s"], out["rsync_s"])
+    return out
+
+
+def _wait_size(path: Path, size: int, timeout: float) -> float:
+    """When `path` has `size` bytes (a 2 ms stat poll: a floor far below a big file's transfer)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if os.stat(path).st_size == size:
+                return time.monotonic()
+        except FileNotFoundError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} never had {size} bytes")
+        time.sleep(0.002)  # sleep-ok: poll interval of a deadline-bounded wait
+
+
+def _write_big(path: Path, size_mib: int) -> float:
+    chunk = os.urandom(1 << 20)
+    with open(path, "wb") as f:
+        for _ in range(size_mib):
+            f.write(chunk)
+    return time.monotonic()
+
+
+def scenario_remote_bigfile(base: Path, trash: Trash, size_mib: int) -> dict[str, Any]:
+    """One big file written into the watched source: close → complete on the remote (its name
+    there with every byte: rsync renames it into place), as MB/s, beside `rsync -a` of the same
+    file over the same ssh through a master opened beforehand (as the daemon's is)."""
+    size = size_mib << 20
+    src, dst = base / "rbig-src", base / "rbig-dst"
+    src.mkdir()
+    d = Daemon(remote_config(base, src, dst))
+    d.wait(lambda s: s.has("sync_finished", reason="startup"), 60)
+    t_closed = _write_big(src / "big.bin", size_mib)
+    t_done = _wait_size(dst / "big.bin", size, 1800)
+    d.wait(lambda s: "big.bin" in s.mirrored, 60)
+    copies = d.copies.get("big.bin", 0)
+    d.stop()
+    out: dict[str, Any] = {"daemon_MBps": size / (t_done - t_closed) / 1e6, "close_to_done_s": t_done - t_closed,
+                           "copies": copies}
+    rs_dst = base / "rbig-rsync"
+    out["rsync_MBps"] = size / rsync_over_ssh(src, rs_dst, master=True) / 1e6
+    trash.put(src, dst, rs_dst)
+    out["lsyncd_MBps"] = out["lsyncd_close_to_done_s"] = out["lsyncd_rsyncs"] = None
+    if Remote.lsyncd():
+        src, dst = base / "rbig-lsyncd-src", base / "rbig-lsyncd-dst"
+        src.mkdir()
+        lsy = Lsyncd(base, src, dst)
+        try:
+            lsy.wait_startup(60)
+            t_closed = _write_big(src / "big.bin", size_mib)
+            t_done = _wait_size(dst / "big.bin", size, 1800)
+            lsy.wait_mirrored({"big.bin"}, lambda: complete(dst, {"big.bin"}, size), 600)
+            out.update(lsyncd_MBps=size / (t_done - t_closed) / 1e6, lsyncd_close_to_done_s=t_done - t_closed,
+                       lsyncd_rsyncs=lsy.carried.get("big.bin", 0))
+        finally:
+            lsy.stop()
+        trash.put(src, dst)
+    out["ratio_vs_rsync"] = _ratio(out["daemon_MBps"], out["rsync_MBps"])
+    out["lsyncd_ratio_vs_rsync"] = _ratio(out["lsyncd_MBps"], out["rsync_MBps"])
+    return out
+
+
+# The issue's targets for the remote scenarios: (key, "<=" or ">=", bound), met by the median.
+TARGETS: dict[str, list[tuple[str, str, float]]] = {
+    "remote_latency": [("p50_ms", "<=", 80.0), ("p99_ms", "<=", 200.0)],
+    "remote_burst": [("ratio_vs_rsync", "<=", 1.5)],
+    "remote_catchup": [("ratio_vs_rsync", "<=", 1.2)],
+    "remote_bigfile": [("ratio_vs_rsync", ">=", 0.9)],
+}
+REMOTE_SCENARIOS = ("remote_shell", "remote_latency", "remote_burst", "remote_catchup", "remote_bigfile")
+
+
+def targets_met(name: str, summary: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for key, op, bound in TARGETS.get(name, []):
+        value = summary.get(key, {}).get("median") if isinstance(summary.get(key), dict) else None
+        met = None if value is None else (value <= bound if op == "<=" else value >= bound)
+        out.append({"key": key, "target": f"{op} {bound:g}", "median": value, "met": met})
+    return out
+
+
 # -- driver -----------------------------------------------------------------------------
 def scenario_records(base: Path, trash: Trash, items: int) -> dict[str, Any]:
     """What naming the records costs: pickling a batch of WorkItems and their results as the
@@ -510,7 +1042,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--only", default="burst,events,bigfile,latency,catchup,idle")
+    p.add_argument("--only", default="burst,events,bigfile,latency,catchup,idle",
+                   help="scenarios, comma-separated; `remote` stands for " + ",".join(REMOTE_SCENARIOS))
     p.add_argument("--quick", action="store_true", help="small sizes and one run: checks the script works")
     p.add_argument("--json", default="bench-results.json", help="where to write the results")
     p.add_argument("--dir", default=None, help="work folder (default: a temp folder under /var/tmp)")
@@ -519,20 +1052,44 @@ def main(argv: list[str] | None = None) -> int:
                         "run for run in turn with this one, and report both")
     p.add_argument("--fs-wait", type=float, default=300.0,
                    help=f"seconds to wait before a run while creating a file costs over {SLOW_CREATE_US:.0f} µs")
+    p.add_argument("--bigfile-mib", type=int, default=None,
+                   help="the big file's size for bigfile and remote_bigfile (default 2048, 64 with --quick)")
+    p.add_argument("--ssh-user-rc", action="store_true",
+                   help="remote scenarios: let the remote user's shell rc files run for every command (as the "
+                        "test suite's sshd does) instead of giving the sessions an empty HOME")
+    p.add_argument("--no-lsyncd", action="store_true", help="remote scenarios: leave lsyncd out")
+    p.add_argument("--lsyncd-master", action="store_true",
+                   help="remote scenarios: lsyncd's ssh and rsync share a ControlMaster (ControlPersist) instead "
+                        "of logging in for every rsync as it does out of the box")
     args = p.parse_args(argv)
     q = args.quick
+    Remote.user_rc, Remote.lsyncd_wanted, Remote.lsyncd_master = args.ssh_user_rc, not args.no_lsyncd, \
+        args.lsyncd_master
+    big_mib = args.bigfile_mib or (64 if q else 2048)
     runs = 1 if q else args.runs
     sizes = {
         "burst": dict(files=2000 if q else 20000, folders=50),
-        "bigfile": dict(size_mib=64 if q else 2048),
+        "bigfile": dict(size_mib=big_mib),
         "latency": dict(writes=50 if q else 200),
         "catchup": dict(files=5000 if q else 100000, folders=100),
         "idle": dict(folders=500 if q else 10000, per_folder=10, seconds=3 if q else 10),
         "events": dict(files=2000 if q else 20000, folders=50),
         "records": dict(items=64),
+        "remote_shell": dict(commands=10 if q else 30),
+        "remote_latency": dict(writes=30 if q else 200, gap_ms=50),
+        "remote_burst": dict(files=1000 if q else 20000, folders=50),
+        "remote_catchup": dict(files=2000 if q else 100000, folders=100),
+        "remote_bigfile": dict(size_mib=big_mib),
     }
-    fns = {"burst": scenario_burst, "events": scenario_events, "bigfile": scenario_bigfile, "latency": scenario_latency,
-           "catchup": scenario_catchup, "idle": scenario_idle, "records": scenario_records}
+    fns: dict[str, Callable[..., dict[str, Any]]] = {"burst": scenario_burst, "events": scenario_events, "bigfile": scenario_bigfile, "latency": scenario_latency,
+           "catchup": scenario_catchup, "idle": scenario_idle, "records": scenario_records,
+           "remote_shell": scenario_remote_shell, "remote_latency": scenario_remote_latency,
+           "remote_burst": scenario_remote_burst, "remote_catchup": scenario_remote_catchup,
+           "remote_bigfile": scenario_remote_bigfile}
+    names = [n for s in args.only.split(",") if s for n in (REMOTE_SCENARIOS if s == "remote" else [s])]
+    unknown = [n for n in names if n not in fns]
+    if unknown:
+        p.error(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(fns)}, remote")
     daemons = [("", str(REPO / "daemon"))]
     if args.baseline:
         daemons.append(("baseline ", str(Path(args.baseline).resolve() / "daemon")))
@@ -543,11 +1100,12 @@ def main(argv: list[str] | None = None) -> int:
                                            "python": platform.python_version()},
                                "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     try:
-        for name in [s for s in args.only.split(",") if s]:
+        for name in names:
             per_run: dict[str, list[dict[str, Any]]] = {label: [] for label, _ in daemons}
             for i in range(runs):
-                for label, path in daemons if name != "records" else daemons[:1]:
+                for label, path in daemons if name not in ("records", "remote_shell") else daemons[:1]:
                     _DAEMON_PATH[0] = path
+                    Remote.lsyncd_now = not label  # lsyncd once a run, beside this checkout's daemon
                     before = wait_for_fast_creates(base, 0 if q else args.fs_wait)
                     r = fns[name](base, trash, **sizes[name])
                     r["create_us_before"], r["create_us_after"] = before, file_create_cost(base)
@@ -557,17 +1115,42 @@ def main(argv: list[str] | None = None) -> int:
             for label, done in per_run.items():
                 if not done:
                     continue
-                results[label + name] = {"params": sizes[name], "runs": done, "summary": summarise(done)}
+                summary = summarise(done)
+                results[label + name] = {"params": sizes[name], "runs": done, "summary": summary}
                 print(f"== {label}{name}: " + ", ".join(
                     f"{k}={_fmt(v['median'])} [{_fmt(v['min'])}..{_fmt(v['max'])}]"
-                    for k, v in results[label + name]["summary"].items() if isinstance(v, dict)), flush=True)
+                    for k, v in summary.items() if isinstance(v, dict)), flush=True)
+                if name in TARGETS:
+                    met = results[label + name]["targets"] = targets_met(name, summary)
+                    print(f"   {label}{name} targets: " + ", ".join(
+                        f"{t['key']} {t['target']}: {_fmt(t['median'])} "
+                        f"{'met' if t['met'] else 'not met' if t['met'] is False else 'n/a'}" for t in met), flush=True)
+            if name.startswith("remote_"):
+                results["machine"]["remote"] = remote_facts()
     finally:
         for d in list(Daemon.running):
             d.stop()
+        for lsy in list(Lsyncd.running):
+            lsy.stop()
+        Remote.close()
         Path(args.json).write_text(json.dumps(results, indent=2))
         print(f"results written to {args.json}")
         shutil.rmtree(base, ignore_errors=True)
     return 0
+
+
+def remote_facts() -> dict[str, Any]:
+    """What the remote scenarios ran with: versions, and how the remote user's shell was started."""
+    def first_line(cmd: list[str]) -> str | None:
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL)
+        except OSError:
+            return None
+        return (r.stdout or r.stderr).strip().splitlines()[0] if (r.stdout or r.stderr).strip() else None
+
+    return {"rsync": first_line(["rsync", "--version"]), "ssh": first_line(["ssh", "-V"]),
+            "lsyncd": Remote.lsyncd_version, "user_rc": Remote.user_rc, "lsyncd_master": Remote.lsyncd_master,
+            "sshd_home": None if Remote.server is None or Remote.server.home is None else "empty, the server's"}
 
 
 def _fmt(v: Any) -> str:

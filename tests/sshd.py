@@ -5,7 +5,11 @@ never the system's sshd or its host keys) in a temp dir of its own: its own ed25
 config, free port, authorized_keys, a client key and a known_hosts file that names the host
 key for `[127.0.0.1]:PORT` (no trust on first use). The remote user is whoever runs the tests
 (root in CI), logged in with their real shell, so their shell rc files run for every remote
-command (root's ~/.bashrc, as Debian's bash reads it when started by sshd).
+command (root's ~/.bashrc, as Debian's bash reads it when started by sshd), unless
+`user_rc=False`: then sshd gives the sessions a HOME of their own (an empty folder in the
+server's dir), so the shell finds no rc file of the user's, as for a dedicated remote user
+whose shell is /bin/sh, without creating one or touching the user's files (the benchmark's
+choice: a pyenv ~/.bashrc adds about 200 ms to every remote command).
 
 It can stop and come back on the same port and host key (a server that was down for a
 while), and freeze the processes behind established connections (a hung peer: the kernel
@@ -131,9 +135,12 @@ class SshServer:
     `extra_config`: more sshd_config lines (they come after the fixed ones, and sshd keeps the
     first value it reads of most keywords, so they add rather than override). `log_level`:
     INFO or more, as readiness is read from the log and logins() counts its lines.
+    `user_rc`: False sets the sessions' HOME to `self.home`, an empty folder (sshd's
+    `SetEnv`, which overrides the HOME sshd sets from the password entry; the session still
+    starts in the real home directory), so bash reads no ~/.bashrc of the user's.
     """
 
-    def __init__(self, *, extra_config: Sequence[str] = (), log_level: str = "VERBOSE") -> None:
+    def __init__(self, *, extra_config: Sequence[str] = (), log_level: str = "VERBOSE", user_rc: bool = True) -> None:
         if log_level.upper() not in ("INFO", "VERBOSE", "DEBUG", "DEBUG1", "DEBUG2", "DEBUG3"):
             raise ValueError(f"log_level {log_level!r}: INFO or more is needed (readiness is read from the log)")
         self.dir = Path(tempfile.mkdtemp(prefix="fm-sshd-"))  # short: control sockets go here (108-byte limit)
@@ -146,6 +153,7 @@ class SshServer:
         self.known_hosts = self.dir / "known_hosts"
         self.config = self.dir / "sshd_config"
         self.log_path = self.dir / "sshd.log"
+        self.home = None if user_rc else self.dir / "home"
         self.proc: subprocess.Popen[bytes] | None = None
         self._extra_config = list(extra_config)
         self._log_level = log_level
@@ -160,6 +168,8 @@ class SshServer:
             raise
         self.authorized_keys.write_text(self.client_public + "\n")
         self.log_path.touch()
+        if self.home is not None:
+            self.home.mkdir()
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -201,6 +211,7 @@ class SshServer:
             "MaxStartups 100:30:200",   # connections at once not yet logged in (many workers)
             f"LogLevel {self._log_level}",
             *_penalties_setting(),
+            *([f"SetEnv HOME={self.home}"] if self.home is not None else []),
             *self._extra_config,
         ]
         self.config.write_text("\n".join(lines) + "\n")

@@ -10,6 +10,7 @@ without it multiplexed sessions just hang; the server comes back on the same por
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -83,6 +84,18 @@ def test_login_needs_the_generated_key_and_known_hosts(sshd: SshServer, tmp_path
     assert r.returncode == 255, r
     assert "Host key verification failed" in r.stderr, r.stderr
     assert wrong.read_text().count("\n") == 1  # nothing learnt
+
+
+def test_user_rc_false_gives_the_sessions_a_home_of_their_own() -> None:
+    """The benchmark's server: HOME is an empty folder of the server's (no ~/.bashrc of the
+    user's runs), while the session still starts in the user's real home directory."""
+    if missing_tools():
+        pytest.skip(f"OpenSSH is not installed ({', '.join(missing_tools())} missing)")
+    with SshServer(user_rc=False) as server:
+        r = server.run('printf "%s\\n" "$HOME" "$PWD"')
+        assert r.returncode == 0, r.stderr
+        assert server.home is not None and server.home.is_dir() and not any(server.home.iterdir())
+        assert r.stdout.splitlines() == [str(server.home), pwd.getpwuid(os.geteuid()).pw_dir], r.stdout
 
 
 @pytest.mark.parametrize("how", ["exit", "sigkill"])
