@@ -152,3 +152,22 @@ def test_take_more_fills_one_folders_batch_and_keeps_the_others_in_order():
     more = changes.take_more("remote", 10)
     assert [i.path for i in more] == ["r1", "r2"]
     assert [i.path for i in changes.take(10, timeout=0)] == ["l0", "l1", "l2"]
+
+
+def test_a_serial_folder_has_one_batch_in_flight_and_the_next_holds_what_came_meanwhile():
+    from foldermirror.pipeline.changes import ChangeQueue
+
+    changes = ChangeQueue(clock=Clock())
+    changes.serial("remote")
+    changes.touch("remote", "a", settle=0.25, ready=True)
+    changes.touch("remote", "b", settle=0.25, ready=True)
+    changes.touch("local", "x", settle=0.25, ready=True)
+    first = changes.take(1, timeout=0)
+    first += changes.take_more("remote", 10)
+    assert [i.path for i in first] == ["a", "b"]
+    changes.touch("remote", "c", settle=0.25, ready=True)
+    changes.touch("remote", "d", settle=0.25, ready=True)
+    assert [i.path for i in changes.take(10, timeout=0)] == ["x"]  # c and d wait for a and b
+    assert changes.counts("remote") == (2, 2)
+    changes.done_all(first)
+    assert [i.path for i in changes.take(10, timeout=0)] == ["c", "d"]

@@ -18,7 +18,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 Key = tuple[str, str]  # (folder name, path relative to the folder's source)
@@ -80,7 +80,11 @@ class ChangeQueue:
     _pending: dict[str, int] = field(default_factory=dict)  # per folder: len(_entries) of it
     _flying: dict[str, int] = field(default_factory=dict)   # per folder: len(_in_flight) of it
     # Folders whose target cannot be reached: their due paths wait here, by folder, coalesced.
-    _held: dict[str, set[Key]] = field(default_factory=dict)
+    _held: dict[str, dict[Key, None]] = field(default_factory=dict)  # ordered sets: first come, first out
+    # Folders mirrored one batch at a time (remote ones, see serial()), and their due paths
+    # waiting for the batch in flight to end.
+    _serial: set[str] = field(default_factory=set)
+    _waiting: dict[str, dict[Key, None]] = field(default_factory=dict)
     # Debug hook, called under the lock with ("event" | "ready" | "dispatched", key); must be cheap.
     tracer: Callable[[str, Key], None] | None = None
     backlog_max: int = BACKLOG_MAX
@@ -180,8 +184,11 @@ class ChangeQueue:
         catch-up walk); it goes on once half the backlog has been handed out, or at close().
         """
         with self._cond:
-            while len(self._ready) >= self.backlog_max and not self._closed:
+            while self._backlog() >= self.backlog_max and not self._closed:
                 self._room.wait()
+
+    def _backlog(self) -> int:
+        return len(self._ready) + sum(len(w) for w in self._waiting.values())
 
     def _touch_locked(self, key: Key, settle: float, now: float, walk: bool = False) -> None:
         e = self._entries.get(key)
@@ -210,7 +217,10 @@ class ChangeQueue:
         at = self._eligible_at(key, e)
         held = self._held.get(key[0])
         if held is not None and at <= now:
-            held.add(key)  # release() schedules it again
+            held[key] = None  # release() schedules it again
+            return
+        if at <= now and key[0] in self._serial and self._flying.get(key[0]):
+            self._waiting.setdefault(key[0], {})[key] = None  # done_all() schedules it again
             return
         if at <= now:
             if not e.queued:
@@ -268,15 +278,33 @@ class ChangeQueue:
             for key in self._ready:
                 (mine if key[0] == folder and len(mine) < max_items else others).append(key)
             self._ready = mine
-            items = self._pop_ready(max_items, now)
+            items = self._pop_ready(max_items, now, filling={folder})
             self._ready.extend(others)  # what _pop_ready put back, then the rest, in order
             return items
 
-    def _pop_ready(self, limit: int, now: float) -> list[Item]:
+    def serial(self, folder: str, on: bool = True) -> None:
+        """Hand out the folder's paths one batch at a time: none while a batch of it is in
+        flight. A remote folder's batch is one rsync pass, and two at once on one link
+        share its bandwidth (and, to a host on this machine, its CPUs) for no gain."""
+        with self._cond:
+            if on:
+                self._serial.add(folder)
+            else:
+                self._serial.discard(folder)
+                self._reschedule(self._waiting.pop(folder, {}), self.clock())
+
+    def _reschedule(self, keys: Iterable[Key], now: float) -> None:
+        for key in keys:
+            e = self._entries.get(key)
+            if e is not None:
+                self._schedule(key, e, now)
+
+    def _pop_ready(self, limit: int, now: float, filling: set[str] | None = None) -> list[Item]:
         if len(self._handed_out) > 4096 and now >= self._next_prune:
             # At most once per settle period: in a burst, all of them may still be recent.
             self._prune_locked(now)
         items: list[Item] = []
+        filling = set() if filling is None else filling  # serial folders whose batch this call makes
         while self._ready and len(items) < limit:
             key = self._ready.popleft()
             e = self._entries.get(key)
@@ -287,8 +315,13 @@ class ChangeQueue:
                 continue
             held = self._held.get(key[0])
             if held is not None:
-                held.add(key)
+                held[key] = None
                 continue
+            if key[0] in self._serial:
+                if self._flying.get(key[0]) and key[0] not in filling:
+                    self._waiting.setdefault(key[0], {})[key] = None
+                    continue
+                filling.add(key[0])
             natural = self._natural_at(key, e)
             if _due(e, natural) > now:
                 self._schedule(key, e, now)
@@ -330,6 +363,10 @@ class ChangeQueue:
                     e = self._entries.get(key)
                     if e is not None:
                         self._schedule(key, e, now)
+            for folder in {item.folder for item in items}:
+                if folder in self._waiting and not self._flying.get(folder):
+                    self._reschedule(self._waiting.pop(folder), now)
+                    self._room.notify_all()
 
     def prune(self) -> None:
         """Forget when paths no longer hot were handed out (memory a big batch leaves behind)."""
@@ -352,16 +389,11 @@ class ChangeQueue:
         """Hand out none of the folder's paths until release(): its target is unreachable.
         They keep coalescing by path meanwhile."""
         with self._cond:
-            self._held.setdefault(folder, set())
+            self._held.setdefault(folder, {})
 
     def release(self, folder: str) -> None:
         with self._cond:
-            keys = self._held.pop(folder, None)
-            now = self.clock()
-            for key in keys or ():
-                e = self._entries.get(key)
-                if e is not None:
-                    self._schedule(key, e, now)
+            self._reschedule(self._held.pop(folder, {}), self.clock())
 
     def held(self, folder: str) -> bool:
         return folder in self._held

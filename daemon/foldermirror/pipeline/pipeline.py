@@ -27,8 +27,9 @@ from foldermirror.pipeline.records import FolderSpec, Outcome, RemoteSpec, Statu
 from foldermirror.pipeline.results import Observe, ResultRecorder
 
 BATCH_MAX = 64
-# A remote folder's batch is one rsync call, a round trip or more whatever its size: fill it.
-REMOTE_BATCH_MAX = 1000
+# A remote folder's batch is one rsync call, a round trip or more whatever its size: fill it
+# (one batch of a remote folder is in flight at a time, see ChangeQueue.serial).
+REMOTE_BATCH_MAX = 5000
 
 
 class Pipeline:

@@ -115,8 +115,9 @@ class Links:
         is not up are held."""
         self.ssh = ssh
         wanted: dict[Link, tuple[SshParams, int]] = {}
-        for state in self.folders.values():
+        for name, state in self.folders.items():
             remote = state.config.remote
+            self.changes.serial(name, remote is not None)
             if remote is not None:
                 options = ssh.for_host(remote.link.host)
                 wanted[remote.link] = (params_for(options, remote.link), options.connections)
