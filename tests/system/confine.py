@@ -26,7 +26,8 @@ PR_CAPBSET_DROP = 24
 CAP_LAST_CAP_FILE = "/proc/sys/kernel/cap_last_cap"
 
 SCMP_ACT_ALLOW = 0x7FFF0000
-SCMP_CMP_NE = 1
+SCMP_CMP_EQ = 4
+SCMP_CMP_GT = 6
 SCMP_CMP_MASKED_EQ = 7
 PROT_WRITE, PROT_EXEC = 0x2, 0x4
 SHM_EXEC = 0o100000
@@ -105,9 +106,12 @@ def load_filters(spec: dict) -> None:
         ])
     families = spec.get("families")
     if families:
-        if len(families) != 1:
-            raise SystemExit("confine: only a single address family is supported")
-        sc.load(SCMP_ACT_ALLOW, [(scmp_act_errno(EAFNOSUPPORT), "socket", [(0, SCMP_CMP_NE, families[0], 0)])])
+        # An allow-list, as systemd builds it: socket() with any other family fails with
+        # EAFNOSUPPORT (one rule per family below the highest allowed, one for all above it).
+        deny = scmp_act_errno(EAFNOSUPPORT)
+        top = max(families)
+        sc.load(SCMP_ACT_ALLOW, [(deny, "socket", [(0, SCMP_CMP_EQ, f, 0)]) for f in range(top) if f not in families]
+                + [(deny, "socket", [(0, SCMP_CMP_GT, top, 0)])])
     allow = spec.get("allow")
     if allow:
         sc.load(scmp_act_errno(spec.get("errno", EPERM)), [(SCMP_ACT_ALLOW, name, []) for name in sorted(allow)])

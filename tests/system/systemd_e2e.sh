@@ -5,7 +5,7 @@
 #
 # It installs foldermirror by running the shell blocks of README.md's "Run as a service" section
 # (only `sudo` is a shim, and the venv/pip lines use the fast offline form), then checks the ten
-# items of issue 7, one `SDVM-RESULT: PASS|FAIL` line each.
+# items of issue 7 and a remote target over ssh (11-13), one `SDVM-RESULT: PASS|FAIL` line each.
 . "$SDVM_LIB"
 CHECKOUT=$SDVM_DIR/extra
 U=foldermirror
@@ -435,6 +435,158 @@ check_broken_start() {
   DETAIL="$msg"
 }
 
+# ---- 11.-13. a remote target over ssh: sshd on the guest's loopback, remote user mirror ---------
+# The README's remote blocks set it up (the key, known_hosts, the remote user, the drop-in); the
+# "remote host" is this guest, so the host key's fingerprint can be compared out of band for real.
+RSRC=/srv/inbox/offsite
+RDST=/home/mirror/copy
+DROP=/etc/systemd/system/$U.service.d/remote-targets.conf
+remote_config() {   # the local folder photos beside the remote one, offsite
+  cat > "$1" <<YAML
+ssh:
+  identity_file: /etc/foldermirror/id_ed25519
+  known_hosts: /etc/foldermirror/known_hosts
+  retry_min: 1s
+  retry_max: 4s
+folders:
+  - name: photos
+    source: /srv/inbox/photos
+    target: /srv/mirror/photos
+  - name: offsite
+    source: $RSRC
+    target: ssh://mirror@127.0.0.1$RDST
+    delete: true
+YAML
+}
+# folder_field NAME KEY[.KEY]: one field of the folder in `foldermirror status --json`
+folder_field() {
+  "$BIN" status --json 2>/dev/null | python3 -c '
+import json, sys
+f = next(f for f in json.load(sys.stdin)["folders"] if f["name"] == sys.argv[1])
+for k in sys.argv[2].split("."):
+    f = f[k] if f is not None else None
+print(f)' "$1" "$2"
+}
+in_step() { diff -r "$RSRC" "$RDST" >/dev/null 2>&1; }
+field() { python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print(" ".join(str(r.get(k)) for k in sys.argv[2:]))' "$@"; }
+exposure() { systemd-analyze security --no-pager "$1" | sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p'; }
+
+check_remote_without_drop_in() {
+  systemctl start ssh || why "systemctl start ssh failed" || return
+  [ "$(systemctl is-active ssh)" = active ] || why "ssh.service is $(systemctl is-active ssh)" || return
+  run_readme "Give the service a key" "HOST=backup.example.com=>HOST=127.0.0.1" || return
+  # The README's out-of-band comparison; the host is this machine, so its own key file is at hand.
+  local got want
+  got=$(ssh-keygen -lf /tmp/host.keys | awk '{print $2}')
+  want=$(ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub | awk '{print $2}')
+  [ -n "$got" ] && [ "$got" = "$want" ] || why "keyscan fingerprint '$got' is not the host's '$want'" || return
+  [ "$(stat -c '%U %a' /etc/foldermirror/id_ed25519)" = "foldermirror 600" ] \
+    || why "private key is $(stat -c '%U %a' /etc/foldermirror/id_ed25519)" || return
+  run_readme "On the remote host" 'KEY=$(cat id_ed25519.pub)=>KEY=$(cat /etc/foldermirror/id_ed25519.pub)' || return
+  [ "$(getent passwd mirror | cut -d: -f7)" = /bin/sh ] || why "mirror's shell: $(getent passwd mirror)" || return
+  grep -q '^restrict ssh-ed25519 ' /home/mirror/.ssh/authorized_keys || why "authorized_keys lacks the restricted key" || return
+  install -d -m 0755 "$RSRC"
+  echo "there before the start" > "$RSRC/before.txt"
+  remote_config "$WORK/remote.yaml"
+  edit_config "$WORK/remote.yaml"
+  # Outside the sandbox, as the service's user: check logs in and proves the remote side.
+  runuser -u foldermirror -- "$BIN" check --config "$CFG" > "$WORK/check-remote.log" 2>&1 \
+    || why "check as foldermirror failed: $(tail -3 "$WORK/check-remote.log" | tr '\n' ' ')" || return
+  local verdict; verdict=$(grep '^folder offsite:' "$WORK/check-remote.log")
+  grep -q 'remote rsync 3\.' <<<"$verdict" || why "check did not prove the remote side: $verdict" || return
+  # The units alone (no drop-in): the service runs, its remote folder is remote_down, and the
+  # line's fix names the drop-in.
+  [ ! -e "$DROP" ] || why "$DROP already there" || return
+  local cur; cur=$(mark $U)
+  systemctl restart $U || why "restart failed: $(unit_tail $U)" || return
+  wait_eval 60 'since "$cur" $U | jsel event=remote_down >/dev/null' \
+    || why "no remote_down without the drop-in: $(unit_tail $U)" || return
+  local down; down=$(since "$cur" $U | jsel event=remote_down | head -1)
+  grep -qF 'systemd/remote-targets.conf' <<<"$down" || why "its fix does not name the drop-in: $down" || return
+  [ "$(systemctl is-active $U)" = active ] || why "not active: $(unit_tail $U)" || return
+  wait_eval 30 '[ "$(folder_field offsite state)" = remote_down ]' \
+    || why "status shows offsite as $(folder_field offsite state)" || return
+  [ ! -e "$RDST" ] || why "$RDST made without the network" || return
+  DETAIL="$verdict; without the drop-in: remote_down $(field "$down" error); fix: $(field "$down" fix)"
+}
+
+check_remote() {
+  run_readme "Remote targets" || return   # the drop-in, for both units
+  [ -f "$DROP" ] && [ -f /etc/systemd/system/foldermirror@.service.d/remote-targets.conf ] \
+    || why "the drop-in was not installed" || return
+  local out; out=$(systemd-analyze verify /etc/systemd/system/$U.service /etc/systemd/system/foldermirror@.service 2>&1)
+  [ $? = 0 ] && [ -z "$out" ] || why "systemd-analyze verify with the drop-in printed: $out" || return
+  local cur t0 t1; cur=$(mark $U); t0=$(date +%s.%N)
+  run_readme "Then name the target" || return   # check, daemon-reload, restart, status
+  [ "$(prop $U PrivateNetwork)" = no ] && [[ "$(prop $U RestrictAddressFamilies)" == *AF_INET6* ]] \
+    && [ -z "$(prop $U IPAddressDeny)" ] \
+    || why "sandbox: PrivateNetwork=$(prop $U PrivateNetwork) RestrictAddressFamilies=$(prop $U RestrictAddressFamilies) IPAddressDeny=$(prop $U IPAddressDeny)" || return
+  local sec; sec=$(exposure $U)
+  awk -v e="$sec" 'BEGIN{exit !(e != "" && e <= 2.0)}' || why "exposure with the drop-in is '$sec' (README: 2.0 or less)" || return
+  wait_eval 60 'since "$cur" $U | jsel event=remote_up >/dev/null' || why "no remote_up: $(unit_tail $U 6)" || return
+  local up; up=$(since "$cur" $U | jsel event=remote_up | head -1)
+  wait_until 60 in_step || why "the start-up catch-up did not land: $(diff -r "$RSRC" "$RDST" 2>&1 | head -3 | tr '\n' ' ')" || return
+  # Live: new files, a folder, a bigger file; then a rename and a deletion (delete: true).
+  mkdir -p "$RSRC/sub"
+  for i in 1 2 3 4 5; do echo "file $i" > "$RSRC/sub/f$i.txt"; done
+  head -c 1M /dev/urandom > "$RSRC/big.bin"; chmod 640 "$RSRC/big.bin"; chgrp foldermirror "$RSRC/big.bin"
+  wait_until 60 in_step || why "not mirrored within 60s: $(diff -r "$RSRC" "$RDST" 2>&1 | head -3 | tr '\n' ' ')" || return
+  mv "$RSRC/sub/f1.txt" "$RSRC/renamed.txt"; rm "$RSRC/before.txt"
+  wait_until 60 in_step || why "rename/deletion not mirrored within 60s: $(diff -r "$RSRC" "$RDST" 2>&1 | head -3 | tr '\n' ' ')" || return
+  t1=$(date +%s.%N)
+  same "$RSRC/big.bin" "$RDST/big.bin" || why "big.bin: mode or mtime differ" || return
+  [ "$(stat -c %U "$RDST/big.bin")" = mirror ] || why "the remote copy is not mirror's" || return
+  [ -z "$(find "$RDST" -name '.*')" ] || why "temp files left: $(find "$RDST" -name '.*' | head -3)" || return
+  wait_eval 30 '[ "$(folder_field offsite state)" = in_sync ] && [ "$(folder_field offsite link.state)" = up ]' \
+    || why "status: offsite $(folder_field offsite state), link $(folder_field offsite link.state)" || return
+  "$BIN" status > "$WORK/status-remote.txt" 2>&1
+  grep -qE '^offsite +in sync ' "$WORK/status-remote.txt" && grep -qF 'offsite: host mirror@127.0.0.1 up' "$WORK/status-remote.txt" \
+    || why "foldermirror status: $(tr '\n' ' ' < "$WORK/status-remote.txt")" || return
+  # The ssh master: the main process's child (through setpriv), in the unit's cgroup.
+  local main mpid; main=$(prop $U MainPID); mpid=$(pgrep -P "$main" -f '^ssh -N -M' | head -1)
+  [ -n "$mpid" ] || why "no ssh master among the children of $main: $(pgrep -a -P "$main" | tr '\n' ' ')" || return
+  grep -q "/system.slice/$U.service" "/proc/$mpid/cgroup" || why "the master is not in the unit's cgroup: $(cat "/proc/$mpid/cgroup")" || return
+  ! since "$cur" $U | jsel event=remote_down >/dev/null || why "remote_down with the drop-in: $(since "$cur" $U | jsel event=remote_down | head -1)" || return
+  ! since "$cur" $U | jsel level=error >/dev/null || why "errors: $(since "$cur" $U | jsel level=error | head -2)" || return
+  DETAIL="exposure $sec (systemd-analyze security of the loaded unit); remote_up rtt $(field "$up" rtt_ms) ms; restart to in step $(elapsed "$t0" "$t1")s; $(grep '^offsite' "$WORK/status-remote.txt" | tr -s ' ')"
+}
+
+# The drop-in's comment: keep IPAddressDeny=any and allow the targets' addresses only. With the
+# right address the link comes up; with another one it is down, and the fix says where to look.
+# The service is stopped while the list changes: daemon-reload applies it to a running unit at
+# once, and the FIN of its open ssh connection, dropped then, would leave the session behind on
+# the remote side (seen here: an `sshd: mirror@notty` that outlived the service).
+allow_list() {   # allow_list ADDRESS: stop, the drop-in with its IPAddressDeny= line so replaced, start
+  systemctl stop $U || return
+  sed "s/^IPAddressDeny=\$/IPAddressDeny=any\nIPAddressAllow=$1/" "$CHECKOUT/systemd/remote-targets.conf" > "$DROP"
+  grep -qx "IPAddressAllow=$1" "$DROP" && systemctl daemon-reload && systemctl start $U
+}
+check_remote_allow_list() {
+  local cur; cur=$(mark $U)
+  allow_list 127.0.0.1 || why "could not restart with IPAddressAllow=127.0.0.1: $(unit_tail $U)" || return
+  [ -n "$(prop $U IPAddressDeny)" ] && [[ "$(prop $U IPAddressAllow)" == *127.0.0.1* ]] \
+    || why "IPAddressDeny=$(prop $U IPAddressDeny) IPAddressAllow=$(prop $U IPAddressAllow)" || return
+  wait_eval 60 'since "$cur" $U | jsel event=remote_up >/dev/null' || why "no remote_up with IPAddressAllow=127.0.0.1: $(unit_tail $U 6)" || return
+  echo "through the allow list" > "$RSRC/allowed.txt"
+  wait_until 60 in_step || why "not mirrored with IPAddressAllow=127.0.0.1" || return
+  local sec; sec=$(exposure $U)
+  cur=$(mark $U)
+  allow_list 192.0.2.10 || why "could not restart with IPAddressAllow=192.0.2.10: $(unit_tail $U)" || return
+  wait_eval 60 'since "$cur" $U | jsel event=remote_down >/dev/null' || why "no remote_down with IPAddressAllow=192.0.2.10: $(unit_tail $U 6)" || return
+  # IPAddressDeny= drops the packets (loopback's too): the connection times out, as to a host
+  # that is off, after connect_timeout (10s); the fix names the allow list among the causes.
+  local down; down=$(since "$cur" $U | jsel event=remote_down | head -1)
+  grep -qF 'Connection timed out' <<<"$down" && grep -qF 'IPAddressAllow' <<<"$down" \
+    || why "not a timeout whose fix names the allow list: $down" || return
+  # Stop, then back to the drop-in as shipped: no ssh left behind, here or on the remote side.
+  systemctl stop $U || why "stop failed" || return
+  [ "$(prop $U Result)" = success ] || why "Result=$(prop $U Result)" || return
+  install -m 0644 "$CHECKOUT/systemd/remote-targets.conf" "$DROP" && systemctl daemon-reload
+  wait_eval 10 '! pgrep -u foldermirror >/dev/null && ! pgrep -u mirror >/dev/null' \
+    || why "left running: $(pgrep -a -u foldermirror; pgrep -a -u mirror)" || return
+  DETAIL="IPAddressAllow=127.0.0.1: mirrored, exposure $sec; IPAddressAllow=192.0.2.10: remote_down $(field "$down" error)"
+}
+
 log_step "foldermirror e2e: $(systemctl --version | head -1), $(python3 --version)"
 run_check 01-install-as-readme-and-verify check_install || exit 1
 watchdog_dropin
@@ -447,7 +599,11 @@ run_check 09-instance-docs-beside-main check_instance
 run_check 08-watchdog-kill-and-restart check_watchdog
 run_check 10-stop-clean-no-temp-files check_stop
 run_check 07-broken-config-exit-78-no-restart check_broken_start
+run_check 11-remote-target-without-drop-in-fails-clearly check_remote_without_drop_in \
+  && run_check 12-remote-target-over-ssh-with-drop-in check_remote \
+  && run_check 13-remote-target-ip-allow-list check_remote_allow_list
 journal $U > "$SDVM_OUT/foldermirror-journal.txt"
 journal foldermirror@docs > "$SDVM_OUT/foldermirror-docs-journal.txt"
+journalctl -b -u ssh -o cat --no-pager > "$SDVM_OUT/sshd-journal.txt"
 cp "$WORK"/*.log "$SDVM_OUT/" 2>/dev/null
 exit 0

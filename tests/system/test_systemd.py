@@ -29,14 +29,32 @@ import pytest
 
 from foldermirror.config import DEFAULT_STOP_GRACE
 from foldermirror.service import PROGRESS_INTERVAL
-from helpers import ENV, REPO, children, never_within, pair, wait_mirrored, wait_until, write_config
+from helpers import (
+    ENV,
+    REPO,
+    children,
+    never_within,
+    pair,
+    remote_pair,
+    remote_temps,
+    tree_diff,
+    wait_mirrored,
+    wait_until,
+    write_config,
+)
+from helpers import status as daemon_status
+from sshd import ssh_config_block
 
 UNIT = REPO / "systemd" / "foldermirror.service"
 TEMPLATE = REPO / "systemd" / "foldermirror@.service"
+DROP_IN = REPO / "systemd" / "remote-targets.conf"
 INSTALLED_BINARY = "/opt/foldermirror/bin/foldermirror"
 CONFINE = Path(__file__).resolve().parent / "confine.py"
 # README "Run as a service" states this threshold; the units score 0.6 on systemd 252.
 EXPOSURE_MAX = 1.0
+# README "Run as a service" (remote targets) states this one for a unit with the drop-in
+# remote-targets.conf; both score 1.6 on systemd 252 (1.5 with an IPAddressAllow= list).
+DROP_IN_EXPOSURE_MAX = 2.0
 
 ANALYZE = shutil.which("systemd-analyze")
 needs_analyze = pytest.mark.skipif(
@@ -70,7 +88,14 @@ def analyze(*args: str) -> subprocess.CompletedProcess[str]:
 @needs_analyze
 @pytest.mark.parametrize("unit", [UNIT, TEMPLATE], ids=lambda p: p.name)
 def test_systemd_analyze_verify_prints_nothing(unit, tmp_path):
-    # verify insists that ExecStart= exists: point it at a stand-in, keep everything else.
+    r = analyze("verify", str(installed(unit, tmp_path)))
+    assert r.returncode == 0 and r.stdout + r.stderr == "", r.stdout + r.stderr
+
+
+def installed(unit: Path, tmp_path: Path, drop_in: bool = False) -> Path:
+    """A copy of the unit whose ExecStart= is a stand-in (verify insists that it exists), with
+    the remote-targets drop-in in NAME.d/ beside it, where systemd-analyze verify and security
+    read drop-ins of a unit given as a file (as systemd does in /etc/systemd/system)."""
     text = unit.read_text()
     assert text.count(INSTALLED_BINARY) == 1
     stand_in = tmp_path / "foldermirror"
@@ -78,17 +103,60 @@ def test_systemd_analyze_verify_prints_nothing(unit, tmp_path):
     stand_in.chmod(0o755)
     copy = tmp_path / unit.name
     copy.write_text(text.replace(INSTALLED_BINARY, str(stand_in)))
-    r = analyze("verify", str(copy))
-    assert r.returncode == 0 and r.stdout + r.stderr == "", r.stdout + r.stderr
+    if drop_in:
+        (tmp_path / f"{unit.name}.d").mkdir()
+        shutil.copy(DROP_IN, tmp_path / f"{unit.name}.d" / DROP_IN.name)
+    return copy
+
+
+def exposure(unit: Path) -> tuple[float, str]:
+    r = analyze("security", "--offline=yes", str(unit))
+    m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", r.stdout)
+    assert m, r.stdout + r.stderr
+    return float(m.group(1)), r.stdout
 
 
 @needs_analyze
 @pytest.mark.parametrize("unit", [UNIT, TEMPLATE], ids=lambda p: p.name)
 def test_security_exposure_is_at_most_the_stated_threshold(unit):
-    r = analyze("security", "--offline=yes", str(unit))
-    m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", r.stdout)
-    assert m, r.stdout + r.stderr
-    assert float(m.group(1)) <= EXPOSURE_MAX, r.stdout
+    level, out = exposure(unit)
+    assert level <= EXPOSURE_MAX, out
+
+
+# -- the remote-targets drop-in -----------------------------------------------------------
+@needs_analyze
+@pytest.mark.parametrize("unit", [UNIT, TEMPLATE], ids=lambda p: p.name)
+def test_the_drop_in_parses_and_verify_prints_nothing(unit, tmp_path):
+    copy = installed(unit, tmp_path, drop_in=True)
+    r = analyze("verify", str(copy))
+    assert r.returncode == 0 and r.stdout + r.stderr == "", r.stdout + r.stderr
+    # verify did read it: a bad line in the same place is reported.
+    bad = tmp_path / f"{unit.name}.d" / "zz-bad.conf"
+    bad.write_text("[Service]\nPrivateNetwork=maybe\n")
+    assert "zz-bad.conf:2" in (lambda r: r.stdout + r.stderr)(analyze("verify", str(copy)))
+
+
+@needs_analyze
+@pytest.mark.parametrize("unit", [UNIT, TEMPLATE], ids=lambda p: p.name)
+def test_drop_in_exposure_is_at_most_its_stated_threshold(unit, tmp_path):
+    level, out = exposure(installed(unit, tmp_path, drop_in=True))
+    assert exposure(unit)[0] < level <= DROP_IN_EXPOSURE_MAX, out  # (above the unit's alone: it was read)
+    # What it opens, and nothing more: each line is one of these findings.
+    opened = {line.split()[1] for line in out.splitlines() if line.startswith("✗")} - \
+             {line.split()[1] for line in exposure(unit)[1].splitlines() if line.startswith("✗")}
+    assert opened == {"PrivateNetwork=", "RestrictAddressFamilies=~AF_(INET|INET6)", "IPAddressDeny=",
+                      "SystemCallFilter=~@privileged"}, out
+
+
+def test_the_drop_in_opens_only_the_network_and_capset():
+    s = settings(DROP_IN)
+    assert DROP_IN.read_text().count("[Service]") == 1 and "[Unit]" not in DROP_IN.read_text()
+    assert s == {"PrivateNetwork": ["no"], "RestrictAddressFamilies": ["AF_UNIX AF_INET AF_INET6"],
+                 "IPAddressDeny": [""], "SystemCallFilter": ["capset"]}, s
+    lines = DROP_IN.read_text().splitlines()
+    for i, line in enumerate(lines):  # each setting says why, right above it
+        if "=" in line and not line.startswith(("#", "[")):
+            assert lines[i - 1].startswith("#"), line
 
 
 @pytest.mark.parametrize("unit", [UNIT, TEMPLATE], ids=lambda p: p.name)
@@ -552,6 +620,68 @@ def test_daemon_works_under_the_units_seccomp_filters_without_privileges(tmp_pat
     errors = [r for r in d.records if r.get("level") in ("error", "warning")]
     assert not errors, errors
     assert not [line for line in d.other_lines if line.strip()], d.other_lines
+
+
+def confined_by(tmp_path: Path, *texts: str) -> list[str]:
+    """The prefix that runs a command under the filters of these unit texts, one after the
+    other as systemd reads a unit and then its drop-ins, as uid 0 without capabilities."""
+    unit = tmp_path / "sandbox.service"
+    unit.write_text("\n".join(texts))
+    spec_file = tmp_path / "seccomp.json"
+    spec_file.write_text(json.dumps(seccomp_spec(unit)))
+    return [sys.executable, str(CONFINE), "--no-caps", "--seccomp", str(spec_file), "--"]
+
+
+@needs_analyze
+@pytest.mark.skipif(not ctypes.util.find_library("seccomp"), reason="libseccomp is not installed")
+@pytest.mark.timeout(180)
+def test_a_remote_target_is_mirrored_under_the_units_filters_with_the_drop_in(tmp_path, sshd, daemon_factory):
+    both = tmp_path / "both.service"
+    both.write_text(UNIT.read_text() + "\n" + DROP_IN.read_text())
+    spec = seccomp_spec(both)
+    assert "capset" in spec["allow"] and spec["families"] == [socket.AF_UNIX, socket.AF_INET, socket.AF_INET6]
+    src, dst, folder = remote_pair(tmp_path, sshd, delete=True)
+    (src / "big").write_bytes(os.urandom(1 << 20))
+    (src / "sub").mkdir()
+    (src / "sub" / "f").write_bytes(b"there at the start")
+    config = write_config(tmp_path, [folder], ssh=ssh_config_block(sshd))
+    d = daemon_factory(config, prefix=confined_by(tmp_path, UNIT.read_text(), DROP_IN.read_text()))
+    d.wait_for("remote_up", 60)
+    d.wait_ready(60)
+    wait_mirrored(src, dst, 60)
+    (src / "live").write_bytes(b"mirrored live")
+    (src / "big").rename(src / "moved")
+    (src / "sub" / "f").unlink()
+    wait_mirrored(src, dst, 60)
+    folder_status = wait_until(lambda: (lambda f: f if f["state"] == "in_sync" else None)(
+        daemon_status(config)["folders"][0]), 30, lambda: str(daemon_status(config)["folders"][0]))
+    assert folder_status["link"]["state"] == "up", folder_status
+    assert d.stop() == 0
+    assert tree_diff(src, dst) == [] and remote_temps(dst) == []
+    errors = [r for r in d.records if r.get("level") in ("error", "warning")]
+    assert not errors, errors
+    assert not [line for line in d.other_lines if line.strip()], d.other_lines
+
+
+@needs_analyze
+@pytest.mark.skipif(not ctypes.util.find_library("seccomp"), reason="libseccomp is not installed")
+@pytest.mark.timeout(120)
+def test_without_the_drop_in_the_link_fails_and_the_fix_names_it(tmp_path, sshd, daemon_factory):
+    src, dst, folder = remote_pair(tmp_path, sshd)
+    (src / "f").write_bytes(b"waits")
+    config = write_config(tmp_path, [folder], ssh={**ssh_config_block(sshd), "retry_min": "250ms",
+                                                   "retry_max": "1s"})
+    d = daemon_factory(config, prefix=confined_by(tmp_path, UNIT.read_text()))
+    line = d.wait_for("remote_down", 60)[0]
+    if shutil.which("setpriv"):  # ~@privileged denies the capset(2) setpriv always makes
+        assert line["error"] == "setpriv: activate capabilities: Operation not permitted", line
+    else:  # RestrictAddressFamilies=AF_UNIX denies ssh's socket()
+        assert line["error"].endswith(": failure"), line
+    assert "systemd/remote-targets.conf" in line["fix"], line
+    d.wait_for("remote_retry", 30)
+    assert daemon_status(config)["folders"][0]["state"] == "remote_down"
+    assert d.stop() == 0
+    assert not dst.exists()
 
 
 # -- start-up checks ------------------------------------------------------------------------

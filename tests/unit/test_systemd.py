@@ -59,3 +59,18 @@ def test_missing_source_under_tmp_explains_private_tmp(tmp_path, monkeypatch):
     with pytest.raises(ConfigError) as under_systemd:
         load_config(cfg)
     assert "PrivateTmp=yes" in str(under_systemd.value) and "folders[0].source" in str(under_systemd.value)
+
+
+@pytest.mark.parametrize(("error", "names"), [
+    ("setpriv: activate capabilities: Operation not permitted", "systemd/remote-targets.conf"),
+    ("ssh: connect to host 127.0.0.1 port 22: failure", "systemd/remote-targets.conf"),
+    ("ssh: connect to host 127.0.0.1 port 22: Connection timed out", "IPAddressAllow="),
+])
+def test_a_link_stopped_by_the_units_sandbox_gets_a_fix_naming_the_drop_in(error, names):
+    # The messages as seen: the units' ~@privileged denies setpriv's capset(2) (systemd 252,
+    # systemd_e2e.sh check 11), RestrictAddressFamilies=AF_UNIX ssh's socket() (confine.py,
+    # where setpriv is missing), an IPAddressAllow= list without the host drops its packets
+    # (check 13).
+    from foldermirror.remote.links import _fix
+
+    assert names in _fix(error), _fix(error)

@@ -401,6 +401,11 @@ def _error_of(master: _Master) -> str:
 
 def _fix(error: str) -> str:
     low = error.lower()
+    if low.startswith("setpriv:") or ("connect to host" in low and low.endswith(": failure")):
+        # The shipped units without remote-targets.conf: ~@privileged denies setpriv's capset(2),
+        # RestrictAddressFamilies= ssh's socket() (ssh then says only "failure").
+        return ("the service's sandbox forbids what ssh needs: install systemd/remote-targets.conf as a drop-in "
+                "(README: Run as a service), then systemctl daemon-reload and restart the service")
     if "host key verification failed" in low or "no ed25519 host key is known" in low or "host key" in low:
         return ("the host's key is not the one in known_hosts: check its fingerprint, then update the file "
                 "(ssh-keyscan); until then nothing is sent")
@@ -409,7 +414,9 @@ def _fix(error: str) -> str:
     if "connection refused" in low:
         return "nothing listens on that port: start sshd on the host, or fix the port in the target"
     if "timed out" in low or "timeout" in low or "not made in time" in low:
-        return "the host does not answer: check it is up and reachable; the daemon keeps retrying"
+        # (IPAddressDeny= drops packets, loopback's too: a connection times out like one to a host that is off.)
+        return ("the host does not answer: check it is up and reachable (under systemd, with an IPAddressAllow= "
+                "list in the drop-in, that it holds the host's address); the daemon keeps retrying")
     return "the daemon keeps retrying with back-off; changes wait and are sent once the host is back"
 
 
