@@ -16,6 +16,7 @@ LINK_DOWN and waits for the link. Standard library only.
 
 from __future__ import annotations
 
+import errno
 import os
 import shlex
 import stat
@@ -147,14 +148,14 @@ def _transfer(spec: FolderSpec, remote: RemoteSpec, ssh: list[str], names: list[
         still = check.lines
     out: dict[str, list[Outcome]] = {}
     listed = set(paths)
-    blamed = any(p in run.errors and run.errors[p].op != "file has vanished" for p in paths)
+    blamed = any(p in run.errors and not _vanished(run.errors[p]) for p in paths)
     made = [line for p, line in run.lines.items() if p not in listed and p and p not in still
             and line.kind is rsync.Kind.DIR and line.action is not rsync.Action.DELETED]
     for path in paths:
         line = run.lines.get(path)
         if path in still or (kind_ is not rsync.RsyncExit.OK and path in run.errors):
             err = run.errors.get(path)
-            if err is not None and err.op == "file has vanished":
+            if err is not None and _vanished(err):
                 out[path] = [Outcome(path, Status.CHANGED)]
             elif err is None and blamed:
                 # The run stopped at another path's error (a full disk aborts it): this one
@@ -182,6 +183,12 @@ def _transfer(spec: FolderSpec, remote: RemoteSpec, ssh: list[str], names: list[
             if p not in listed and p not in still and line.action is rsync.Action.DELETED:
                 out[p] = [Outcome(p, Status.DELETED, "dir" if line.kind is rsync.Kind.DIR else "file")]
     return out, None
+
+
+def _vanished(err: rsync.FileError) -> bool:
+    """Gone from the source between the listing and the send: looked at again, no failure.
+    rsync says "file has vanished", or, before its sender reached the file, link_stat ENOENT."""
+    return err.op == "file has vanished" or (err.role == "sender" and err.errno == errno.ENOENT)
 
 
 def _run(spec: FolderSpec, remote: RemoteSpec, ssh: list[str], names: list[str], mode: rsync.Mode, base: str,
