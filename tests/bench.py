@@ -634,7 +634,10 @@ sync {{
         self.last_finished = 0.0
         self._list: list[str] | None = None             # paths of the list being logged / in flight
         self._collecting = False
-        self.proc = subprocess.Popen(["lsyncd", str(self.config)], stdin=subprocess.DEVNULL,
+        # Line-buffered: lsyncd's stdio holds its log in a full buffer on a pipe, and its last
+        # "Finished" line would wait there until it logs something else.
+        line_buffered = ["stdbuf", "-oL"] if shutil.which("stdbuf") else []
+        self.proc = subprocess.Popen([*line_buffered, "lsyncd", str(self.config)], stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
@@ -694,7 +697,10 @@ sync {{
         seen = -1
         while True:
             with self.cond:
-                while not (paths <= self.done and self.finished > seen and self.started == self.finished):
+                # Each time it is idle after a list ended, what the target holds decides: its
+                # lists' own exit codes are no proof either way (an exit 24 list may still have
+                # carried the last paths, which the paths-of-lists-that-ended-0 rule waited for forever).
+                while not (self.finished > seen and self.started == self.finished):
                     if self.proc.poll() is not None:
                         raise RuntimeError(f"lsyncd exited ({self.proc.returncode}):\n{self.tail()}")
                     if not self.cond.wait(max(0.0, min(0.5, deadline - time.monotonic()))) \

@@ -154,10 +154,11 @@ def test_take_more_fills_one_folders_batch_and_keeps_the_others_in_order():
     assert [i.path for i in changes.take(10, timeout=0)] == ["l0", "l1", "l2"]
 
 
-def test_a_serial_folder_has_one_batch_in_flight_and_the_next_holds_what_came_meanwhile():
+def test_a_serial_folder_has_one_batch_out_at_a_time_and_the_next_holds_what_came_meanwhile():
     from foldermirror.pipeline.changes import ChangeQueue
 
-    changes = ChangeQueue(clock=Clock())
+    clock = Clock()
+    changes = ChangeQueue(clock=clock)
     changes.serial("remote")
     changes.touch("remote", "a", settle=0.25, ready=True)
     changes.touch("remote", "b", settle=0.25, ready=True)
@@ -169,5 +170,12 @@ def test_a_serial_folder_has_one_batch_in_flight_and_the_next_holds_what_came_me
     changes.touch("remote", "d", settle=0.25, ready=True)
     assert [i.path for i in changes.take(10, timeout=0)] == ["x"]  # c and d wait for a and b
     assert changes.counts("remote") == (2, 2)
-    changes.done_all(first)
+    changes.landed("remote")  # the batch is back from its worker: the next may go
     assert [i.path for i in changes.take(10, timeout=0)] == ["c", "d"]
+    changes.touch("remote", "a", settle=0.25, ready=True)  # a, still in flight, waits for its own end
+    assert changes.take(10, timeout=0) == []
+    changes.done_all(first)
+    assert changes.take(10, timeout=0) == []  # and then for the batch of c and d
+    changes.landed("remote")
+    clock.advance(1)  # a path changed right after it was handed out waits for its settle time
+    assert [i.path for i in changes.take(10, timeout=0)] == ["a"]

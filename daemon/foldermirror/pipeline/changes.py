@@ -84,6 +84,7 @@ class ChangeQueue:
     # Folders mirrored one batch at a time (remote ones, see serial()), and their due paths
     # waiting for the batch in flight to end.
     _serial: set[str] = field(default_factory=set)
+    _busy: set[str] = field(default_factory=set)  # serial folders with a batch in flight, until landed()
     _waiting: dict[str, dict[Key, None]] = field(default_factory=dict)
     # Debug hook, called under the lock with ("event" | "ready" | "dispatched", key); must be cheap.
     tracer: Callable[[str, Key], None] | None = None
@@ -219,8 +220,8 @@ class ChangeQueue:
         if held is not None and at <= now:
             held[key] = None  # release() schedules it again
             return
-        if at <= now and key[0] in self._serial and self._flying.get(key[0]):
-            self._waiting.setdefault(key[0], {})[key] = None  # done_all() schedules it again
+        if at <= now and key[0] in self._busy:
+            self._waiting.setdefault(key[0], {})[key] = None  # landed() schedules it again
             return
         if at <= now:
             if not e.queued:
@@ -282,6 +283,15 @@ class ChangeQueue:
             self._ready.extend(others)  # what _pop_ready put back, then the rest, in order
             return items
 
+    def landed(self, folder: str) -> None:
+        """A serial folder's batch is back from its worker (its lines not written yet): the
+        next batch may go, while this one's results are recorded."""
+        with self._cond:
+            if folder in self._busy:
+                self._busy.discard(folder)
+                self._reschedule(self._waiting.pop(folder, {}), self.clock())
+                self._room.notify_all()
+
     def serial(self, folder: str, on: bool = True) -> None:
         """Hand out the folder's paths one batch at a time: none while a batch of it is in
         flight. A remote folder's batch is one rsync pass, and two at once on one link
@@ -291,6 +301,7 @@ class ChangeQueue:
                 self._serial.add(folder)
             else:
                 self._serial.discard(folder)
+                self._busy.discard(folder)
                 self._reschedule(self._waiting.pop(folder, {}), self.clock())
 
     def _reschedule(self, keys: Iterable[Key], now: float) -> None:
@@ -318,10 +329,11 @@ class ChangeQueue:
                 held[key] = None
                 continue
             if key[0] in self._serial:
-                if self._flying.get(key[0]) and key[0] not in filling:
+                if key[0] in self._busy and key[0] not in filling:
                     self._waiting.setdefault(key[0], {})[key] = None
                     continue
                 filling.add(key[0])
+                self._busy.add(key[0])
             natural = self._natural_at(key, e)
             if _due(e, natural) > now:
                 self._schedule(key, e, now)
@@ -363,10 +375,6 @@ class ChangeQueue:
                     e = self._entries.get(key)
                     if e is not None:
                         self._schedule(key, e, now)
-            for folder in {item.folder for item in items}:
-                if folder in self._waiting and not self._flying.get(folder):
-                    self._reschedule(self._waiting.pop(folder), now)
-                    self._room.notify_all()
 
     def prune(self) -> None:
         """Forget when paths no longer hot were handed out (memory a big batch leaves behind)."""

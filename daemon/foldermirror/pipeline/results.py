@@ -54,7 +54,10 @@ class ResultRecorder:
 
     def on_results(self, results: list[Result], pid: int) -> None:
         # The paths leave flight only once their lines are written: whoever sees the folder
-        # settled (sync_finished, status) also sees every line of what settled it.
+        # settled (sync_finished, status) also sees every line of what settled it. A remote
+        # folder's next batch may go meanwhile (ChangeQueue.serial): its worker is free.
+        for folder in {r.item.folder for r in results}:
+            self.changes.landed(folder)
         try:
             with batch():
                 for r in results:
