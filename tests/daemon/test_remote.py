@@ -251,3 +251,22 @@ def test_many_folders_on_one_host_share_one_login(tmp_path: Path, sshd: SshServe
     host = (("host", f"root@127.0.0.1:{sshd.port}"),)
     assert metrics["foldermirror_remote_up"][host] == 1, metrics.get("foldermirror_remote_up")
     assert metrics["foldermirror_remote_rtt_seconds"][host] > 0
+
+
+def test_a_batch_for_a_source_root_that_is_not_the_watched_one_touches_nothing(tmp_path: Path, sshd: SshServer):
+    """An unmounted source shows the empty directory beneath: its paths all look deleted."""
+    from foldermirror.config import parse_config
+    from foldermirror.pipeline.records import FolderSpec, Status, WorkItem
+    from foldermirror.remote.batch import mirror_batch
+    from foldermirror.remote.links import remote_spec
+
+    src, dst, folder = remote_pair(tmp_path, sshd, delete=True)
+    dst.mkdir()
+    (dst / "precious").write_text("mirrored before")
+    config = parse_config(yaml_config(folder, sshd), str(tmp_path / "c.yaml"))
+    remote = remote_spec(config.folders[0], config.ssh, sockets=())
+    st = os.stat(src)
+    spec = FolderSpec(str(src), str(dst), True, False, (st.st_dev, st.st_ino + 1), remote)
+    (result,) = mirror_batch(spec, [WorkItem(0, spec, "precious")])
+    assert [o.status for o in result.outcomes] == [Status.ROOT_CHANGED], result
+    assert (dst / "precious").read_text() == "mirrored before"

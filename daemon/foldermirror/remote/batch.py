@@ -46,6 +46,12 @@ def mirror_batch(spec: FolderSpec, items: list[WorkItem]) -> list[ItemResult]:
     remote = spec.remote
     assert remote is not None
     started = time.monotonic_ns()
+    root_problem = _root_problem(spec)
+    if root_problem is not None:
+        # Gone, unreadable or another directory (an unmounted disk's mount point): nothing is
+        # sent, least of all deletions; the service compares the folder once it is back.
+        return [ItemResult(i.position, [Outcome(i.path, Status.ROOT_CHANGED, error=root_problem)], 0)
+                for i in items]
     out: dict[int, list[Outcome]] = {}
     send: dict[str, WorkItem] = {}
     gone: dict[str, WorkItem] = {}
@@ -255,6 +261,16 @@ def _replay_renames(remote: RemoteSpec, ssh: list[str], pairs: list[tuple[str, s
         return set()
     moved = {int(x) for x in done.stdout.split() if x.isdigit()}
     return {pair for i, pair in enumerate(pairs) if i in moved}
+
+
+def _root_problem(spec: FolderSpec) -> str | None:
+    try:
+        st = os.stat(spec.source)
+    except OSError as exc:
+        return f"source folder {spec.source}: {exc.strerror}"
+    if spec.root_id is not None and (st.st_dev, st.st_ino) != tuple(spec.root_id):
+        return f"source folder {spec.source} is not the one being watched"
+    return None
 
 
 def _lstat(root: str, path: str) -> os.stat_result | None:
