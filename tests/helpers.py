@@ -58,6 +58,15 @@ def fm(*args: str, timeout: float = 60, env: dict[str, str] | None = None,
                           env={**ENV, **(env or {})}, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
+def wait_settled(config: Path, timeout: float = 30) -> None:
+    """Until the daemon running `config` has nothing pending or in flight. A rename whose
+    origin is still in flight (its batch not recorded yet, though the target may already
+    match) is replayed as copy + delete: a test of rename replay waits for this first."""
+    def settled() -> bool:
+        return all(f["pending"] == 0 and f["in_flight"] == 0 for f in status(config)["folders"])
+    wait_until(settled, timeout, lambda: f"still pending or in flight: {status(config)['folders']}")
+
+
 def status(config: Path) -> dict[str, Any]:
     """`foldermirror status --json` of the daemon running `config`: the whole snapshot."""
     r = fm("status", "--config", str(config), "--json")

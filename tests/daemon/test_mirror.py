@@ -14,7 +14,7 @@ import threading
 
 import pytest
 
-from helpers import ENV, pair, temps, wait_mirrored, wait_until, write_config
+from helpers import ENV, pair, temps, wait_mirrored, wait_settled, wait_until, write_config
 
 
 @pytest.fixture
@@ -91,6 +91,7 @@ def test_delete_and_rename_are_replayed(running):
     (src / "dir" / "x").write_bytes(b"x")
     (src / "gone.txt").write_bytes(b"bye")
     wait_mirrored(src, dst)
+    wait_settled(d.config)
     os.rename(src / "old.bin", src / "new.bin")
     os.rename(src / "dir", src / "renamed-dir")
     (src / "gone.txt").unlink()

@@ -12,7 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from helpers import fm, remote_pair, remote_temps, scrape, status, tree_diff, wait_mirrored, wait_until, write_config
+from helpers import (
+    fm,
+    remote_pair,
+    remote_temps,
+    scrape,
+    status,
+    tree_diff,
+    wait_mirrored,
+    wait_settled,
+    wait_until,
+    write_config,
+)
 from sshd import SshServer, ssh_config_block
 
 pytestmark = pytest.mark.timeout(180)
@@ -36,9 +47,7 @@ def test_a_remote_target_is_mirrored_live_and_at_start(tmp_path: Path, sshd: Ssh
     (src / "sub" / "deep.bin").unlink()
     (src / "sub").rmdir()
     wait_mirrored(src, dst, 30)
-    # Not in flight any more (its line is written once its batch is done): a rename whose
-    # origin is still being copied is replayed as copy + delete instead.
-    d.wait_for("file_mirrored", 30, path="new.txt")
+    wait_settled(d.config)
     (src / "new.txt").rename(src / "renamed.txt")
     wait_mirrored(src, dst, 30)
     renamed = d.wait_for("file_mirrored", 10, path="renamed.txt")
