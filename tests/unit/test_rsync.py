@@ -539,3 +539,12 @@ def test_no_remote_rsync_and_a_missing_remote_root_are_told_apart(tmp_path, fake
     errors = [e for e in map(R.parse_error, err) if e is not None]
     assert [R.folder_path(e, source_root=str(src), remote_root=str(dst)) for e in errors] == [""]
     assert not R.remote_rsync_missing(b"\n".join(err))
+
+
+def test_a_failed_run_is_explained_by_its_code_and_rsyncs_first_words():
+    assert R.explain(12, NO_REMOTE_RSYNC) == "rsync is not installed on the remote host (or ssh.rsync_path is wrong)"
+    assert R.explain(12, OLD_REMOTE) == ("rsync exit 12: error in rsync protocol data stream: "
+                                          "rsync: on remote machine: --fsync: unknown option")
+    only = b"rsync error: some files could not be transferred (code 23) at main.c(1338) [sender=3.5.0]\n"
+    assert R.explain(23, only) == "rsync exit 23: partial transfer due to error: " + only.decode().strip()
+    assert R.explain(-9, b"") == "rsync was killed by signal 9"

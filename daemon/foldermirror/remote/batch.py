@@ -232,11 +232,7 @@ def _note_error(raw: bytes, spec: FolderSpec, remote: RemoteSpec, names: list[st
 
 
 def _why(run: _Pass) -> str:
-    if rsync.remote_rsync_missing(run.stderr):
-        return "rsync is not installed on the remote host (or ssh.rsync_path is wrong)"
-    text = run.stderr.decode(errors="replace").strip().splitlines()
-    detail = next((t for t in text if not t.startswith("rsync error:")), text[-1] if text else "")
-    return f"{rsync.describe(run.rc)}" + (f": {detail}" if detail else "")
+    return rsync.explain(run.rc, run.stderr)
 
 
 # A rename, replayed as the local copier would: only when the origin is there and neither

@@ -7,7 +7,6 @@ way. Runs on the catch-up thread of the main process.
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import subprocess
@@ -63,9 +62,9 @@ def diff_remote(source: str, remote: RemoteSpec, *, sub: str, delete: bool, excl
     stats.target_entries = max(0, stats.entries - new) + stats.doomed
     kind = rsync.classify(rc)
     if kind in (rsync.RsyncExit.LINK, rsync.RsyncExit.UNKNOWN):
-        raise LinkDown(_words(rc, err))
+        raise LinkDown(rsync.explain(rc, err))
     if kind is not rsync.RsyncExit.OK and kind is not rsync.RsyncExit.PARTIAL:
-        raise OSError(0, _words(rc, err))
+        raise OSError(0, rsync.explain(rc, err))
 
 
 _NUMBER_OF_FILES = re.compile(rb"Number of files: ([\d,]+)(?: \(.*?dir: ([\d,]+))?")
@@ -78,11 +77,3 @@ def _count(raw: bytes, stats: WalkStats) -> None:
         stats.entries = max(0, int(m.group(1).replace(b",", b"")) - 1)
         if m.group(2):
             stats.directories = int(m.group(2).strip(b",").replace(b",", b""))
-
-
-def _words(rc: int, err: bytes) -> str:
-    text = os.fsdecode(err).strip().splitlines()
-    if rsync.remote_rsync_missing(err):
-        return "rsync is not installed on the remote host (or ssh.rsync_path is wrong)"
-    detail = next((t for t in text if not t.startswith("rsync error:")), "")
-    return rsync.describe(rc) + (f": {detail}" if detail else "")

@@ -152,9 +152,6 @@ class Links:
         merged = status.rsync_version is not None and rsync.merges_delete_pass(status.rsync_version)
         return remote_spec(f, self.ssh, sockets or ("/nonexistent",), status.remote_root, merged)
 
-    def state(self, link: Link) -> LinkStatus | None:
-        return self.links.get(link)
-
     def view(self, f: FolderConfig) -> LinkView | None:
         """What `status` and the metrics show of the folder's link (None: a local target)."""
         if f.remote is None:

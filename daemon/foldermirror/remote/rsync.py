@@ -511,6 +511,16 @@ def describe(rc: int) -> str:
 
 # --- diagnoses from stderr ------------------------------------------------------------------
 
+def explain(rc: int, stderr: bytes) -> str:
+    """A failed run in words for a log line: its exit code's meaning and rsync's own first
+    words about it (a remote without rsync said as such)."""
+    if remote_rsync_missing(stderr):
+        return "rsync is not installed on the remote host (or ssh.rsync_path is wrong)"
+    text = stderr.decode(errors="replace").strip().splitlines()
+    detail = next((t for t in text if not t.startswith("rsync error:")), text[-1] if text else "")
+    return describe(rc) + (f": {detail}" if detail else "")
+
+
 # A remote shell's words for a command it cannot start: dash "sh: 1: X: not found", bash
 # "bash: line 1: X: command not found" or "...: No such file or directory", zsh "zsh:1:
 # command not found: X"; "Permission denied" for one that is not executable. Only from a

@@ -58,11 +58,6 @@ def session_argv(p: SshParams, socket: str) -> list[str]:
     return ["ssh", "-S", socket, "-o", "ControlMaster=no", "-o", "ProxyCommand=/bin/false", *_common(p)]
 
 
-def check_argv(p: SshParams, socket: str) -> list[str]:
-    """Asks the master, locally, whether it is still up (no round trip)."""
-    return ["ssh", "-S", socket, "-O", "check", *_common(p), "--", p.link.host]
-
-
 def direct_argv(p: SshParams) -> list[str]:
     """ssh logging in on its own, for one-off commands outside the daemon (`sync --dry-run`)."""
     return ["ssh", "-o", "ControlMaster=no", "-o", "ControlPath=none", *_common(p)]
