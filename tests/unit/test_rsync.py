@@ -548,3 +548,12 @@ def test_a_failed_run_is_explained_by_its_code_and_rsyncs_first_words():
     only = b"rsync error: some files could not be transferred (code 23) at main.c(1338) [sender=3.5.0]\n"
     assert R.explain(23, only) == "rsync exit 23: partial transfer due to error: " + only.decode().strip()
     assert R.explain(-9, b"") == "rsync was killed by signal 9"
+
+
+def test_a_remote_that_cannot_run_the_pass_is_no_broken_link():
+    assert R.classify(12) is R.RsyncExit.LINK
+    assert R.classify_run(12, NO_REMOTE_RSYNC) is R.RsyncExit.FATAL_USAGE
+    assert R.classify_run(12, OLD_REMOTE) is R.RsyncExit.FATAL_USAGE  # --fsync (durable: true) refused
+    broken = b"rsync: connection unexpectedly closed (4096 bytes received so far) [sender]\n"
+    assert R.classify_run(12, broken) is R.RsyncExit.LINK
+    assert R.classify_run(23, OLD_REMOTE) is R.RsyncExit.PARTIAL

@@ -138,9 +138,7 @@ def _transfer(spec: FolderSpec, remote: RemoteSpec, ssh: list[str], names: list[
     paths = [f"{base}/{n}" if base else n for n in names]
     present = present or set()
     run = _run(spec, remote, ssh, names, mode, base, dry_run=False)
-    kind_ = rsync.classify(run.rc)
-    if kind_ is rsync.RsyncExit.LINK and rsync.remote_rsync_missing(run.stderr):
-        kind_ = rsync.RsyncExit.FATAL_USAGE  # no retry helps until someone installs it
+    kind_ = rsync.classify_run(run.rc, run.stderr)
     if kind_ in (rsync.RsyncExit.LINK, rsync.RsyncExit.UNKNOWN):
         return {}, _why(run)
     if kind_ is rsync.RsyncExit.FATAL_USAGE:
@@ -149,7 +147,7 @@ def _transfer(spec: FolderSpec, remote: RemoteSpec, ssh: list[str], names: list[
     still: dict[str, rsync.OutLine] = {}
     if kind_ is not rsync.RsyncExit.OK:
         check = _run(spec, remote, ssh, names, mode, base, dry_run=True)
-        if rsync.classify(check.rc) in (rsync.RsyncExit.LINK, rsync.RsyncExit.UNKNOWN):
+        if rsync.classify_run(check.rc, check.stderr) in (rsync.RsyncExit.LINK, rsync.RsyncExit.UNKNOWN):
             return {}, _why(check)
         still = check.lines
     out: dict[str, list[Outcome]] = {}

@@ -60,7 +60,7 @@ def diff_remote(source: str, remote: RemoteSpec, *, sub: str, delete: bool, excl
         proc.stderr.close()
     # What the target holds: the source's entries, less those it lacks, plus its extras.
     stats.target_entries = max(0, stats.entries - new) + stats.doomed
-    kind = rsync.classify(rc)
+    kind = rsync.classify_run(rc, err)
     if kind in (rsync.RsyncExit.LINK, rsync.RsyncExit.UNKNOWN):
         raise LinkDown(rsync.explain(rc, err))
     if kind is not rsync.RsyncExit.OK and kind is not rsync.RsyncExit.PARTIAL:

@@ -511,6 +511,16 @@ def describe(rc: int) -> str:
 
 # --- diagnoses from stderr ------------------------------------------------------------------
 
+def classify_run(rc: int, stderr: bytes) -> RsyncExit:
+    """classify(rc), told by stderr where the code misleads: a remote without rsync, or one
+    that refuses an option (--fsync before 3.2.4), exits 12 like a broken link, yet no
+    reconnection helps until someone changes the remote or the config."""
+    kind = classify(rc)
+    if kind is RsyncExit.LINK and (remote_rsync_missing(stderr) or rejected_option(stderr) is not None):
+        return RsyncExit.FATAL_USAGE
+    return kind
+
+
 def explain(rc: int, stderr: bytes) -> str:
     """A failed run in words for a log line: its exit code's meaning and rsync's own first
     words about it (a remote without rsync said as such)."""
