@@ -10,12 +10,14 @@ from __future__ import annotations
 import fnmatch
 import json
 import logging
+import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partialmethod
 from typing import Any, TextIO
 
 import structlog
@@ -70,25 +72,64 @@ def _json_line(event: dict[str, Any], **_: Any) -> str:
     return _ENCODER.encode(event)
 
 
+def _lead(logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """event, level and timestamp first: a reader (or `cut`) sees what a line is before its data."""
+    return {"event": event.pop("event", ""), "level": event.pop("level", method),
+            "timestamp": event.pop("timestamp", None), **event}
+
+
+# syslog priorities, as journald reads them from a `<N>` prefix on a stream line
+# (SyslogLevelPrefix=, on by default): `journalctl -p warning` then filters, and journald's
+# rate limit counts each priority apart, so an info flood cannot crowd out the errors.
+PRIORITIES = {"debug": 7, "info": 6, "warning": 4, "warn": 4, "error": 3, "exception": 3, "critical": 2,
+              "fatal": 2}
+
+
+def writes_to_journal(stream: TextIO, environ: Mapping[str, str] | None = None) -> bool:
+    """Whether `stream` is the journal stream systemd connected (JOURNAL_STREAM is its device:inode).
+
+    The variable alone is not enough: it is inherited by children whose stderr was redirected
+    elsewhere (a pipe, a file), where a `<6>` would be garbage.
+    """
+    named = (os.environ if environ is None else environ).get("JOURNAL_STREAM", "")
+    device, _, inode = named.partition(":")
+    try:
+        st = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):  # io.StringIO and closed streams have no descriptor
+        return False
+    return f"{st.st_dev}:{st.st_ino}" == f"{device}:{inode}"
+
+
 class _LineWriter:
     """structlog's output: one line per event, written at once, except on a thread inside
-    `batch()`: its lines go out together when the batch ends (one write, not one per file)."""
+    `batch()`: its lines go out together when the batch ends (one write, not one per file).
+    With `priorities`, each line starts with its journald priority prefix."""
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, priorities: bool = False) -> None:
         self._stream = stream
         self._lock = threading.Lock()
         self._held: list[str] = []
         self._local = threading.local()
+        self._prefix = {name: f"<{n}>" if priorities else "" for name, n in PRIORITIES.items()}
 
-    def msg(self, message: str) -> None:
+    def _line(self, method: str, message: str) -> None:
+        line = f"{self._prefix.get(method, '')}{message}\n"
         with self._lock:
             if getattr(self._local, "depth", 0):
-                self._held.append(message + "\n")
+                self._held.append(line)
                 return
-            self._stream.write(message + "\n")
+            self._stream.write(line)
             self._stream.flush()
 
-    log = debug = info = warn = warning = error = critical = exception = fatal = msg
+    def msg(self, message: str) -> None:
+        self._line("info", message)
+
+    log = msg
+    debug = partialmethod(_line, "debug")
+    info = partialmethod(_line, "info")
+    warn = warning = partialmethod(_line, "warning")
+    error = exception = partialmethod(_line, "error")
+    critical = fatal = partialmethod(_line, "critical")
 
     @contextmanager
     def batch(self) -> Iterator[None]:
@@ -127,13 +168,14 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
     renderer: Any = (structlog.dev.ConsoleRenderer(colors=out.isatty(), sort_keys=False) if use_console
                      else structlog.processors.JSONRenderer(serializer=_json_line))
     global _writer
-    writer = _writer = _LineWriter(out)
+    writer = _writer = _LineWriter(out, priorities=writes_to_journal(out))
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _advise,
             structlog.processors.format_exc_info,
+            *(() if use_console else (_lead,)),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),

@@ -285,7 +285,7 @@ class Service:
         self.admission.release_all()  # no worker writes any more: another daemon may take over
         self.view.log_repeats(flush=True)
         done = total(self.view.all_stats())
-        self.log.info("daemon_stopped", files_mirrored=done.files, bytes=done.bytes, deleted=done.deleted,
+        self.log.info("daemon_stopped", files_mirrored=done.files, bytes_mirrored=done.bytes, deleted=done.deleted,
                       failed=done.failed, abandoned=abandoned)
         self.notifier.close()
 

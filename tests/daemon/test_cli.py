@@ -129,10 +129,10 @@ def test_sync_catches_up_once_and_exits(tmp_path):
     events = [json.loads(line)["event"] for line in r.stderr.splitlines() if line.startswith("{")]
     assert "sync_finished" in events and "daemon_ready" not in events
     finished = [json.loads(line) for line in r.stderr.splitlines() if '"sync_finished"' in line][0]
-    assert finished["files"] >= 200
+    assert finished["files_mirrored"] >= 200
     again = fm("sync", "--config", str(write_config(tmp_path, [spec])))
     again_finished = [json.loads(line) for line in again.stderr.splitlines() if '"sync_finished"' in line][0]
-    assert again_finished["files"] == 0 and again_finished["differences"] == 0
+    assert again_finished["files_mirrored"] == 0 and again_finished["differences"] == 0
 
 
 def test_sync_reports_failures_with_exit_1(tmp_path):

@@ -187,7 +187,7 @@ def test_catch_up_at_start_and_idle_restart_copies_nothing(tmp_path, daemon_fact
     d.wait_ready()
     wait_mirrored(src, dst)
     first = d.events("sync_finished", reason="startup")[0]
-    assert first["files"] >= 50, first
+    assert first["files_mirrored"] >= 50, first
     assert d.stop() == 0
     # changes made while the daemon was down
     (src / "f1").write_bytes(b"changed while down")
@@ -200,7 +200,7 @@ def test_catch_up_at_start_and_idle_restart_copies_nothing(tmp_path, daemon_fact
     d3 = daemon_factory(cfg)
     d3.wait_ready()
     finished = d3.events("sync_finished", reason="startup")[0]
-    assert finished["files"] == 0 and finished["differences"] == 0, finished
+    assert finished["files_mirrored"] == 0 and finished["differences"] == 0, finished
     assert not d3.events("file_mirrored")
 
 

@@ -5,7 +5,7 @@
 #
 # It installs foldermirror by running the shell blocks of README.md's "Run as a service" section
 # (only `sudo` is a shim, and the venv/pip lines use the fast offline form), then checks the ten
-# items of issue 7 and a remote target over ssh (11-13), one `SDVM-RESULT: PASS|FAIL` line each.
+# items of issue 7, a remote target over ssh (11-13) and the journal (14), one `SDVM-RESULT: PASS|FAIL` line each.
 . "$SDVM_LIB"
 CHECKOUT=$SDVM_DIR/extra
 U=foldermirror
@@ -323,10 +323,72 @@ check_kill9() {
   wait_eval 30 'since "$cur" $U | jsel event=sync_finished folder=photos reason=startup >/dev/null' \
     || why "no sync_finished after the restart" || return
   local sync; sync=$(since "$cur" $U | jsel event=sync_finished folder=photos reason=startup | tail -1)
-  python3 -c 'import json,sys; sys.exit(0 if json.loads(sys.argv[1])["files"] >= 1 else 1)' "$sync" \
+  python3 -c 'import json,sys; sys.exit(0 if json.loads(sys.argv[1])["files_mirrored"] >= 1 else 1)' "$sync" \
     || why "the start-up catch-up copied nothing: $sync" || return
   [ -z "$(temp_files)" ] || why "temp files left: $(temp_files)" || return
   DETAIL="active again ${up}s after kill -9 (RestartSec=5s); $sync"
+}
+
+# ---- 14. the journal: priorities, and a 20,000-file catch-up kept whole ---------------------------
+# Each line's <N> prefix becomes its PRIORITY, so `journalctl -p warning` filters; the unit's
+# LogRateLimitBurst= keeps a start-up catch-up's file_mirrored lines from being dropped.
+BULK=20000
+check_journal() {
+  local cur; cur=$(mark $U)
+  echo "the service user may not read this" > /srv/inbox/photos/locked.txt; chmod 600 /srv/inbox/photos/locked.txt
+  echo "readable" > /srv/inbox/photos/readable.txt
+  wait_eval 30 'since "$cur" $U | jsel event=mirror_failed path=locked.txt >/dev/null' \
+    || why "no mirror_failed for locked.txt: $(unit_tail $U)" || return
+  wait_eval 30 'since "$cur" $U | jsel event=file_mirrored path=readable.txt >/dev/null' \
+    || why "readable.txt not mirrored: $(unit_tail $U)" || return
+  local warn; warn=$(journalctl -b -u $U -p warning -o cat --no-pager)
+  jsel event=mirror_failed path=locked.txt <<<"$warn" >/dev/null \
+    || why "journalctl -p warning lacks the mirror_failed line: $(tail -2 <<<"$warn")" || return
+  ! grep -qF '"file_mirrored"' <<<"$warn" || why "journalctl -p warning shows file_mirrored: $(grep -F '"file_mirrored"' <<<"$warn" | head -1)" || return
+  local prios; prios=$(journalctl -b -u $U -o json --no-pager --after-cursor="$cur" | python3 -c '
+import json, sys
+seen = {}
+for line in sys.stdin:
+    r = json.loads(line)
+    msg = r.get("MESSAGE", "")
+    if isinstance(msg, str) and msg.startswith("{"):
+        seen.setdefault(json.loads(msg)["event"], r["PRIORITY"])
+print(" ".join(f"{e}={p}" for e, p in sorted(seen.items())))
+ok = seen.get("mirror_failed") == "3" and seen.get("file_mirrored") == "6"
+sys.exit(0 if ok else 1)') || why "PRIORITY fields: $prios" || return
+  rm -f /srv/inbox/photos/locked.txt /srv/inbox/photos/readable.txt
+  # A start-up catch-up of BULK files: every one of its file_mirrored lines is in the journal.
+  [ "$(prop $U LogRateLimitBurst)" = 250000 ] || why "LogRateLimitBurst=$(prop $U LogRateLimitBurst)" || return
+  systemctl stop $U || why "stop failed" || return
+  python3 -c '
+import os, sys
+base, n = sys.argv[1], int(sys.argv[2])
+for i in range(n):
+    d = f"{base}/d{i // 1000:02d}"
+    if i % 1000 == 0:
+        os.makedirs(d, exist_ok=True)
+    with open(f"{d}/f{i:05d}", "w") as f:
+        f.write(f"file {i}\n")' /srv/inbox/photos/bulk $BULK || why "could not make the bulk tree" || return
+  cur=$(mark $U); local t0 t1; t0=$(date +%s.%N)
+  systemctl start $U || why "start failed: $(unit_tail $U)" || return
+  wait_eval 600 'since "$cur" $U | jsel event=sync_finished folder=photos reason=startup >/dev/null' \
+    || why "no sync_finished for the bulk catch-up: $(unit_tail $U)" || return
+  t1=$(date +%s.%N)
+  local kept; kept=$(since "$cur" $U | python3 -c '
+import json, sys
+n = 0
+for line in sys.stdin:
+    if line.startswith("{") and "\"file_mirrored\"" in line:
+        r = json.loads(line)
+        n += r["kind"] == "file" and r["path"].startswith("bulk/")
+print(n)')
+  local suppressed; suppressed=$(journalctl -b -u systemd-journald -o cat --no-pager | grep -F "Suppressed" | grep -F "$U" | tail -1)
+  [ "$kept" = "$BULK" ] || why "$kept of $BULK file_mirrored lines in the journal; journald: ${suppressed:-no Suppressed line}" || return
+  [ -z "$suppressed" ] || why "journald suppressed lines: $suppressed" || return
+  DETAIL="$prios; $kept of $BULK file_mirrored lines kept, catch-up $(elapsed "$t0" "$t1")s; $(since "$cur" $U | jsel event=sync_finished folder=photos | cut -c1-200)"
+  # The bulk tree out of the way of the later checks, while the service is stopped.
+  systemctl stop $U && rm -rf /srv/inbox/photos/bulk /srv/mirror/photos/bulk && systemctl start $U \
+    || why "could not remove the bulk tree: $(unit_tail $U)" || return
 }
 
 # ---- 8. watchdog: a stopped main loop is killed and restarted -----------------------------------
@@ -595,6 +657,7 @@ run_check 03-mirror-and-journal-json check_mirror
 run_check 04-reload-add-folder-and-broken-yaml check_reload
 run_check 05-sandbox-targets-and-readwritepaths check_sandbox
 run_check 06-kill9-restart-and-catch-up check_kill9
+run_check 14-journal-priorities-and-rate-limit check_journal
 run_check 09-instance-docs-beside-main check_instance
 run_check 08-watchdog-kill-and-restart check_watchdog
 run_check 10-stop-clean-no-temp-files check_stop

@@ -90,8 +90,8 @@ def test_sync_finished_waits_until_the_folder_has_settled(tmp_path: Path):
     rig.mirror(items)
     rig.catch_ups.finish(rig.clock.now)
     (line,) = rig.log.of("sync_finished", "info")
-    assert {k: line[k] for k in ("folder", "reason", "files", "bytes", "failed", "differences")} == {
-        "folder": "data", "reason": "startup", "files": 3, "bytes": 30, "failed": 0, "differences": 3}
+    assert {k: line[k] for k in ("folder", "reason", "files_mirrored", "bytes_mirrored", "failed", "differences")} == {
+        "folder": "data", "reason": "startup", "files_mirrored": 3, "bytes_mirrored": 30, "failed": 0, "differences": 3}
     assert rig.folders["data"].catch_up is None
     rig.catch_ups.finish(rig.clock.now)
     assert len(rig.log.of("sync_finished")) == 1
@@ -106,7 +106,7 @@ def test_a_catch_up_counts_only_what_it_mirrored(tmp_path: Path):
     rig.mirror(rig.changes.take(10, timeout=0))
     rig.catch_ups.finish(rig.clock.now)
     (line,) = rig.log.of("sync_finished")
-    assert (line["files"], line["bytes"]) == (1, 10)
+    assert (line["files_mirrored"], line["bytes_mirrored"]) == (1, 10)
 
 
 def test_a_request_during_a_catch_up_continues_it(tmp_path: Path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 
 import pytest
@@ -83,6 +84,42 @@ def test_console_format_on_a_tty_is_aligned_and_coloured():
     logs.configure_logging("info", "auto", piped)
     logs.get_logger().info("file_mirrored", folder="photos")
     assert json.loads(piped.getvalue())["event"] == "file_mirrored"
+
+
+def test_json_lines_start_with_event_level_and_timestamp():
+    out = io.StringIO()
+    logs.configure_logging("info", "json", out)
+    logs.get_logger().warning("source_missing", folder="photos", path="/srv/photos")
+    line = out.getvalue()
+    assert list(json.loads(line))[:3] == ["event", "level", "timestamp"], line
+    assert line.startswith('{"event": "source_missing", "level": "warning", "timestamp": '), line
+
+
+def test_under_systemd_each_line_carries_its_journald_priority(tmp_path, monkeypatch):
+    journal = (tmp_path / "journal").open("w")
+    st = os.fstat(journal.fileno())
+    monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+    logs.configure_logging("debug", "json", journal)
+    log = logs.get_logger()
+    log.debug("pipeline_step")
+    log.info("file_mirrored")
+    log.warning("file_busy")
+    log.error("mirror_failed")
+    journal.close()
+    lines = (tmp_path / "journal").read_text().splitlines()
+    assert [line[:3] for line in lines] == ["<7>", "<6>", "<4>", "<3>"], lines
+    assert [json.loads(line[3:])["event"] for line in lines] == ["pipeline_step", "file_mirrored", "file_busy",
+                                                                 "mirror_failed"]
+    # A child that inherited the variable but writes elsewhere (a pipe, a file) gets plain lines.
+    elsewhere = io.StringIO()
+    logs.configure_logging("info", "json", elsewhere)
+    logs.get_logger().info("file_mirrored")
+    assert elsewhere.getvalue().startswith("{"), elsewhere.getvalue()
+    other = (tmp_path / "other").open("w")
+    assert not logs.writes_to_journal(other)
+    assert logs.writes_to_journal(other, {"JOURNAL_STREAM": f"{os.fstat(other.fileno()).st_dev}:"
+                                                            f"{os.fstat(other.fileno()).st_ino}"})
+    other.close()
 
 
 @pytest.mark.parametrize("top, message", [

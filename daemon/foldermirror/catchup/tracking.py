@@ -169,8 +169,9 @@ class CatchUpTracker:
             with self._lock:
                 state.catch_up = None
             done = self.done(name, c)
-            self.log.info("sync_finished", folder=name, reason=c.reason, files=done.files, bytes=done.bytes,
-                          failed=done.failed, differences=c.differences, seconds=round(now - c.started, 3))
+            self.log.info("sync_finished", folder=name, reason=c.reason, files_mirrored=done.files,
+                          bytes_mirrored=done.bytes, failed=done.failed, differences=c.differences,
+                          elapsed_s=round(now - c.started, 3))
             self._release_memory = self._release_memory or c.differences >= RELEASE_AFTER
         if self._release_memory and not self.active():
             self._release_memory = False
@@ -189,5 +190,5 @@ class CatchUpTracker:
                 sys.stderr.write(f"\r{name}: {done.files} copied, {pending + in_flight} to go{' ' * 10}")
                 sys.stderr.flush()
             else:
-                self.log.info("sync_progress", folder=name, files=done.files, bytes=done.bytes,
+                self.log.info("sync_progress", folder=name, files_mirrored=done.files, bytes_mirrored=done.bytes,
                               pending=pending, in_flight=in_flight, walk_done=c.walk_done)
