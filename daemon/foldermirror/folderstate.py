@@ -25,6 +25,7 @@ class CatchUp:
     walk_done: bool = False
     differences: int = 0
     to_copy: int = 0      # of those, files and symlinks (what `files` counts up to)
+    compared: bool = False  # its last comparison of the whole folder ran to the end (no error, link not lost)
 
 
 @dataclass
