@@ -7,6 +7,9 @@ endpoint is scraped in daemon/test_operator.py.
 from __future__ import annotations
 
 import dataclasses
+import re
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +20,7 @@ from foldermirror.pipeline.folder_stats import LastError, Tally
 from foldermirror.remote.links import LinkView
 from foldermirror.view.metrics import Metrics
 from foldermirror.view.read_model import CatchUpView, DaemonView, FolderView, Health
-from helpers import NO_PROMTOOL, PROMTOOL, Samples, promtool_problems, samples
+from helpers import NO_PROMTOOL, PROMTOOL, REPO, Samples, promtool_problems, samples
 
 
 def folder_view(name: str, **changes: Any) -> FolderView:
@@ -123,3 +126,33 @@ def test_no_old_name_is_left():
 @pytest.mark.skipif(PROMTOOL is None, reason=NO_PROMTOOL)
 def test_promtool_finds_nothing_to_lint():
     assert promtool_problems(exposition(busy_view())) == ""
+
+
+# -- the README's Metrics section ---------------------------------------------------------------
+def readme_metrics() -> str:
+    readme = (REPO / "README.md").read_text()
+    return readme.split("### Metrics\n", 1)[1].split("\n### ", 1)[0]
+
+
+def families(text: str) -> set[str]:
+    """The families in an exposition, less the histogram's `_created` (the text format gives it
+    a family of its own; it is the histogram's, not a metric to list)."""
+    return {name for name in re.findall(r"^# TYPE (\S+) ", text, re.M) if not name.endswith("_created")}
+
+
+def test_the_readme_lists_every_metric_and_no_other():
+    listed = set(re.findall(r"^\| `(foldermirror_\w+)` \|", readme_metrics(), re.M))
+    exposed = {name for name in families(exposition(busy_view())) if name.startswith("foldermirror_")}
+    assert listed == exposed, (listed - exposed, exposed - listed)
+
+
+def test_the_readme_alerts_name_only_metrics_there_are(tmp_path: Path):
+    (rules,) = re.findall(r"```yaml\n(.*?)```", readme_metrics(), re.S)
+    exposed = families(exposition(busy_view()))
+    named = set(re.findall(r"\b(foldermirror_\w+)", rules))
+    assert named and named <= exposed, named - exposed
+    if PROMTOOL is not None:
+        (tmp_path / "rules.yml").write_text(rules)
+        r = subprocess.run([PROMTOOL, "check", "rules", str(tmp_path / "rules.yml")], capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
