@@ -343,11 +343,35 @@ def remote_temps(root: Path) -> list[str]:
 
 
 # -- metrics ----------------------------------------------------------------------------------
-def scrape(address: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+Samples = dict[str, dict[tuple[tuple[str, str], ...], float]]  # sample name → sorted labels → value
+
+
+def scrape_text(address: str) -> str:
     with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as r:
-        text = r.read().decode()
-    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+        return r.read().decode()
+
+
+def samples(text: str) -> Samples:
+    out: Samples = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             out.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
     return out
+
+
+def scrape(address: str) -> Samples:
+    return samples(scrape_text(address))
+
+
+# Prometheus's own linter of the text format and its naming conventions (units, _total, HELP).
+# Debian ships it in the prometheus package; .ci/run takes only this binary out of it.
+PROMTOOL = shutil.which("promtool")
+NO_PROMTOOL = "promtool is not on PATH (Debian's prometheus package has it; .ci/run fetches it)"
+
+
+def promtool_problems(text: str) -> str:
+    """What `promtool check metrics` says of an exposition: "" when it is clean."""
+    assert PROMTOOL is not None, NO_PROMTOOL
+    r = subprocess.run([PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+    said = (r.stdout + r.stderr).strip()
+    return "" if r.returncode == 0 and not said else f"exit {r.returncode}: {said}"

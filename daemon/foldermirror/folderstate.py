@@ -24,7 +24,8 @@ class CatchUp:
     start: Tally          # the folder's counts when it began: what it did is the difference
     walk_done: bool = False
     differences: int = 0
-    to_copy: int = 0      # of those, files and symlinks (what `files` counts up to)
+    to_copy: int = 0      # of those, files and symlinks (what `files_mirrored` counts up to)
+    compared: bool = False  # its last comparison of the whole folder ran to the end (no error, link not lost)
 
 
 @dataclass

@@ -16,7 +16,23 @@ from typing import Any
 
 import pytest
 
-from helpers import LOCK_NAME, TEMP_MARK, fm, pair, scrape, snapshot, status, wait_mirrored, wait_until, write_config
+import foldermirror
+from helpers import (
+    LOCK_NAME,
+    NO_PROMTOOL,
+    PROMTOOL,
+    TEMP_MARK,
+    fm,
+    pair,
+    promtool_problems,
+    scrape,
+    scrape_text,
+    snapshot,
+    status,
+    wait_mirrored,
+    wait_until,
+    write_config,
+)
 
 
 def live(sock: Path, name: str = "data") -> dict[str, Any]:
@@ -69,14 +85,15 @@ def test_status_during_catch_up_and_in_sync(tmp_path, daemon_factory):
     (src / "slow.bin").write_bytes(b"s" * (40 << 20))
     count, dirs, size = entries(src)
     spec["settle"] = "30s"  # below: a file written without close stays pending, so its lag can be seen
-    cfg = write_config(tmp_path, [spec], control_socket=str(tmp_path / "ctl.sock"))
+    cfg = write_config(tmp_path, [spec], control_socket=str(tmp_path / "ctl.sock"), metrics={"listen": "127.0.0.1:0"})
+    before_start = time.time()
     d = daemon_factory(cfg, env={"FOLDERMIRROR_FAULTS": "slow_copy:slow.bin"})
     wait_until(lambda: (tmp_path / "ctl.sock").exists(), 30, "control socket never appeared")
     early = live(tmp_path / "ctl.sock")
     # Read the target after the snapshot: what the daemon counted as done is there by then.
     in_target = entries(dst)[0] if dst.exists() else 0
     assert early["state"] == "catching_up", (early["problems"], early)
-    assert early["files"] <= in_target <= count, (early, in_target, count)
+    assert early["files_mirrored"] <= in_target <= count, (early, in_target, count)
     assert early["catch_up"]["reason"] == "startup"
     # Progress counts up to the files to copy; the 40 directories are differences, not files.
     c = early["catch_up"]
@@ -87,11 +104,27 @@ def test_status_during_catch_up_and_in_sync(tmp_path, daemon_factory):
     mid = live(tmp_path / "ctl.sock")
     assert mid["state"] == "catching_up" and mid["catch_up"] is not None, mid
     assert mid["watches_complete"] is True, mid
+    # The same catch-up in the metrics (the slow file keeps it going for a while yet).
+    address = d.wait_for("metrics_listening")[0]["listen"]
+    m = scrape(address)
+    key = (("folder", "data"),)
+    progress = {name: m[f"foldermirror_catchup_{name}"][key] for name in ("running", "comparing", "copied_files",
+                                                                          "files_to_copy")}
+    assert progress["running"] == 1 and 0 <= progress["copied_files"] <= count, progress
+    # The comparison's count comes once it is done; walk_done is set before it.
+    assert progress["files_to_copy"] == (0 if progress["comparing"] else count), progress
+    assert "foldermirror_last_full_comparison_timestamp_seconds" not in m, "no comparison has ended yet"
     d.wait_ready()
+    m = scrape(address)
+    assert [m[f"foldermirror_catchup_{name}"][key] for name in ("running", "comparing", "copied_files",
+                                                                  "files_to_copy")] == [0, 0, 0, 0], m
+    ended = m["foldermirror_last_full_comparison_timestamp_seconds"][key]
+    assert before_start < ended <= time.time(), (before_start, ended)
     snap = status(cfg)
     f = folder(snap, "data")
     assert f["state"] == "in_sync" and f["problems"] == [], f
-    assert (f["files"], f["bytes"], f["watched_directories"]) == (count, size, dirs), (f, count, size, dirs)
+    assert (f["files_mirrored"], f["bytes_mirrored"], f["watched_directories"]) == (count, size, dirs), \
+        (f, count, size, dirs)
     assert (f["pending"], f["in_flight"], f["lag_s"], f["failed"], f["last_error"]) == (0, 0, 0, 0, None)
     assert f["watches_complete"] is True and f["catch_up"] is None
     assert snap["pid"] == d.proc.pid and snap["config"] == str(cfg)
@@ -106,9 +139,9 @@ def test_status_during_catch_up_and_in_sync(tmp_path, daemon_factory):
         sock = tmp_path / "ctl.sock"
         first = wait_until(lambda: (s := live(sock))["pending"] == 1 and s, 30, "not pending")
         second = wait_until(lambda: (s := live(sock))["lag_s"] > first["lag_s"] + 0.2 and s, 30, "no lag growth")
-        assert second["state"] == "in_sync" and second["files"] == count
+        assert second["state"] == "in_sync" and second["files_mirrored"] == count
         assert "late.txt" not in os.listdir(dst)
-    wait_until(lambda: live(sock)["files"] == count + 1, 30, "late.txt not counted")
+    wait_until(lambda: live(sock)["files_mirrored"] == count + 1, 30, "late.txt not counted")
     assert (dst / "late.txt").read_bytes() == b"late"
     assert d.stop() == 0
     assert not (tmp_path / "ctl.sock").exists(), "the socket is removed on a clean stop"
@@ -129,7 +162,7 @@ def test_status_shows_the_last_error_and_folds_repeats(tmp_path, daemon_factory)
     assert f["state"] == "degraded", f
     assert f["failed"] == 6 and f["failures"] == {"EEXIST": 6} and f["failing"] == 6, f
     e = f["last_error"]
-    assert re.fullmatch(r"sub\d(/f)?", e["path"]) and "EEXIST" in e["error"] and e["kind"] == "EEXIST", e
+    assert re.fullmatch(r"sub\d(/f)?", e["path"]) and "EEXIST" in e["error"] and e["errno"] == "EEXIST", e
     assert abs(time.mktime(time.strptime(e["time"], "%Y-%m-%dT%H:%M:%SZ")) - time.mktime(time.gmtime())) < 120
     text = fm("status", "--config", str(cfg)).stdout
     assert f"data: last error {e['time']} {e['path']}: {e['error']}" in text, text
@@ -219,7 +252,8 @@ def test_metrics_are_scraped_and_match_what_was_mirrored(tmp_path, daemon_factor
     (bdst / "sub").write_bytes(b"conflict")
     cfg = write_config(tmp_path, [spec, bspec], control_socket=str(tmp_path / "ctl.sock"),
                        metrics={"listen": "127.0.0.1:0"})
-    d = daemon_factory(cfg)
+    before_start = time.time()
+    d = daemon_factory(cfg, env={"FOLDERMIRROR_FAULTS": "max_user_watches:54321"})
     d.wait_ready()
     address = d.wait_for("metrics_listening")[0]["listen"]
     assert address.startswith("127.0.0.1:")
@@ -238,24 +272,54 @@ def test_metrics_are_scraped_and_match_what_was_mirrored(tmp_path, daemon_factor
         # A scrape is not one snapshot: the counters and the latency histogram of the last
         # outcome are updated one after the other, and its path leaves flight after them.
         m = scrape(address)
-        done = (m["foldermirror_files_mirrored_total"].get(key), m["foldermirror_deletions_total"].get(key),
-                m["foldermirror_mirror_latency_seconds_count"].get(key), m["foldermirror_pending"].get(key),
-                m["foldermirror_in_flight"].get(key))
+        done = (m["foldermirror_mirrored_files_total"].get(key), m["foldermirror_deletions_total"].get(key),
+                m["foldermirror_mirror_latency_seconds_count"].get(key), m["foldermirror_pending_paths"].get(key),
+                m["foldermirror_in_flight_paths"].get(key))
         seen[:] = [done]
         return m if done == want else None
     m = wait_until(settled, 30, lambda: f"(files, deletions, latencies, pending, in flight) stayed at {seen}, "
                                         f"not {want}")
-    assert m["foldermirror_bytes_mirrored_total"][key] == sum(sizes)
+    assert m["foldermirror_mirrored_bytes_total"][key] == sum(sizes)
     # Latency is observed for every path done: the files, the directory and the deletion.
     assert m["foldermirror_mirror_latency_seconds_count"][key] == len(sizes) + 2
     assert m["foldermirror_mirror_latency_seconds_bucket"][(("folder", "data"), ("le", "+Inf"))] == len(sizes) + 2
-    assert m["foldermirror_pending"][key] == 0 and m["foldermirror_in_flight"][key] == 0
+    assert m["foldermirror_pending_paths"][key] == 0 and m["foldermirror_in_flight_paths"][key] == 0
     assert m["foldermirror_lag_seconds"][key] == 0
     assert m["foldermirror_watched_directories"][key] == 1  # the walk at start saw only the root
+    assert m["foldermirror_inotify_max_user_watches"][()] == 54321  # the fault stands in for the sysctl
     assert m["foldermirror_worker_restarts_total"][()] == 0 and m["foldermirror_overflow_rescans_total"][()] == 0
-    assert m["foldermirror_failures_total"][(("folder", "bad"), ("kind", "EEXIST"))] >= 1
+    bad = (("folder", "bad"),)
+    assert m["foldermirror_failures_total"][(("errno", "EEXIST"), ("folder", "bad"))] >= 1
+    # "sub" fails for good (a file in the target where the source has a folder): one path failing now.
+    assert (m["foldermirror_failing_paths"][bad], m["foldermirror_failing_paths"][key]) == (1, 0)
+    assert m["foldermirror_build_info"] == {(("version", foldermirror.__version__),): 1}
+    # Both start-up catch-ups ended (wait_ready saw their sync_finished), the failing path notwithstanding.
+    for k in (key, bad):
+        assert before_start < m["foldermirror_last_full_comparison_timestamp_seconds"][k] <= time.time()
+    # process_start_time_seconds is counted from the boot time, which the kernel gives in whole seconds.
+    assert before_start - 2 < m["process_start_time_seconds"][()] <= time.time()
+    assert m["process_resident_memory_bytes"][()] > 0
     assert m["foldermirror_folder_state"][(("folder", "bad"), ("state", "degraded"))] == 1
     assert m["foldermirror_folder_state"][(("folder", "data"), ("state", "in_sync"))] == 1
+    assert d.stop() == 0
+
+
+@pytest.mark.skipif(PROMTOOL is None, reason=NO_PROMTOOL)
+def test_promtool_finds_nothing_to_lint_in_a_scrape(tmp_path, daemon_factory):
+    src, dst, spec = pair(tmp_path)
+    dst.mkdir()
+    (src / "sub").mkdir()
+    (dst / "sub").write_bytes(b"a file where the source has a folder")  # delete: false: fails, with an errno
+    (src / "f").write_bytes(b"f")
+    cfg = write_config(tmp_path, [spec], metrics={"listen": "127.0.0.1:0"})
+    d = daemon_factory(cfg)
+    address = d.wait_for("metrics_listening")[0]["listen"]
+    # Every family with samples, the latency histogram and a failure's errno label included.
+    def complete() -> str | None:
+        text = scrape_text(address)
+        return text if 'errno="EEXIST"' in text and "_bucket{" in text else None
+    text = wait_until(complete, 30, lambda: f"no failure or latency in:\n{scrape_text(address)}")
+    assert promtool_problems(text) == "", text
     assert d.stop() == 0
 
 

@@ -13,10 +13,13 @@ from pathlib import Path
 import pytest
 
 from helpers import (
+    PROMTOOL,
     fm,
+    promtool_problems,
     remote_pair,
     remote_temps,
-    scrape,
+    samples,
+    scrape_text,
     status,
     tree_diff,
     wait_mirrored,
@@ -256,10 +259,14 @@ def test_many_folders_on_one_host_share_one_login(tmp_path: Path, sshd: SshServe
         wait_mirrored(src, dst, 30)
     assert sshd.logins() == 1, sshd.log()[-2000:]
     assert len(d.events("remote_up")) == 1
-    metrics = scrape(d.wait_for("metrics_listening")[0]["listen"])
+    text = scrape_text(d.wait_for("metrics_listening")[0]["listen"])
+    metrics = samples(text)
     host = (("host", f"root@127.0.0.1:{sshd.port}"),)
     assert metrics["foldermirror_remote_up"][host] == 1, metrics.get("foldermirror_remote_up")
     assert metrics["foldermirror_remote_rtt_seconds"][host] > 0
+    assert metrics["foldermirror_remote_reconnects_total"][host] == 0
+    if PROMTOOL is not None:  # the remote families too (test_operator lints a local daemon's, or skips)
+        assert promtool_problems(text) == "", text
 
 
 def test_a_batch_for_a_source_root_that_is_not_the_watched_one_touches_nothing(tmp_path: Path, sshd: SshServer):

@@ -9,6 +9,7 @@ own thread (`run_walks`), as that thread would.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -211,3 +212,47 @@ def test_a_subtree_walk_leaves_the_catch_up_and_the_directory_count_alone(tmp_pa
     rig.run_walks()
     assert rig.stats["data"].directories is None
     assert rig.folders["data"].catch_up is None
+
+
+# -- the last full comparison (foldermirror_last_full_comparison_timestamp_seconds) ----------
+def test_a_catch_up_that_compared_the_whole_folder_records_when_it_ended(tmp_path: Path):
+    rig = Rig(tmp_path)
+    (rig.config.source / "a").write_bytes(b"x" * 10)
+    rig.catch_ups.request("data", "startup")
+    rig.run_walks()
+    rig.catch_ups.finish(rig.clock.now)
+    assert rig.folder_stats("data").last_full_comparison is None  # walked, but "a" is not mirrored yet
+    rig.mirror(rig.changes.take(10, timeout=0))
+    before = time.time()
+    rig.catch_ups.finish(rig.clock.now)
+    assert rig.log.of("sync_finished")
+    stamp = rig.folder_stats("data").last_full_comparison
+    assert stamp is not None and before <= stamp <= time.time()
+
+
+def test_a_comparison_that_failed_part_way_records_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    def broken_diff_tree(*args: Any, **kwargs: Any) -> Iterator[Difference]:
+        raise PermissionError(13, "Permission denied", "/srv/data-dst")
+        yield  # a generator, as diff_tree is
+
+    rig = Rig(tmp_path)
+    monkeypatch.setattr(tracking, "diff_tree", broken_diff_tree)
+    rig.catch_ups.request("data", "startup")
+    rig.run_walks()
+    rig.catch_ups.finish(rig.clock.now)
+    assert rig.log.of("reconcile_failed", "error") and rig.log.of("sync_finished")  # the catch-up still ends
+    assert rig.folder_stats("data").last_full_comparison is None
+    # The next comparison that runs to its end does count.
+    monkeypatch.undo()
+    rig.catch_ups.request("data", "rescan")
+    rig.run_walks()
+    rig.catch_ups.finish(rig.clock.now)
+    assert rig.folder_stats("data").last_full_comparison is not None
+
+
+def test_a_subtree_walk_is_not_a_full_comparison(tmp_path: Path, walks: dict[str, list[str]]):
+    rig = Rig(tmp_path)
+    rig.catch_ups.reconciler.request(Request("data", "a", "subtree", ready=True))
+    rig.run_walks()
+    rig.catch_ups.finish(rig.clock.now)
+    assert rig.folder_stats("data").last_full_comparison is None

@@ -21,6 +21,7 @@ from foldermirror.pipeline.folder_stats import FolderStats, LastError, Tally
 from foldermirror.pipeline.watch_health import Watching
 from foldermirror.remote.links import LinkState, LinkView
 from foldermirror.view.read_model import DaemonView, Health, ReadModel, health, status_line
+from foldermirror.view.status_table import render
 from helpers import REPO
 
 ROOT = Path("/srv")
@@ -174,15 +175,26 @@ def test_a_catch_up_counts_the_files_copied_since_it_began():
     parts.folders["a"].catch_up = CatchUp("rescan", 0.0, parts.stats["a"].tally(), walk_done=True, to_copy=8)
     parts.stats["a"].files = 7
     (a,) = parts.view().folders
-    assert a.catch_up is not None and (a.catch_up.files, a.catch_up.to_copy) == (2, 8)
+    assert a.catch_up is not None and (a.catch_up.files_mirrored, a.catch_up.to_copy) == (2, 8)
+
+
+def test_the_last_full_comparison_and_the_watch_limit_are_carried_through():
+    parts = Parts("a", "b")
+    parts.stats["a"].last_full_comparison = 1_800_000_123.4
+    view = parts.view()
+    a, b = view.folders
+    assert (a.last_full_comparison, b.last_full_comparison) == (1_800_000_123.4, None)
+    assert view.max_user_watches == 1_000_000
+    a_doc, b_doc = view.to_json()["folders"]
+    assert (a_doc["last_full_comparison"], b_doc["last_full_comparison"]) == ("2027-01-15T08:02:03Z", None)
 
 
 # -- status --json ------------------------------------------------------------------------------
 TOP_KEYS = {"version", "pid", "config", "started", "uptime_s", "workers", "worker_restarts", "overflow_rescans",
             "watcher_alive", "control_socket", "metrics", "folders"}
-FOLDER_KEYS = {"name", "source", "target", "state", "problems", "pending", "in_flight", "lag_s", "files", "bytes",
-               "deleted", "failed", "failing", "failures", "last_error", "watches_complete", "watched_directories",
-               "unreadable", "catch_up", "link"}
+FOLDER_KEYS = {"name", "source", "target", "state", "problems", "pending", "in_flight", "lag_s", "files_mirrored",
+               "bytes_mirrored", "deleted", "failed", "failing", "failures", "last_error", "watches_complete",
+               "watched_directories", "unreadable", "catch_up", "last_full_comparison", "link"}
 
 
 def json_view() -> dict[str, Any]:
@@ -199,10 +211,36 @@ def test_status_json_has_exactly_the_documented_keys():
     assert set(doc) == TOP_KEYS
     a, b = doc["folders"]
     assert set(a) == set(b) == FOLDER_KEYS
-    assert set(a["last_error"]) == {"path", "error", "kind", "time"} and a["last_error"]["time"].endswith("Z")
+    assert set(a["last_error"]) == {"path", "error", "errno", "time"} and a["last_error"]["time"].endswith("Z")
+    assert a["last_error"]["errno"] == "EACCES"
     assert b["unreadable"] == {"count": 7, "paths": ["d0", "d1", "d2", "d3", "d4"]}
-    assert set(b["catch_up"]) == {"reason", "files", "to_copy", "differences", "walk_done", "seconds"}
+    assert set(b["catch_up"]) == {"reason", "files_mirrored", "to_copy", "differences", "walk_done", "elapsed_s"}
     assert (a["state"], b["state"]) == ("degraded", "degraded")
+
+
+def test_status_json_names_follow_the_log_lines():
+    """Totals are files_mirrored and bytes_mirrored, an errno name is `errno` (`kind` is a file
+    type, and the document has none), and every duration ends in _s."""
+    doc = json_view()
+    keys: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            keys.update(node)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+    walk(doc)
+    assert not keys & {"files", "bytes", "kind", "seconds", "since", "elapsed", "lag", "uptime"}, keys
+    assert {"files_mirrored", "bytes_mirrored", "errno", "elapsed_s", "lag_s", "uptime_s"} <= keys
+
+
+def test_the_status_table_reads_the_document():
+    table = render(json_view())
+    assert "b: catching up (startup): 0 of 4 files copied" in table, table
+    assert "a: last error 2027-01-15T08:00:00Z x: EACCES" in table, table
 
 
 def test_status_json_round_trips_through_json():
@@ -215,12 +253,13 @@ def test_every_key_the_readme_names_for_status_json_is_there():
     section = readme.split("## Watching it", 1)[1].split("\n## ", 1)[0]
     paragraph = section[section.index("`--json`"):]
     paragraph = paragraph[:paragraph.index("exits 3")]
-    named = set(re.findall(r"`([a-z_.\[\]]+)`", paragraph)) - {"--json", "status"}  # the flag, the command
+    # Less the flag, the command and the suffix of durations.
+    named = set(re.findall(r"`([a-z_.\[\]]+)`", paragraph)) - {"--json", "status", "_s"}
     doc = json_view()
     folder_doc = doc["folders"][0] | {"catch_up": doc["folders"][1]["catch_up"]}
     link_doc = {f.name for f in dataclasses.fields(LinkView)} | {str(s) for s in LinkState}
     known = set(doc) | set(folder_doc) | {"folders[].state"} | set(folder_doc["unreadable"]) \
-        | set(folder_doc["catch_up"]) | link_doc
+        | set(folder_doc["catch_up"]) | set(folder_doc["last_error"]) | link_doc
     states = {"in_sync", "catching_up", "degraded", "remote_down"}
     assert named - states <= known, named - states - known
     assert states <= named and states == {str(h) for h in Health}

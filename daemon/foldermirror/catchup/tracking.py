@@ -90,6 +90,7 @@ class CatchUpTracker:
         f = state.config
         stats = WalkStats()
         extras: list[str] = []
+        complete = False  # the walk got to its end
         try:
             if f.remote is not None:
                 spec = self.remote_spec(f)
@@ -114,6 +115,7 @@ class CatchUpTracker:
             for path in extras:
                 self.changes.wait_for_room()
                 self.changes.touch(f.name, path, settle=f.settle, ready=req.ready)
+            complete = True
         except LinkDown as exc:
             # Compared again once the link is back (Links asks for it).
             self.log.warning("reconcile_deferred", folder=f.name, path=req.sub, error=str(exc))
@@ -142,6 +144,7 @@ class CatchUpTracker:
                 c = state.catch_up
                 if c is not None:
                     c.walk_done = True
+                    c.compared = complete
                     c.differences += stats.differences
                     c.to_copy += stats.copies
 
@@ -168,6 +171,8 @@ class CatchUpTracker:
                 continue
             with self._lock:
                 state.catch_up = None
+            if c.compared:  # the foldermirror_last_full_comparison_timestamp_seconds metric
+                self.folder_stats(name).last_full_comparison = time.time()
             done = self.done(name, c)
             self.log.info("sync_finished", folder=name, reason=c.reason, files_mirrored=done.files,
                           bytes_mirrored=done.bytes, failed=done.failed, differences=c.differences,

@@ -34,7 +34,7 @@ class Tally(NamedTuple):
 class LastError:
     path: str
     error: str
-    kind: str          # errno name or "other"
+    errno: str         # errno name or "other"
     at: float          # wall-clock time.time()
 
 
@@ -43,11 +43,14 @@ class FolderStats:
     files: int = 0
     bytes: int = 0
     deleted: int = 0
-    failures: dict[str, int] = field(default_factory=dict)   # by error kind
+    failures: dict[str, int] = field(default_factory=dict)   # by errno name
     failing: dict[str, LastError] = field(default_factory=dict)  # paths whose last attempt failed
     last_error: LastError | None = None
     directories: int | None = None  # source directories in the last full walk (None: not walked yet)
     unreadable: tuple[str, ...] = ()  # directories the walks could not list, as paths in the folder
+    # Wall-clock time.time() the last catch-up ended whose comparison of the whole folder ran
+    # to its end (None: none yet since start).
+    last_full_comparison: float | None = None
 
     def record(self, o: Outcome) -> None:
         """Account for one outcome reported by a worker."""
@@ -59,9 +62,9 @@ class FolderStats:
         elif o.status is Status.DELETED:
             self.deleted += 1
         if o.status is Status.FAILED:
-            kind = error_kind(o.errno)
-            self.failures[kind] = self.failures.get(kind, 0) + 1
-            self.last_error = self.failing[o.path] = LastError(o.path, o.error, kind, time.time())
+            name = error_kind(o.errno)
+            self.failures[name] = self.failures.get(name, 0) + 1
+            self.last_error = self.failing[o.path] = LastError(o.path, o.error, name, time.time())
         elif o.status.settled:
             self.failing.pop(o.path, None)
 

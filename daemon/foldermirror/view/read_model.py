@@ -37,11 +37,11 @@ class Health(StrEnum):
 @dataclass(frozen=True)
 class CatchUpView:
     reason: str
-    files: int         # files and symlinks copied so far
-    to_copy: int       # what the comparison found to copy (0 until it is done)
-    differences: int   # everything it found: directories and deletions too
+    files_mirrored: int  # files and symlinks copied so far
+    to_copy: int         # what the comparison found to copy (0 until it is done)
+    differences: int     # everything it found: directories and deletions too
     walk_done: bool
-    seconds: float
+    elapsed_s: float
 
 
 @dataclass(frozen=True)
@@ -55,8 +55,8 @@ class FolderView:
     pending: int
     in_flight: int
     lag_s: float
-    files: int
-    bytes: int
+    files_mirrored: int
+    bytes_mirrored: int
     deleted: int
     failed: int
     failing: int
@@ -65,6 +65,7 @@ class FolderView:
     watched_directories: int | None
     unreadable: tuple[str, ...]
     catch_up: CatchUpView | None
+    last_full_comparison: float | None  # wall clock (FolderStats.last_full_comparison)
     link: LinkView | None = None
 
 
@@ -83,6 +84,7 @@ class DaemonView:
     control_socket: str | None
     metrics: str | None
     unusable: tuple[str, ...]
+    max_user_watches: int | None      # fs.inotify.max_user_watches (None: it cannot be read)
     folders: tuple[FolderView, ...]
     totals: Tally                     # every folder since start, removed ones included
 
@@ -101,14 +103,16 @@ def _folder_json(f: FolderView) -> dict[str, Any]:
     last = f.last_error
     return {
         "name": f.name, "source": f.source, "target": f.target, "state": str(f.state), "problems": list(f.problems),
-        "pending": f.pending, "in_flight": f.in_flight, "lag_s": round(f.lag_s, 3), "files": f.files,
-        "bytes": f.bytes, "deleted": f.deleted, "failed": f.failed, "failing": f.failing,
-        "failures": dict(f.failures),
-        "last_error": None if last is None else {"path": last.path, "error": last.error, "kind": last.kind,
+        "pending": f.pending, "in_flight": f.in_flight, "lag_s": round(f.lag_s, 3),
+        "files_mirrored": f.files_mirrored, "bytes_mirrored": f.bytes_mirrored, "deleted": f.deleted,
+        "failed": f.failed, "failing": f.failing, "failures": dict(f.failures),
+        "last_error": None if last is None else {"path": last.path, "error": last.error, "errno": last.errno,
                                                  "time": iso(last.at)},
         "watches_complete": f.watches_complete, "watched_directories": f.watched_directories,
         "unreadable": {"count": len(f.unreadable), "paths": list(f.unreadable[:UNREADABLE_SHOWN])},
-        "catch_up": None if f.catch_up is None else {**asdict(f.catch_up), "seconds": round(f.catch_up.seconds, 3)},
+        "catch_up": None if f.catch_up is None else {**asdict(f.catch_up),
+                                                     "elapsed_s": round(f.catch_up.elapsed_s, 3)},
+        "last_full_comparison": None if f.last_full_comparison is None else iso(f.last_full_comparison),
         "link": None if f.link is None else {**asdict(f.link), "since_s": round(f.link.since_s, 3)},
     }
 
@@ -148,7 +152,8 @@ class ReadModel:
         states = dict(self._folders)
         stats = {name: self._folder_stats(name) for name in states}
         directories = sum(s.directories or 0 for s in stats.values())
-        shortage = checks.watch_shortage_of(directories, self._watch_limit(now))
+        limit = self._watch_limit(now)
+        shortage = checks.watch_shortage_of(directories, limit)
         folders = tuple(self._folder(name, state, stats[name], watching, shortage, now, brief)
                         for name, state in states.items())
         config = self._config()
@@ -158,7 +163,8 @@ class ReadModel:
             uptime_s=now - self.started, workers=config.workers, worker_restarts=self._restarts(),
             overflow_rescans=self._overflows(), watcher_alive=watching is not None and watching.alive,
             watch_problems=tuple(self._watch_problems()), control_socket=control, metrics=metrics,
-            unusable=tuple(sorted(self._unusable())), folders=folders, totals=total(self._all_stats()))
+            unusable=tuple(sorted(self._unusable())), max_user_watches=limit, folders=folders,
+            totals=total(self._all_stats()))
 
     def _watch_limit(self, now: float) -> int | None:
         """fs.inotify.max_user_watches, read again at most every WATCH_LIMIT_TTL seconds."""
@@ -178,15 +184,16 @@ class ReadModel:
             name=name, source=str(f.source), target=str(f.target), state=state_, problems=problems,
             watches_complete=complete, pending=pending, in_flight=in_flight,
             lag_s=0.0 if brief else self._changes.oldest_age(name),
-            files=stats.files, bytes=stats.bytes, deleted=stats.deleted, failed=stats.failed,
+            files_mirrored=stats.files, bytes_mirrored=stats.bytes, deleted=stats.deleted, failed=stats.failed,
             failing=len(stats.failing), failures=dict(stats.failures), last_error=stats.last_error,
             watched_directories=stats.directories, unreadable=stats.unreadable,
-            catch_up=None if c is None else _catch_up(c, stats, now), link=link)
+            catch_up=None if c is None else _catch_up(c, stats, now),
+            last_full_comparison=stats.last_full_comparison, link=link)
 
 
 def _catch_up(c: CatchUp, stats: FolderStats, now: float) -> CatchUpView:
-    return CatchUpView(reason=c.reason, files=stats.tally().since(c.start).files, to_copy=c.to_copy,
-                       differences=c.differences, walk_done=c.walk_done, seconds=now - c.started)
+    return CatchUpView(reason=c.reason, files_mirrored=stats.tally().since(c.start).files, to_copy=c.to_copy,
+                       differences=c.differences, walk_done=c.walk_done, elapsed_s=now - c.started)
 
 
 def health(state: FolderState, stats: FolderStats, watching: Watching | None,
@@ -244,9 +251,9 @@ def status_line(view: DaemonView) -> str:
         c = catching.catch_up
         assert c is not None
         if not c.walk_done:
-            text = f"catching up {catching.name}: {c.files:,} files copied, still comparing"
+            text = f"catching up {catching.name}: {c.files_mirrored:,} files copied, still comparing"
         else:
-            text = f"catching up {catching.name}: {c.files:,}/{max(c.to_copy, c.files):,} files"
+            text = f"catching up {catching.name}: {c.files_mirrored:,}/{max(c.to_copy, c.files_mirrored):,} files"
     else:
         n = len(view.folders)
         waiting = sum(f.pending + f.in_flight for f in view.folders)

@@ -15,8 +15,8 @@ def render(snap: dict[str, Any]) -> str:
     columns = ("FOLDER", "STATE", "PENDING", "IN FLIGHT", "LAG", "MIRRORED", "BYTES", "DELETED", "FAILED",
                "WATCHES")
     rows = [[f["name"], f["state"].replace("_", " "), f"{f['pending']:,}", f"{f['in_flight']:,}",
-             duration(f["lag_s"]), f"{f['files']:,}", size(f["bytes"]), f"{f['deleted']:,}", f"{f['failed']:,}",
-             "complete" if f["watches_complete"] else "INCOMPLETE"] for f in snap["folders"]]
+             duration(f["lag_s"]), f"{f['files_mirrored']:,}", size(f["bytes_mirrored"]), f"{f['deleted']:,}",
+             f"{f['failed']:,}", "complete" if f["watches_complete"] else "INCOMPLETE"] for f in snap["folders"]]
     widths = [max(len(r[i]) for r in [list(columns), *rows]) for i in range(len(columns))]
     right = {2, 3, 5, 7, 8}
 
@@ -28,9 +28,9 @@ def render(snap: dict[str, Any]) -> str:
     for f in snap["folders"]:
         c = f["catch_up"]
         if c is not None:
-            total = max(c["to_copy"], c["files"])
+            total = max(c["to_copy"], c["files_mirrored"])
             walk = "" if c["walk_done"] else ", still comparing"
-            done = f"{c['files']:,} of {total:,} files copied{walk}"
+            done = f"{c['files_mirrored']:,} of {total:,} files copied{walk}"
             notes.append(f"{f['name']}: catching up ({c['reason']}): {done}")
         for problem in f["problems"]:
             notes.append(f"{f['name']}: {problem}")
