@@ -233,7 +233,8 @@ def _zsh_spec(o: Option, index: int = 0) -> str:
     else:
         head, spec = "", f"{index}"
     if o.metavar:
-        message = _zsh_text(o.metavar).replace("{", "").replace("}", "") or "value"
+        message = (o.flags[0].lstrip("-").replace("-", " ") if o.metavar.startswith("{") and o.flags
+                   else _zsh_text(o.metavar)) or "value"
         action = (f"({' '.join(o.choices)})" if o.choices else
                   "_files -/" if o.files == "dir" else "_files" if o.files else " ")
         spec += f":{message}:{action}"

@@ -306,7 +306,30 @@ def test_bash_completes_commands_options_choices_and_files(bash_script, tmp_path
     assert registered.stdout.strip() == "complete -F _foldermirror foldermirror", registered
 
 
-def test_zsh_loads_the_completion_both_ways(tmp_path):
+# What zsh's completion offers for a command line, from a real interactive zsh in a pty (zpty):
+# compadd is wrapped to print each match it adds, and a post-completion hook ends that zsh.
+# "MA""TCH:" keeps the marker out of the pty's echo of the input.
+ZSH_CAPTURE = r"""
+zmodload zsh/zpty || exit 3
+local dir=$1 dump=$2; shift 2
+zpty z zsh -f -i
+zpty -w z "PROMPT=; fpath=(${(q)dir} \$fpath); autoload -Uz compinit; compinit -u -d ${(q)dump}"
+zpty -w z 'compadd() { if [[ ${@[1,(i)(-|--)]} == *-(O|A|D)\ * ]]; then builtin compadd "$@"; return; fi
+  local -a __hits; builtin compadd -A __hits "$@"; (( $#__hits )) && print -rl -- "MA""TCH:"${^__hits}
+  builtin compadd "$@"; }'
+zpty -w z 'zstyle ":completion:*" insert-tab false; bindkey "^I" complete-word'
+zpty -w z '__done() { print -r -- "END""-OF-COMPLETION"; exit 0; }; comppostfuncs=(__done)'
+zpty -w z "$*"$'\t'
+local line
+while zpty -r z line; do
+  [[ $line == *MATCH:* ]] && print -r -- ${${line##*MATCH:}//[$'\r\n']/}
+  [[ $line == *END-OF-COMPLETION* ]] && break
+done
+zpty -d z
+"""
+
+
+def test_zsh_completes_from_the_script_in_fpath(tmp_path):
     if shutil.which("zsh") is None:
         pytest.skip("zsh is not installed (apt-get install zsh)")
     r = fm("completion", "zsh")
@@ -314,13 +337,35 @@ def test_zsh_loads_the_completion_both_ways(tmp_path):
     fpath = tmp_path / "fpath"
     fpath.mkdir()
     (fpath / "_foldermirror").write_text(r.stdout)
+    (tmp_path / "capture.zsh").write_text(ZSH_CAPTURE)
     syntax = subprocess.run(["zsh", "-n", str(fpath / "_foldermirror")], capture_output=True, text=True, timeout=30)
     assert syntax.returncode == 0, syntax.stderr
-    for how in (f"fpath=({fpath} $fpath); autoload -Uz compinit; compinit -u -d {tmp_path}/dump",
-                f"autoload -Uz compinit; compinit -u -d {tmp_path}/dump2; source {fpath}/_foldermirror"):
-        loaded = subprocess.run(["zsh", "-f", "-c", f"{how}; print -r -- $_comps[foldermirror]"],
-                                capture_output=True, text=True, timeout=60, env={**ENV, "HOME": str(tmp_path)})
-        assert loaded.stdout.strip() == "_foldermirror" and loaded.stderr == "", loaded
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "conf.yaml").touch()
+    (work / "conf.d").mkdir()
+    env = {**ENV, "HOME": str(tmp_path)}
+
+    def offered(*words: str) -> list[str]:
+        got = subprocess.run(["zsh", "-f", str(tmp_path / "capture.zsh"), str(fpath), str(tmp_path / "dump"),
+                              "foldermirror", *words], capture_output=True, text=True, timeout=60, cwd=work, env=env)
+        assert got.returncode == 0, got
+        return list(dict.fromkeys(got.stdout.split()))
+
+    sourced = subprocess.run(["zsh", "-f", "-c", f"autoload -Uz compinit; compinit -u -d {tmp_path}/dump2; "
+                              f"source {fpath}/_foldermirror; print -r -- $_comps[foldermirror]"],
+                             capture_output=True, text=True, timeout=60, env=env)
+    assert sourced.stdout.strip() == "_foldermirror" and sourced.stderr == "", sourced  # sourced, not in $fpath
+    cmds = docgen.commands(build_parser())
+    assert offered("''") == [c.name for c in cmds]
+    assert offered("run", "--log-level", "''") == ["debug", "info", "warning", "error"]
+    assert offered("run", "-c", "/etc/x", "--log-format", "j") == ["json"]
+    for c in cmds:  # every option of every command, after its command (zsh sorts them)
+        assert sorted(offered(c.name, "-")) == sorted(f for o in c.options for f in o.flags), c.name
+    assert offered("files", "''") == list(shipped.SOURCES)
+    assert offered("completion", "''") == ["bash", "zsh"]
+    assert sorted(offered("check", "--config", "con")) == ["conf.d", "conf.yaml"]
+    assert offered("install-units", "--root", "con") == ["conf.d"]
 
 
 def test_the_man_page_renders_without_warnings_and_names_every_command(tmp_path):
