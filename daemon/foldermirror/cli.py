@@ -191,8 +191,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if hasattr(args, "handler"):  # a command that needs no config
-            code: int = args.handler(args, parser)
-            return code
+            try:
+                return int(args.handler(args, parser))
+            except BrokenPipeError:  # `foldermirror man | head`: the reader has what it wanted
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                return EXIT_OK
         config = load_config(find_config(args.config, os.environ))
         if args.command == "check":
             return check(config)
