@@ -135,7 +135,10 @@ def _exec_start(unit: str) -> str | None:
 def _write(dest: Path, data: bytes, replace: bool) -> None:
     """Whole or not at all (temp file, then rename), mode 0644; without `replace`, never over a
     file that appeared meanwhile (link(2) fails on an existing name)."""
-    dest.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    missing = [d for d in (dest.parent, *dest.parent.parents) if not d.exists()]
+    for folder in reversed(missing):  # 0755 whatever the umask: the service user reads the config
+        folder.mkdir()
+        folder.chmod(0o755)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

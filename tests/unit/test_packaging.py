@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import io
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -102,7 +103,13 @@ def test_placements_are_the_paths_the_readme_and_the_units_use():
 def test_install_units_writes_the_readme_paths_and_keeps_the_operators_config(tmp_path):
     root = tmp_path / "root"
     out, err = io.StringIO(), io.StringIO()
-    assert shipped.install(root, remote_targets=False, out=out, err=err) == 0
+    umask = os.umask(0o077)
+    try:
+        assert shipped.install(root, remote_targets=False, out=out, err=err) == 0
+    finally:
+        os.umask(umask)
+    assert (root / "etc/foldermirror").stat().st_mode & 0o777 == 0o755  # the service user reads its config
+    assert (root / "etc/foldermirror/config.yaml").stat().st_mode & 0o777 == 0o644
     unit = root / "etc/systemd/system/foldermirror.service"
     assert unit.read_bytes() == (REPO / "systemd/foldermirror.service").read_bytes()
     assert (unit.stat().st_mode & 0o777) == 0o644
