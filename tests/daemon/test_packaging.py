@@ -390,6 +390,9 @@ def test_the_man_page_renders_without_warnings_and_names_every_command(tmp_path)
         assert re.search(rf"^ +{re.escape(c.name)}$", plain, re.M), c.name                 # its section
     for name in docgen.names(build_parser()):
         assert name in plain, name
+    if shutil.which("lexgrog"):  # what mandb reads for whatis and apropos
+        whatis = subprocess.run(["lexgrog", str(page)], capture_output=True, text=True, timeout=60)
+        assert whatis.returncode == 0 and '"foldermirror - Keep live mirrors' in whatis.stdout, whatis
 
 
 # -- fault injection stays out of installed services -------------------------------------------
