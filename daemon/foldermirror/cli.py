@@ -1,4 +1,8 @@
-"""Command line: `run`, `check`, `sync`, `status` and `rescan`; maps errors to exit codes."""
+"""Command line: `run`, `check`, `sync`, `status` and `rescan`; maps errors to exit codes.
+
+The commands that need no config (`files`, `install-units`, `man`, `completion`) are in
+shipped.py and docgen.py, which add their own parsers and handlers.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from foldermirror import __version__
+from foldermirror import __version__, docgen, shipped
 from foldermirror.config import Config, load_config, settings
 from foldermirror.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, FoldermirrorError, NoConfigError
 from foldermirror.logs import configure_logging
@@ -100,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
                  "Ask the daemon running this config to compare a folder (or every folder) with its target "
                  "now, as at start-up. Exit 0 when the request was taken, 3 when no daemon is running.")
     rescan.add_argument("--folder", metavar="NAME", help="only this folder (default: every folder)")
+    shipped.add_commands(sub)
+    docgen.add_commands(sub)
     return parser
 
 
@@ -181,8 +187,15 @@ def ask(config: Config, args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
+        if hasattr(args, "handler"):  # a command that needs no config
+            try:
+                return int(args.handler(args, parser))
+            except BrokenPipeError:  # `foldermirror man | head`: the reader has what it wanted
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                return EXIT_OK
         config = load_config(find_config(args.config, os.environ))
         if args.command == "check":
             return check(config)

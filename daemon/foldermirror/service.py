@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from foldermirror import checks
+from foldermirror import checks, faults
 from foldermirror.admission import Admission, reload_plan
 from foldermirror.catchup.tracking import CatchUpTracker
 from foldermirror.config import Config, load_config
@@ -93,6 +93,7 @@ class Service:
             self._install_signals()  # first: a SIGTERM during start-up is acted on, not fatal
         self.log.info("daemon_started", pid=os.getpid(), config=str(cfg.path), workers=cfg.workers,
                       folders=[f.name for f in cfg.folders], mode="sync" if self.once else "run")
+        faults.announce(self.log)
         checks.warn_private_tmp(self.log, cfg)
         self.admission.ssh = cfg.ssh
         if not self.admission.admit(cfg.folders):
