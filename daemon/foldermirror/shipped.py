@@ -2,16 +2,15 @@
 
 The systemd units, their remote-targets drop-in, the annotated example config and README.md
 (which the units' Documentation= names) have one copy in git, at the top of the repository
-(`systemd/`, `config/`, `README.md`). setup.py copies them into the wheel as
-`foldermirror/share/PATH` at build time; a checkout (an editable install, or PYTHONPATH=daemon)
-reads them in place. So a pip or pipx user with no checkout can still
+(`systemd/`, `config/`, `README.md`). The wheel carries them as data files, installed
+under `{prefix}/share/foldermirror/PATH` (pyproject.toml, [tool.setuptools.data-files]); a
+checkout (an editable install, or PYTHONPATH=daemon) reads them in place. So a pip or pipx
+user with no checkout can still
 
   foldermirror files                  list them, with where `install-units` puts each
   foldermirror files NAME             print one (e.g. `files example.yaml > config.yaml`)
   foldermirror install-units [--root DIR] [--remote-targets]
                                       install them at the paths README's "Run as a service" uses
-
-setup.py reads SOURCES from this file with ast, without importing it.
 """
 
 from __future__ import annotations
@@ -21,13 +20,13 @@ import os
 import sys
 import tempfile
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import TextIO
 
 from foldermirror.errors import EXIT_OK, FoldermirrorError
 
-# name → path in the repository, and under foldermirror/share/ in a wheel. A plain literal:
-# setup.py evaluates it to know what to copy.
+# name → path in the repository, and under share/foldermirror/ where the wheel installed it.
 SOURCES = {
     "foldermirror.service": "systemd/foldermirror.service",
     "foldermirror@.service": "systemd/foldermirror@.service",
@@ -66,16 +65,23 @@ class NotShipped(FoldermirrorError):
 
 
 def base() -> Path:
-    """The folder SOURCES' paths are relative to: the package's share/ (a wheel), else the checkout."""
-    package = Path(__file__).resolve().parent
-    share = package / "share"
-    if share.is_dir():
-        return share
-    checkout = package.parent.parent          # daemon/foldermirror → the repository
-    if (checkout / SOURCES["foldermirror.service"]).is_file():
+    """The folder SOURCES' paths are relative to: the checkout this package runs from, else
+    where the installed wheel put its data files (found through its RECORD, so a venv, a
+    `pip install --user` and pipx all work)."""
+    checkout = Path(__file__).resolve().parent.parent.parent   # daemon/foldermirror → the repository
+    if (checkout / "pyproject.toml").is_file() and (checkout / SOURCES["foldermirror.service"]).is_file():
         return checkout
-    raise NotShipped(f"the shipped files are missing: neither {share} (an installed wheel) nor a checkout at "
-                     f"{checkout} holds them; reinstall foldermirror")
+    marker = f"share/foldermirror/{SOURCES['foldermirror.service']}"
+    try:
+        dist = metadata.distribution("foldermirror")
+        for f in dist.files or ():
+            if f.as_posix().endswith(marker):
+                # share/foldermirror/systemd/foldermirror.service → share/foldermirror
+                return Path(str(dist.locate_file(f))).resolve().parent.parent
+    except metadata.PackageNotFoundError:
+        pass
+    raise NotShipped(f"the shipped files are missing: no {marker} among the installed package's files and no "
+                     f"checkout at {checkout}; reinstall foldermirror")
 
 
 def path(name: str) -> Path:

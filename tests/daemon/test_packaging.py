@@ -201,8 +201,9 @@ def test_the_wheel_carries_the_units_config_readme_and_license(built_wheel):
     with zipfile.ZipFile(built_wheel) as z:
         names = set(z.namelist())
         for relpath in shipped.SOURCES.values():
-            assert f"foldermirror/share/{relpath}" in names, relpath
-            assert z.read(f"foldermirror/share/{relpath}") == (REPO / relpath).read_bytes(), relpath
+            data = f"foldermirror-{__version__}.data/data/share/foldermirror/{relpath}"
+            assert data in names, (relpath, sorted(names))
+            assert z.read(data) == (REPO / relpath).read_bytes(), relpath
         info = f"foldermirror-{__version__}.dist-info"
         assert f"{info}/licenses/LICENSE" in names, sorted(names)
         metadata = z.read(f"{info}/METADATA").decode()
@@ -232,8 +233,8 @@ def test_the_installed_wheel_hands_out_its_files_without_a_checkout(tmp_path, bu
     listing = installed("files")
     assert listing.returncode == 0, listing.stderr
     for name, relpath in shipped.SOURCES.items():
-        assert re.search(rf"^{re.escape(name)} +{re.escape(str(tmp_path))}/venv/lib/python3\.\d+/site-packages/"
-                         rf"foldermirror/share/{re.escape(relpath)}$", listing.stdout, re.M), listing.stdout
+        assert re.search(rf"^{re.escape(name)} +{re.escape(str(tmp_path))}/venv/share/foldermirror/"
+                         rf"{re.escape(relpath)}$", listing.stdout, re.M), listing.stdout
     assert "→ /etc/foldermirror/config.yaml (only if absent)" in listing.stdout
     example = installed("files", "example.yaml")
     assert example.returncode == 0 and example.stdout == (REPO / "config/example.yaml").read_text()

@@ -45,10 +45,10 @@ say "image $(tail -1 "$WORK/build.out"); $(qemu-system-x86_64 --version | head -
 
 # 2. The wheelhouse, from a copy of the sources (pip wheel leaves build/ and *.egg-info behind).
 #    The guest runs Python 3.11: wheels built for another host Python would not install there.
-#    setup.py copies README.md, config/example.yaml and systemd/ into the wheel (install-units
+#    The wheel carries README.md, config/example.yaml and systemd/ as data files (install-units
 #    reads them there); LICENSE is its license-files.
 mkdir -p "$WORK/src" "$WORK/wheelhouse" "$WORK/extra"
-cp -a "$ROOT/pyproject.toml" "$ROOT/setup.py" "$ROOT/README.md" "$ROOT/LICENSE" "$ROOT/daemon" "$ROOT/config" \
+cp -a "$ROOT/pyproject.toml" "$ROOT/README.md" "$ROOT/LICENSE" "$ROOT/daemon" "$ROOT/config" \
   "$ROOT/systemd" "$WORK/src/"
 if python3 -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
   python3 -m pip wheel -q -w "$WORK/wheelhouse" "$WORK/src" 2> "$WORK/pip.err" \

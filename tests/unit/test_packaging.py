@@ -8,7 +8,6 @@ venv, the README's first command) is in daemon/test_packaging.py.
 
 from __future__ import annotations
 
-import ast
 import io
 import os
 import re
@@ -82,9 +81,11 @@ def test_choices_and_paths_complete_as_such():
 
 # -- the shipped files ----------------------------------------------------------------------
 
-def test_setup_py_copies_exactly_the_files_shipped_py_names():
-    tree = ast.parse((REPO / "setup.py").read_text())
-    assert any(isinstance(n, ast.FunctionDef) and n.name == "shipped_sources" for n in tree.body)
+def test_the_wheel_data_files_are_exactly_the_files_shipped_py_names():
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["data-files"]
+    files = {f"{folder.removeprefix('share/foldermirror').lstrip('/')}/{Path(f).name}".lstrip("/"): f
+             for folder, listed in declared.items() for f in listed}
+    assert files == {relpath: relpath for relpath in shipped.SOURCES.values()}  # installed where git has it
     for name, relpath in shipped.SOURCES.items():
         assert (REPO / relpath).is_file(), (name, relpath)  # the one copy in git
         assert shipped.path(name) == REPO / relpath        # read in place in a checkout
