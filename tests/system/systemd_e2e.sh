@@ -357,8 +357,13 @@ print(" ".join(f"{e}={p}" for e, p in sorted(seen.items())))
 ok = seen.get("mirror_failed") == "3" and seen.get("file_mirrored") == "6"
 sys.exit(0 if ok else 1)') || why "PRIORITY fields: $prios" || return
   rm -f /srv/inbox/photos/locked.txt /srv/inbox/photos/readable.txt
-  # A start-up catch-up of BULK files: every one of its file_mirrored lines is in the journal.
+  # A start-up catch-up of BULK files: every one of its file_mirrored lines is in the journal,
+  # once the journal is persistent as the README says (the guest's volatile one holds ~12,000).
   [ "$(prop $U LogRateLimitBurst)" = 250000 ] || why "LogRateLimitBurst=$(prop $U LogRateLimitBurst)" || return
+  run_readme "Keep a big catch-up" || return
+  [ -d /var/log/journal ] && journalctl --header 2>/dev/null | grep -q "/var/log/journal" \
+    || why "the journal is not persistent after the README's block: $(journalctl --disk-usage 2>&1)" || return
+  local usage0; usage0=$(journalctl --disk-usage 2>&1 | grep -oE '[0-9.]+[KMG]' | head -1)
   systemctl stop $U || why "stop failed" || return
   python3 -c '
 import os, sys
@@ -385,7 +390,7 @@ print(n)')
   local suppressed; suppressed=$(journalctl -b -u systemd-journald -o cat --no-pager | grep -F "Suppressed" | grep -F "$U" | tail -1)
   [ "$kept" = "$BULK" ] || why "$kept of $BULK file_mirrored lines in the journal; journald: ${suppressed:-no Suppressed line}" || return
   [ -z "$suppressed" ] || why "journald suppressed lines: $suppressed" || return
-  DETAIL="$prios; $kept of $BULK file_mirrored lines kept, catch-up $(elapsed "$t0" "$t1")s; $(since "$cur" $U | jsel event=sync_finished folder=photos | cut -c1-200)"
+  DETAIL="$prios; $kept of $BULK file_mirrored lines kept, catch-up $(elapsed "$t0" "$t1")s; journal $usage0 → $(journalctl --disk-usage 2>&1 | grep -oE '[0-9.]+[KMG]' | head -1); $(since "$cur" $U | jsel event=sync_finished folder=photos | cut -c1-200)"
   # The bulk tree out of the way of the later checks, while the service is stopped.
   systemctl stop $U && rm -rf /srv/inbox/photos/bulk /srv/mirror/photos/bulk && systemctl start $U \
     || why "could not remove the bulk tree: $(unit_tail $U)" || return
