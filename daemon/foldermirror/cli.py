@@ -260,9 +260,13 @@ def sync_once(config: Config, args: argparse.Namespace) -> int:
     names = [f.name for f in config.folders]
     label = names[0] if len(names) == 1 else f"{len(names)} folders"
     screen = SyncScreen(sys.stderr, terminal, label=label, bar=not args.quiet)
+    stderr = sys.stderr
+    if terminal is not None:
+        sys.stderr = cast(TextIO, terminal)  # anything else written there (a thread's traceback) goes above the bar too
     try:
         return Service(config, once=True, screen=screen).run()
     finally:
+        sys.stderr = stderr
         if terminal is not None:
             terminal.clear()  # before an error message, which would otherwise land on the bar's line
 
