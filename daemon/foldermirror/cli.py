@@ -87,13 +87,34 @@ def build_parser() -> argparse.ArgumentParser:
         "folder can be served, 1 when some folder cannot, 78 with a message naming file, line and key "
         "when the config is invalid.")
     sync = add("sync", "bring every target up to date once, then exit",
-               "Compare each source with its target and mirror what differs, then exit. Shows a "
-               "progress line on a terminal and sync_progress log lines otherwise. Exit 0 when "
-               "everything was mirrored, 1 when some files failed, 78 on a configuration error.")
+               "Compare each source with its target and mirror what differs, then exit. On a terminal "
+               "(stderr), a progress bar (entries compared, then files and bytes done of the total, rate, "
+               "time left) with warnings and errors above it, then a summary line; otherwise sync_progress "
+               "log lines. Ctrl-C stops it cleanly: copies in flight finish (up to stop_grace) and it exits "
+               "130. Exit 0 when everything was mirrored, 1 when some files failed, 78 on a configuration "
+               "error (an unknown --folder too).")
+    sync.set_defaults(sync_parser=sync)
+    sync.add_argument("--folder", metavar="NAME", action="append",
+                      help="only this folder; repeat for more (default: every folder); with --dry-run too")
     sync.add_argument("--log-format", choices=("auto", "json", "console"),
                       help="override log.format from the config")
+    sync.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                      help="override log.level from the config (and -q, -v); on a terminal the default is "
+                           "warning, the bar standing for the per-file info lines")
+    loud = sync.add_mutually_exclusive_group()
+    loud.add_argument("--quiet", "-q", action="store_true",
+                      help="only warnings, errors and (on a terminal) the summary line: no progress bar")
+    loud.add_argument("--verbose", "-v", action="store_true",
+                      help="the per-file lines too (file_mirrored and the like, at level info); on a terminal "
+                           "they print above the bar")
     sync.add_argument("--dry-run", "-n", action="store_true",
                       help="only list what would be copied, replaced and deleted (with counts); change nothing")
+    sync.add_argument("--json", action="store_true",
+                      help="with --dry-run: print the actions as NDJSON, one object per path (folder, action, "
+                           "path, kind, bytes, reason)")
+    sync.add_argument("--exit-code", action="store_true",
+                      help="with --dry-run: exit 1 when a sync would change something (or some folder could not "
+                           "be compared in full), 0 when not, as git diff --exit-code")
     status = add("status", "show what the running daemon is doing, per folder",
                  "Ask the daemon running this config (over its control socket) how each folder is doing: "
                  "state (in sync, catching up, degraded), files pending and in flight, lag (age of the oldest "
@@ -165,6 +186,97 @@ def check(config: Config) -> int:
     return EXIT_OK
 
 
+LEVELS = ("debug", "info", "warning", "error")
+
+
+def sync_level(configured: str, *, given: str | None, quiet: bool, verbose: bool, tty: bool) -> str:
+    """The log level `sync` runs at: --log-level as given; -v lets the per-file info lines through;
+    -q, and a terminal (where the bar stands for those lines), only warnings and errors."""
+    if given:
+        return given
+    if verbose:
+        return min(configured, "info", key=LEVELS.index)
+    if quiet or tty:
+        return max(configured, "warning", key=LEVELS.index)
+    return configured
+
+
+def select_folders(config: Config, names: Sequence[str] | None) -> Config:
+    """The config with only the folders `names` gives (--folder), in the config's order."""
+    import dataclasses
+    import difflib
+
+    from foldermirror.errors import ConfigError
+
+    if not names:
+        return config
+    known = [f.name for f in config.folders]
+    for name in names:
+        if name not in known:
+            hint = difflib.get_close_matches(name, known, n=1)
+            guess = f"did you mean {hint[0]!r}? " if hint else ""
+            raise ConfigError(str(config.path), f"--folder {name}: no folder of that name; {guess}"
+                                                f"folders: {', '.join(known)}")
+    return dataclasses.replace(config, folders=tuple(f for f in config.folders if f.name in names))
+
+
+def sync(config: Config, args: argparse.Namespace) -> int:
+    """`sync` and `sync --dry-run`, for the folders --folder names (else every one)."""
+    from foldermirror.errors import EXIT_INTERRUPTED
+
+    if (args.json or args.exit_code) and not args.dry_run:
+        args.sync_parser.error("--json and --exit-code go with --dry-run")
+    config = select_folders(config, args.folder)
+    try:
+        return dry_run(config, args) if args.dry_run else sync_once(config, args)
+    except KeyboardInterrupt:  # a dry run, or before the service takes Ctrl-C over: no traceback
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def dry_run(config: Config, args: argparse.Namespace) -> int:
+    from foldermirror.catchup import dryrun
+    from foldermirror.errors import EXIT_DIFFERENCES
+
+    plans = dryrun.plan(config)
+    if args.json:
+        for line in dryrun.ndjson(plans):
+            print(line)
+        for problem in dryrun.problems(plans):
+            print(f"foldermirror: {problem}", file=sys.stderr)
+    else:
+        print(dryrun.render(plans))
+    if args.exit_code and not all(dryrun.in_sync(p) for p in plans):
+        return EXIT_DIFFERENCES
+    return EXIT_OK
+
+
+def sync_once(config: Config, args: argparse.Namespace) -> int:
+    from typing import TextIO, cast
+
+    from foldermirror.service import Service
+    from foldermirror.view.progress import SyncScreen, Terminal
+
+    tty = sys.stderr.isatty()
+    terminal = Terminal(sys.stderr) if tty else None
+    level = sync_level(config.log.level, given=args.log_level, quiet=args.quiet, verbose=args.verbose, tty=tty)
+    # On a terminal the log lines go through the bar's stream, which writes them above the bar.
+    configure_logging(level, args.log_format or config.log.format,
+                      stream=cast(TextIO, terminal) if terminal is not None else None)
+    names = [f.name for f in config.folders]
+    label = names[0] if len(names) == 1 else f"{len(names)} folders"
+    screen = SyncScreen(sys.stderr, terminal, label=label, bar=not args.quiet)
+    stderr = sys.stderr
+    if terminal is not None:
+        sys.stderr = cast(TextIO, terminal)  # anything else written there (a thread's traceback) goes above the bar too
+    try:
+        return Service(config, once=True, screen=screen).run()
+    finally:
+        sys.stderr = stderr
+        if terminal is not None:
+            terminal.clear()  # before an error message, which would otherwise land on the bar's line
+
+
 def ask(config: Config, args: argparse.Namespace) -> int:
     """`status` and `rescan`: one request to the running daemon's control socket."""
     from foldermirror.view import control
@@ -201,18 +313,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return check(config)
         if args.command in ("status", "rescan"):
             return ask(config, args)
-        if args.command == "sync" and args.dry_run:
-            from foldermirror.catchup import dryrun
-
-            print(dryrun.render(dryrun.plan(config)))
-            return EXIT_OK
+        if args.command == "sync":
+            return sync(config, args)
         from foldermirror.service import Service
 
         level = getattr(args, "log_level", None) or config.log.level
         fmt = getattr(args, "log_format", None) or config.log.format
         configure_logging(level, fmt)
-        service = Service(config, once=args.command == "sync",
-                          progress_tty=args.command == "sync" and sys.stderr.isatty())
+        service = Service(config)
         return service.run()
     except FoldermirrorError as exc:
         print(f"foldermirror: error: {exc}", file=sys.stderr)

@@ -12,6 +12,8 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG = 78  # EX_CONFIG; the unit's RestartPreventExitStatus=78 relies on it
 EXIT_NOT_RUNNING = 3  # `status`: no daemon answers (the LSB code for "program is not running")
+EXIT_DIFFERENCES = 1  # `sync --dry-run --exit-code`: a sync would change something (as `git diff --exit-code`)
+EXIT_INTERRUPTED = 130  # `sync` stopped by Ctrl-C: 128 + SIGINT, what a shell reports for it
 
 
 class FoldermirrorError(Exception):

@@ -7,12 +7,16 @@ recording (pipeline/results.py), WatchHealth and the read model read and update 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from foldermirror.config import FolderConfig
 from foldermirror.paths import Excluder
 from foldermirror.pipeline.folder_stats import Tally
 from foldermirror.pipeline.records import RootId
 from foldermirror.pipeline.target_health import TargetHealth
+
+if TYPE_CHECKING:
+    from foldermirror.catchup.compare import WalkStats
 
 
 @dataclass
@@ -26,6 +30,9 @@ class CatchUp:
     differences: int = 0
     to_copy: int = 0      # of those, files and symlinks (what `files_mirrored` counts up to)
     compared: bool = False  # its last comparison of the whole folder ran to the end (no error, link not lost)
+    bytes_to_copy: int = 0  # the size of those files
+    entries: int = 0      # source entries compared by the finished whole-folder walks
+    walk: WalkStats | None = None  # the whole-folder walk under way: its counts so far, read by sync's bar
 
 
 @dataclass

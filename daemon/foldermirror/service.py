@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -20,7 +19,7 @@ from foldermirror import checks, faults
 from foldermirror.admission import Admission, reload_plan
 from foldermirror.catchup.tracking import CatchUpTracker
 from foldermirror.config import Config, load_config
-from foldermirror.errors import EXIT_FAILURE, EXIT_OK, ConfigError, StartupError
+from foldermirror.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, ConfigError, StartupError
 from foldermirror.logs import get_logger
 from foldermirror.notify import Notifier, watchdog_interval
 from foldermirror.pipeline.folder_stats import total
@@ -29,6 +28,7 @@ from foldermirror.pipeline.watch_health import WatchHealth
 from foldermirror.pipeline.watcher import Watcher
 from foldermirror.remote.links import Links
 from foldermirror.view.operator import OperatorView
+from foldermirror.view.progress import REDRAW, SyncScreen
 from foldermirror.view.read_model import ReadModel, status_line
 from foldermirror.wakeup import Wakeup
 
@@ -40,7 +40,8 @@ PROGRESS_INTERVAL = 1.0
 class Service:
     config: Config
     once: bool = False            # `sync`: one catch-up pass, no watching, no retries
-    progress_tty: bool = False    # `sync` on a terminal: a progress line instead of log lines
+    # `sync`: the bar on a terminal (no sync_progress lines there), the summary, the interrupted line
+    screen: SyncScreen | None = None
     notifier: Notifier = field(default_factory=Notifier)
 
     def __post_init__(self) -> None:
@@ -49,6 +50,7 @@ class Service:
         self.wakeup = Wakeup()
         self._wake = self.wakeup.wake
         self._last_progress = 0.0
+        self._started = time.monotonic()
         self._next_rescan = 0.0
         self._last_ping = 0.0
         self._last_status = ""
@@ -91,6 +93,12 @@ class Service:
         cfg = self.config
         if not self.once:
             self._install_signals()  # first: a SIGTERM during start-up is acted on, not fatal
+        else:
+            # Ctrl-C stops `sync` as SIGINT stops `run`: recorded here, acted on by the loop, so
+            # the pool stops cleanly instead of a KeyboardInterrupt unwinding whatever runs.
+            signal.signal(signal.SIGINT, lambda signum, frame: self.wakeup.signal(signum))
+        self._started = time.monotonic()
+        self._draw()  # the bar from the first moment: admission and the links may take a while
         self.log.info("daemon_started", pid=os.getpid(), config=str(cfg.path), workers=cfg.workers,
                       folders=[f.name for f in cfg.folders], mode="sync" if self.once else "run")
         faults.announce(self.log)
@@ -120,11 +128,19 @@ class Service:
         self._next_rescan = time.monotonic() + self._rescan_every
         try:
             if self.once:
-                return self._run_once()
-            self._main_loop()
-            return EXIT_OK
+                code = self._run_once()
+            else:
+                self._main_loop()
+                code = EXIT_OK
         finally:
             self._shutdown()
+        if self.screen is not None:  # after the shutdown: copies in flight at a Ctrl-C are counted
+            counts = self.catch_ups.totals()
+            if code == EXIT_INTERRUPTED:
+                self.screen.interrupted(counts)
+            else:
+                self.screen.finish(counts, time.monotonic() - self._started, len(self.admission.unusable))
+        return code
 
     def _install_signals(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -177,15 +193,26 @@ class Service:
         return wait
 
     def _run_once(self) -> int:
+        """`sync`: tick until every catch-up has ended (or Ctrl-C), redrawing the bar between ticks."""
+        next_tick = time.monotonic() + TICK
         while True:
-            time.sleep(TICK)  # sleep-ok: `sync` has no deadlines of its own, it follows the catch-up
-            self._tick()
-            if not self.catch_ups.active():
-                break
-        if self.progress_tty:
-            sys.stderr.write("\n")
+            # `sync` has no deadlines of its own: it follows the catch-up at TICK, the bar at REDRAW.
+            if self.wakeup.wait(REDRAW if self.screen is not None and self.screen.bar else TICK) == signal.SIGINT:
+                self._draw(f"interrupted: stopping; copies in flight may take up to {self.config.stop_grace:g}s")
+                return EXIT_INTERRUPTED
+            now = time.monotonic()
+            if now >= next_tick:
+                next_tick = now + TICK
+                self._tick()
+                if not self.catch_ups.active():
+                    break
+            self._draw()
         failed = total(self.view.all_stats()).failed
         return EXIT_FAILURE if failed or self.admission.unusable else EXIT_OK
+
+    def _draw(self, note: str = "") -> None:
+        if self.screen is not None:
+            self.screen.update(self.catch_ups.totals(), note)
 
     def _tick(self) -> None:
         now = time.monotonic()
@@ -214,7 +241,8 @@ class Service:
         if status != self._last_status:
             self._last_status = status
             self.notifier.status(status)
-        self.catch_ups.report(self.progress_tty)
+        if self.screen is None or not self.screen.bar:
+            self.catch_ups.report()
 
     def _status_text(self) -> str:
         return status_line(self.model.snapshot(brief=True))

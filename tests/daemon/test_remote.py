@@ -5,6 +5,7 @@ the source by the same oracle as a local target's.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -100,11 +101,18 @@ def test_sync_to_a_remote_target_and_its_dry_run(tmp_path: Path, sshd: SshServer
     dry = fm("sync", "--dry-run", "--config", str(config))
     assert dry.returncode == 0, dry.stderr
     assert "copy  x" in dry.stdout and "copy  d/y" in dry.stdout, dry.stdout
+    listed = fm("sync", "--dry-run", "--json", "--exit-code", "--config", str(config))
+    assert listed.returncode == 1, listed.stderr
+    assert [json.loads(line) for line in listed.stdout.splitlines()] == [
+        {"folder": "data", "action": "copy", "path": p, "kind": kind, "bytes": size, "reason": "missing"}
+        for p, kind, size in (("d", "directory", None), ("d/y", "file", 1), ("x", "file", 1))], listed.stdout
     done = fm("sync", "--config", str(config), "--log-format", "json")
     assert done.returncode == 0, done.stderr[-3000:]
     assert tree_diff(src, dst) == []
     dry = fm("sync", "--dry-run", "--config", str(config))
     assert "in sync" in dry.stdout, dry.stdout
+    clean = fm("sync", "--dry-run", "--json", "--exit-code", "--config", str(config))
+    assert (clean.returncode, clean.stdout) == (0, ""), clean
 
 
 def test_check_proves_the_remote_side_without_creating_anything(tmp_path: Path, sshd: SshServer):

@@ -8,6 +8,7 @@ own thread (`run_walks`), as that thread would.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -256,3 +257,30 @@ def test_a_subtree_walk_is_not_a_full_comparison(tmp_path: Path, walks: dict[str
     rig.run_walks()
     rig.catch_ups.finish(rig.clock.now)
     assert rig.folder_stats("data").last_full_comparison is None
+
+
+def test_totals_follow_the_walk_then_the_copies_then_the_finished_catch_up(tmp_path: Path):
+    rig = Rig(tmp_path)
+    for name, size in (("a", 10), ("b", 20), ("c", 30)):
+        (rig.config.source / name).write_bytes(b"x" * size)
+    (rig.config.target / "b").write_bytes(b"x" * 20)
+    source_b = (rig.config.source / "b").stat()
+    os.utime(rig.config.target / "b", ns=(source_b.st_atime_ns, source_b.st_mtime_ns))  # b is in place
+    assert rig.catch_ups.totals().comparing  # nothing requested yet: still to be compared
+    rig.catch_ups.request("data", "startup")
+    seen: list[tracking.SyncCounts] = []
+    touch = rig.changes.touch
+
+    def touch_and_look(*args: Any, **kwargs: Any) -> None:
+        seen.append(rig.catch_ups.totals())  # from inside the walk, as sync's bar reads it
+        touch(*args, **kwargs)
+    rig.changes.touch = touch_and_look
+    rig.run_walks()
+    assert seen and seen[0].comparing and seen[0].entries >= 1 and seen[0].to_copy >= 1, seen
+    after = rig.catch_ups.totals()
+    assert after == tracking.SyncCounts(comparing=False, entries=3, to_copy=2, bytes_to_copy=40, files=0, bytes=0,
+                                        deleted=0, failed=0)
+    rig.mirror(rig.changes.take(10, timeout=0))
+    rig.catch_ups.finish(rig.clock())
+    assert rig.folders["data"].catch_up is None  # ended: its counts are still the folder's totals
+    assert rig.catch_ups.totals() == after._replace(files=2, bytes=20)

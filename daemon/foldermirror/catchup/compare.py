@@ -30,6 +30,7 @@ class WalkStats:
     entries: int = 0          # source entries compared
     differences: int = 0
     copies: int = 0           # of those, files and symlinks to copy (what catch-up progress counts)
+    copy_bytes: int = 0       # the source size of those files: what sync's progress bar counts up to
     stale_temps: int = 0
     directories: int = 0      # source directories walked, the root included: what inotify must watch
     unreadable: list[str] | None = None
@@ -157,6 +158,7 @@ def _compare(rel: str, parts: tuple[str, ...], sfd: int | None, target: Target |
             if t is None or t.kind != s.kind or (t.size, t.mtime_ns, t.mode) != (s.size, s.mtime_ns, s.mode):
                 stats.differences += 1
                 stats.copies += 1
+                stats.copy_bytes += s.size
                 yield Difference(path, "missing" if t is None else "differs")
         elif s.kind == stat.S_IFLNK:
             if (t is None or t.kind != s.kind or target is None

@@ -5,6 +5,9 @@ counted instead of removed. A catch-up never replays renames (only live watching
 them), so a file that looks renamed — an extra target file with the size, mtime and first
 64 KiB of a missing one — is listed as a probable rename but counted as the copy and
 delete it will be.
+
+`render` prints the plans for people; `ndjson` gives one JSON object per path for scripts
+(`sync --dry-run --json`), and `in_sync` is what `--exit-code` answers.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from foldermirror.catchup.compare import WalkStats, diff_tree
@@ -20,6 +24,9 @@ from foldermirror.paths import Excluder
 from foldermirror.tempnames import RESERVED_REASON
 
 VERBS = ("copy", "replace", "update", "conflict", "delete", "keep", "skip")
+# What a sync would change (or fail on): a target with only kept extras and skipped specials is as
+# close to its source as a catch-up makes it.
+CHANGES = frozenset({"copy", "replace", "update", "conflict", "delete"})
 _MEANING = {
     "copy": "missing in the target: copied",
     "replace": "differs (content, size, mode or mtime): copied over the target",
@@ -36,6 +43,10 @@ class Action:
     verb: str
     path: str
     detail: str = ""
+    reason: str = ""           # the comparison's: missing | differs | extra | special | reserved
+    kind: str | None = None    # file, directory, symlink, FIFO, socket, device (of the target's entry for
+                               # an extra, else the source's); None: unknown (gone, or on a remote target)
+    bytes: int | None = None   # a regular file's size (what a copy sends, what a delete frees)
 
 
 @dataclass
@@ -71,7 +82,8 @@ def plan_remote(f: FolderConfig, config: Config) -> Plan:
         for diff in diff_remote(str(f.source), remote_spec(f, config.ssh, sockets=()), sub="", delete=True,
                                 excluded=excluded, stats=stats):
             verb = {"extra": "delete" if f.delete else "keep", "missing": "copy"}.get(diff.reason, "replace")
-            p.actions.append(Action(verb, diff.path))
+            s = None if diff.reason == "extra" else _lstat(os.path.join(f.source, diff.path))
+            p.actions.append(Action(verb, diff.path, reason=diff.reason, kind=_kind_or_none(s), bytes=_size(s)))
     except (LinkDown, OSError) as exc:
         p.unreachable = str(exc)
     p.actions.sort(key=lambda a: a.path)
@@ -100,6 +112,13 @@ def plan_folder(f: FolderConfig) -> Plan:
 def _action(f: FolderConfig, path: str, reason: str) -> Action:
     s = _lstat(os.path.join(f.source, path))
     t = _lstat(os.path.join(str(f.target), path))
+    a = _verb(f, path, reason, s, t)
+    entry = t if reason == "extra" else s
+    a.reason, a.kind, a.bytes = reason, _kind_or_none(entry), _size(entry)
+    return a
+
+
+def _verb(f: FolderConfig, path: str, reason: str, s: os.stat_result | None, t: os.stat_result | None) -> Action:
     if reason == "special":
         return Action("skip", path, _kind(s))
     if reason == "reserved":
@@ -172,6 +191,14 @@ def _kind(st: os.stat_result | None) -> str:
     return "device"
 
 
+def _kind_or_none(st: os.stat_result | None) -> str | None:
+    return None if st is None else _kind(st)
+
+
+def _size(st: os.stat_result | None) -> int | None:
+    return st.st_size if st is not None and stat.S_ISREG(st.st_mode) else None
+
+
 def _describe(st: os.stat_result | None) -> str:
     if st is not None and stat.S_ISREG(st.st_mode):
         return f"file, {st.st_size:,} bytes"
@@ -233,3 +260,34 @@ def _summary(counts: dict[str, int], renames: int) -> str:
         if counts[v]:
             parts.append(f"{counts[v]:,} {label}")
     return ", ".join(parts)
+
+
+def in_sync(p: Plan) -> bool:
+    """Nothing a sync would change, and everything could be compared."""
+    return (not p.source_missing and p.unreachable is None and not p.unreadable
+            and not any(a.verb in CHANGES for a in p.actions))
+
+
+def ndjson(plans: list[Plan]) -> Iterator[str]:
+    """One JSON object per path: folder, action, path, kind, bytes, reason (and a copy that looks
+    like a rename says of what)."""
+    for p in plans:
+        renamed = {new: old for old, new in p.renames}
+        for a in p.actions:
+            obj: dict[str, object] = {"folder": p.folder.name, "action": a.verb, "path": a.path, "kind": a.kind,
+                                      "bytes": a.bytes, "reason": a.reason}
+            if a.path in renamed:
+                obj["probable_rename_of"] = renamed[a.path]
+            yield json.dumps(obj)
+
+
+def problems(plans: list[Plan]) -> Iterator[str]:
+    """What kept a folder from being compared in full, one line each (stderr, beside the NDJSON)."""
+    for p in plans:
+        f = p.folder
+        if p.source_missing:
+            yield f"folder {f.name}: the source {f.source} does not exist: a catch-up would do nothing here"
+        if p.unreachable is not None:
+            yield f"folder {f.name}: the target could not be compared: {p.unreachable}"
+        for rel in p.unreadable:
+            yield f"folder {f.name}: unreadable: {_show(rel or '.')} (cannot be listed, so it is not compared)"

@@ -2,16 +2,16 @@
 
 `CatchUpTracker` owns the Reconciler thread and its walk (which feeds the ChangeQueue, holding
 back deletions that look like a failed mount), the per-folder `CatchUp` records, their
-`sync_progress` / `sync_finished` lines, and giving memory back after a big one.
+`sync_progress` / `sync_finished` lines, the counts `sync`'s progress bar is drawn from
+(`totals`), and giving memory back after a big one.
 """
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from foldermirror import memory
 from foldermirror.catchup.compare import Reconciler, Request, WalkStats, covers, diff_tree, hold_deletions
@@ -34,6 +34,19 @@ SYNC_FIXES = {
 RELEASE_AFTER = 1000
 
 
+class SyncCounts(NamedTuple):
+    """Every served folder's comparison and catch-up so far, summed: what `sync`'s bar shows."""
+
+    comparing: bool    # some folder's whole-folder walk has not finished (or not begun)
+    entries: int       # source entries compared so far
+    to_copy: int       # files and symlinks found to differ so far
+    bytes_to_copy: int
+    files: int         # files and symlinks mirrored so far
+    bytes: int
+    deleted: int
+    failed: int
+
+
 class CatchUpTracker:
     """Requests comparisons, runs their walks (on the Reconciler thread) and tells when each ends."""
 
@@ -52,6 +65,7 @@ class CatchUpTracker:
         self.once = once  # `sync`: no reload and no next rescan to point people to
         self.reconciler = Reconciler(self._walk)
         self._release_memory = False
+        self._ended: dict[str, CatchUp] = {}  # each folder's last finished catch-up, for totals()
 
     def _new(self, name: str, reason: str) -> CatchUp:
         return CatchUp(reason, time.monotonic(), self.folder_stats(name).tally())
@@ -89,6 +103,10 @@ class CatchUpTracker:
             return
         f = state.config
         stats = WalkStats()
+        if req.sub == "":
+            with self._lock:
+                if state.catch_up is not None:
+                    state.catch_up.walk = stats
         extras: list[str] = []
         complete = False  # the walk got to its end
         try:
@@ -147,6 +165,9 @@ class CatchUpTracker:
                     c.compared = complete
                     c.differences += stats.differences
                     c.to_copy += stats.copies
+                    c.bytes_to_copy += stats.copy_bytes
+                    c.entries += stats.entries
+                    c.walk = None
 
     def _sync_fix(self, event: str) -> dict[str, str]:
         """`sync`'s own fix for `event`; a daemon's (logs.FIXES) counts on the next rescan."""
@@ -171,6 +192,7 @@ class CatchUpTracker:
                 continue
             with self._lock:
                 state.catch_up = None
+                self._ended[name] = c
             if c.compared:  # the foldermirror_last_full_comparison_timestamp_seconds metric
                 self.folder_stats(name).last_full_comparison = time.time()
             done = self.done(name, c)
@@ -183,17 +205,35 @@ class CatchUpTracker:
             self.changes.prune()
             memory.release()
 
-    def report(self, tty: bool) -> None:
-        """One `sync_progress` line per running catch-up (on a terminal: a progress line instead)."""
+    def report(self) -> None:
+        """One `sync_progress` line per running catch-up."""
         for name, state in self.folders.items():
             c = state.catch_up
             if c is None:
                 continue
             pending, in_flight = self.changes.counts(name)
             done = self.done(name, c)
-            if tty:
-                sys.stderr.write(f"\r{name}: {done.files} copied, {pending + in_flight} to go{' ' * 10}")
-                sys.stderr.flush()
-            else:
-                self.log.info("sync_progress", folder=name, files_mirrored=done.files, bytes_mirrored=done.bytes,
-                              pending=pending, in_flight=in_flight, walk_done=c.walk_done)
+            self.log.info("sync_progress", folder=name, files_mirrored=done.files, bytes_mirrored=done.bytes,
+                          pending=pending, in_flight=in_flight, walk_done=c.walk_done)
+
+    def totals(self) -> SyncCounts:
+        """What the comparisons found and the catch-ups did, over every served folder: the
+        running catch-up's counts (its walk's so far), else the last finished one's. A folder
+        not compared yet (a remote one waiting for its link; none admitted yet) is still comparing."""
+        comparing = not self.folders
+        entries = to_copy = bytes_to_copy = files = nbytes = deleted = failed = 0
+        with self._lock:
+            for name, state in self.folders.items():
+                c = state.catch_up or self._ended.get(name)
+                if c is None:
+                    comparing = True
+                    continue
+                walk = c.walk
+                comparing = comparing or not c.walk_done
+                entries += c.entries + (walk.entries if walk is not None else 0)
+                to_copy += c.to_copy + (walk.copies if walk is not None else 0)
+                bytes_to_copy += c.bytes_to_copy + (walk.copy_bytes if walk is not None else 0)
+                done = self.done(name, c)
+                files, nbytes = files + done.files, nbytes + done.bytes
+                deleted, failed = deleted + done.deleted, failed + done.failed
+        return SyncCounts(comparing, entries, to_copy, bytes_to_copy, files, nbytes, deleted, failed)

@@ -49,6 +49,7 @@ def diff_remote(source: str, remote: RemoteSpec, *, sub: str, delete: bool, excl
                 new += 1
             if line.kind in (rsync.Kind.FILE, rsync.Kind.SYMLINK):
                 stats.copies += 1
+                stats.copy_bytes += line.size if line.kind is rsync.Kind.FILE else 0
             yield Difference(line.path, "missing" if line.new else "differs")
         err = proc.stderr.read()
         rc = proc.wait(timeout=remote.io_timeout + HARD_TIMEOUT_MARGIN)
