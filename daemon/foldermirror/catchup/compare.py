@@ -142,8 +142,8 @@ def _compare(rel: str, parts: tuple[str, ...], sfd: int | None, target: Target |
         if name == LOCK_NAME:
             yield Difference(path, "reserved")  # not mirrored; the worker says so (file_skipped)
             continue
-        if excluded(path):
-            continue
+        if excluded(path, s.kind == stat.S_IFDIR):
+            continue  # and, for a directory, all below it: it is not walked
         stats.entries += 1
         t = t_entries.get(name)
         if t is not None:
@@ -176,7 +176,9 @@ def _compare(rel: str, parts: tuple[str, ...], sfd: int | None, target: Target |
         if name in s_entries or is_reserved(name):  # temp files and the lock file: never deleted nor counted
             continue
         path = f"{rel}/{name}" if rel else name
-        if delete and not excluded(path):
+        # The target entry's own type: a directory-only pattern keeps an extra directory,
+        # never an extra file of that name.
+        if delete and not excluded(path, t.kind == stat.S_IFDIR):
             below = target.entries_below((*parts, name)) if t.kind == stat.S_IFDIR and target is not None else 0
             stats.target_entries += 1 + below
             stats.doomed += 1 + below

@@ -22,7 +22,7 @@ class LinkDown(Exception):
     """The host could not be reached: the comparison runs again once the link is back."""
 
 
-def diff_remote(source: str, remote: RemoteSpec, *, sub: str, delete: bool, excluded: Callable[[str], bool],
+def diff_remote(source: str, remote: RemoteSpec, *, sub: str, delete: bool, excluded: Callable[[str, bool | None], bool],
                 stats: WalkStats) -> Iterator[Difference]:
     argv = rsync.argv(mode=rsync.Mode.COMPARE, source_root=source, host=remote.host, user=remote.user,
                       remote_root=remote.path, base=sub, ssh=list(remote.ssh[0]),
@@ -38,7 +38,10 @@ def diff_remote(source: str, remote: RemoteSpec, *, sub: str, delete: bool, excl
             if line is None:
                 _count(raw, stats)
                 continue
-            if not line.path or excluded(line.path):
+            # rsync says whether a deleted entry was a directory, not what else it was
+            # (Kind.UNKNOWN): None, excluded if it is in either form, so it is never deleted.
+            entry = line.kind
+            if not line.path or excluded(line.path, None if entry is rsync.Kind.UNKNOWN else entry is rsync.Kind.DIR):
                 continue
             stats.differences += 1
             if line.action is rsync.Action.DELETED:
