@@ -136,11 +136,25 @@ def _setting_lines(cls: type, obj: Any, indent: str, unset: str | None = None) -
     return lines
 
 
+def exclude_changes(config: Config) -> list[str]:
+    """`check`'s lines for each exclude pattern whose meaning changed with gitignore's rules."""
+    from foldermirror import filters
+
+    lines = []
+    for f in config.folders:
+        for c in filters.changes(f.exclude):
+            lines.append(f"folder {f.name}: exclude {c.pattern!r} changed meaning: before, {c.before}; "
+                         f"now, {c.now}; for the old meaning write {c.old_meaning!r}")
+    return lines
+
+
 def check(config: Config) -> int:
     """`check`: the resolved config, then one verdict per folder from the start-up probes, creating nothing."""
     from foldermirror import checks
 
     print(describe(config))
+    for line in exclude_changes(config):
+        print(line)
     instance = os.urandom(4).hex()
     failed: list[str] = []
     config_errors: list[str] = []

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pathspec
 
@@ -50,7 +50,7 @@ def _compile(patterns: Sequence[str]) -> list[_Rule]:
             found = _plain(regex.pattern)
             # `a/**` is "everything inside a": pathspec's `^a/` alone would also match a itself.
             inside = ".+" if line.rstrip().endswith("/**") else ""
-            rules.append(_Rule(bool(p.include), found, re.compile(f"(?:{found}){inside}$")))
+            rules.append(_Rule(bool(p.include), found + inside, re.compile(f"(?:{found}){inside}$")))
     return rules
 
 
@@ -225,7 +225,7 @@ def meaning_change(pattern: str) -> MeaningChange | None:
         return MeaningChange(p, f"{body!r} from the source root, file or directory, and all below",
                              f"only a directory named {body!r} {where}, and all below",
                              old if not _wild_inside(body) else _crossing(old)[0])
-    if not _wild_inside(body) and "**" not in body:
+    if not _wild_inside(body):
         return None  # anchored either way; a wildcard at the very end could cross "/" only into what is below
     old, exact = _crossing("/" + body)
     if body.startswith("**/"):
@@ -274,5 +274,23 @@ def _crossing(anchored: str) -> tuple[str, bool]:
 
 def changes(patterns: Iterable[str]) -> list[MeaningChange]:
     return [c for p in patterns if (c := meaning_change(p)) is not None]
+
+
+MEANING_FIX = ("run foldermirror check to see, per pattern, what it matched before and what it matches now; "
+               "write the old spelling it gives if the old meaning was wanted, then reload")
+
+
+def warn_meaning_changed(log: Any, folders: Iterable[Any]) -> None:
+    """One `exclude_meaning_changed` line per folder whose exclude: patterns match otherwise than before.
+
+    Only exclude:, which earlier versions read as globs; exclude_from files are new and
+    always meant gitignore. Said at start and on every reload, as long as the config keeps them.
+    """
+    for f in folders:
+        changed = changes(f.exclude)
+        if changed:
+            log.warning("exclude_meaning_changed", folder=f.name, patterns=[c.pattern for c in changed],
+                        error="exclude patterns now have gitignore's meaning; these match otherwise than before",
+                        old_meaning=[c.old_meaning for c in changed], fix=MEANING_FIX)
 
 
