@@ -277,3 +277,86 @@ def test_the_daemon_warns_once_per_folder_with_changed_patterns(base):
     assert fields["patterns"] == ["**/*.log", "a/**/z"] and fields["fix"] and fields["error"]
     assert fields["old_meaning"] == ["/*/**/*.log", "/a/*/**/z"]
 
+
+
+# -- the comparison (catchup/compare.py) ---------------------------------------------------------
+
+def _tree(root: Path, files: list[str]) -> None:
+    for rel in files:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(rel.encode())
+
+
+def test_the_comparison_passes_the_entry_type_prunes_and_never_deletes_an_excluded_path(tmp_path):
+    from foldermirror.catchup.compare import WalkStats, diff_tree
+
+    src, dst = tmp_path / "s", tmp_path / "t"
+    _tree(src, ["cache/x", "other/cache", "keep.tmp", "x.tmp", "a/z", "plain"])
+    _tree(dst, ["old.tmp", "gone/x.tmp", "gone/y", "gone/deep/z", "empty/y", "src/cache/k", "c"])
+    (dst / "cache").mkdir()  # a directory the source has: excluded, never walked nor deleted
+    ex = Excluder(["*.tmp", "!keep.tmp", "cache/", "a/**/z"])
+    stats = WalkStats()
+    diffs = {d.path: d.reason for d in diff_tree(str(src), str(dst), ex, True, "i", stats=stats)}
+    assert diffs == {"other": "missing", "other/cache": "missing", "keep.tmp": "missing", "a": "missing",
+                     "plain": "missing", "empty": "extra", "c": "extra",
+                     # gone/ holds an excluded x.tmp: it stays, and what else is in it goes one by one;
+                     # src/ holds src/cache/ (excluded): it stays.
+                     "gone/y": "extra", "gone/deep": "extra"}
+    assert stats.doomed == 2 + 1 + 2 + 1  # empty (and y), c, gone/y, gone/deep (and z)
+
+
+# -- the watcher's handler (pipeline/watcher.py) -------------------------------------------------
+
+class _Changes:
+    def __init__(self) -> None:
+        self.touched: list[str] = []
+        self.moves: list[tuple[str, str]] = []
+
+    def touch(self, folder: str, path: str, **_: object) -> None:
+        self.touched.append(path)
+
+    def moved(self, folder: str, src: str, dst: str, **_: object) -> None:
+        self.moves.append((src, dst))
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.subtrees: list[str] = []
+        self.errors: list[BaseException] = []
+
+    def subtree(self, folder: str, path: str) -> None:
+        self.subtrees.append(path)
+
+    def handler_error(self, folder: str, error: BaseException) -> None:
+        self.errors.append(error)
+
+    def watch_suspect(self, folder: str, path: str) -> None:
+        pass
+
+
+def test_the_watcher_passes_each_events_type_to_the_excluder(tmp_path):
+    from watchdog.events import (
+        DirCreatedEvent,
+        DirDeletedEvent,
+        DirMovedEvent,
+        FileClosedEvent,
+        FileDeletedEvent,
+        FileMovedEvent,
+    )
+
+    from fakes import folder
+    from foldermirror.pipeline.watcher import _Handler
+
+    f = folder("data", tmp_path, delete=True, exclude=("cache/", "*.tmp", "!keep.tmp"))
+    root = str(f.source)
+    changes, sink = _Changes(), _Sink()
+    handler = _Handler(f, changes, sink, lambda path: True)  # type: ignore[arg-type]
+    for event in (DirCreatedEvent(f"{root}/src/cache"), FileClosedEvent(f"{root}/src/cache/x"),
+                  FileClosedEvent(f"{root}/other/cache"), DirDeletedEvent(f"{root}/cache"),
+                  FileDeletedEvent(f"{root}/gone/cache"), FileClosedEvent(f"{root}/x.tmp"),
+                  FileClosedEvent(f"{root}/keep.tmp"), FileClosedEvent(f"{root}/.foldermirror.lock"),
+                  FileMovedEvent(f"{root}/a.txt", f"{root}/a.tmp"), DirMovedEvent(f"{root}/d", f"{root}/cache")):
+        handler.dispatch(event)
+    assert not sink.errors
+    assert changes.touched == ["other/cache", "gone/cache", "keep.tmp", "a.txt", "d"]
+    assert changes.moves == [] and sink.subtrees == []
