@@ -143,9 +143,14 @@ def exclude_changes(config: Config) -> list[str]:
     lines = []
     for f in config.folders:
         for c in filters.changes(f.exclude):
-            lines.append(f"folder {f.name}: exclude {c.pattern!r} changed meaning: before, {c.before}; "
-                         f"now, {c.now}; for the old meaning write {c.old_meaning!r}")
+            lines.append(f"folder {f.name}: exclude {_yaml_quoted(c.pattern)} changed meaning: before, it matched "
+                         f"{c.before}; now it matches {c.now}; for the old meaning write {_yaml_quoted(c.old_meaning)}")
     return lines
+
+
+def _yaml_quoted(text: str) -> str:
+    """As it is written in a YAML list: single quotes, where a backslash is itself."""
+    return "'" + text.replace("'", "''") + "'"
 
 
 def check(config: Config) -> int:

@@ -203,15 +203,15 @@ def meaning_change(pattern: str) -> MeaningChange | None:
     """
     p = pattern
     if p.startswith("!"):
-        return MeaningChange(p, f"a name that starts with '!' ({p})", f"re-includes what matches {p[1:]!r} (negation)",
+        return MeaningChange(p, f"a name that starts with '!' ({p})", f"nothing: it is a negation, re-including what matches {p[1:]!r}",
                              "\\" + p)
     if p.startswith("#"):
-        return MeaningChange(p, f"a name that starts with '#' ({p})", "nothing: a comment", "\\" + p)
+        return MeaningChange(p, f"a name that starts with '#' ({p})", "nothing: it is a comment", "\\" + p)
     if "\\" in p:
-        return MeaningChange(p, "a backslash as a character", "a backslash escapes the next character",
+        return MeaningChange(p, "a backslash as a character", "the name with each backslash escaping the next character (\\\\ for one)",
                              p.replace("\\", "\\\\"))
     if p != p.rstrip(" "):
-        return MeaningChange(p, "the name with its trailing spaces", "the name without them (trailing spaces dropped)",
+        return MeaningChange(p, "the name with its trailing spaces", "the name without its trailing spaces (dropped)",
                              p.rstrip(" ") + "\\ " * (len(p) - len(p.rstrip(" "))))
     if "/" not in p:
         return None
@@ -229,15 +229,25 @@ def meaning_change(pattern: str) -> MeaningChange | None:
         return None  # anchored either way; a wildcard at the very end could cross "/" only into what is below
     old, exact = _crossing("/" + body)
     if body.startswith("**/"):
-        before = f"{body!r} only below a directory (at least one level deep), `*` crossing '/'"
-        now = f"{body[3:]!r} at any depth, the top included"
+        before = f"{body} only below a directory (at least one level deep), not {_example(body[3:])} at the top"
+        now = f"{body[3:]} at any depth, {_example(body[3:])} at the top included"
     elif "/**/" in body:
-        before = f"{body!r} with at least one directory in place of '/**/'"
-        now = f"{body!r} with zero or more directories in place of '/**/'"
+        example = _example(body.replace("/**/", "/", 1))
+        before = f"{body} with at least one directory in place of /**/, not {example}"
+        now = f"{body} with zero or more directories in place of /**/, {example} included"
     else:
-        before = f"{body!r} from the source root, with '*' and '?' crossing '/' (e.g. into subfolders)"
-        now = f"{body!r} from the source root, '*' and '?' within one name"
+        example = _example(body, crossing=True)
+        before = f"{body} from the source root, * and ? crossing '/' (e.g. {example})"
+        now = f"{body} from the source root, * and ? within one name (not {example})"
     return MeaningChange(p, before, now, old if exact else old + " (close; the old meaning has no exact spelling)")
+
+
+def _example(body: str, crossing: bool = False) -> str:
+    """A path the pattern `body` matches; with `crossing`, its first wildcard standing for "x/y"."""
+    out = re.sub(r"\[[^\]]*\]", "x", body.replace("**", "x"))
+    if crossing:
+        out = re.sub(r"[*?]", "x/y", out, count=1)
+    return re.sub(r"[*?]", "x", out)
 
 
 def _wild_inside(body: str) -> bool:

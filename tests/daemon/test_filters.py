@@ -184,7 +184,7 @@ def test_check_explains_each_pattern_whose_meaning_changed(tmp_path):
     r = fm("check", "--config", str(write_config(tmp_path, [spec])))
     lines = [line for line in r.stdout.splitlines() if "changed meaning" in line]
     assert len(lines) == 2, r.stdout
-    assert "'docs/*.pdf'" in lines[0] and "before," in lines[0] and "now," in lines[0] and "/docs/**/*.pdf" in lines[0]
+    assert "'docs/*.pdf'" in lines[0] and "before," in lines[0] and "now it matches" in lines[0] and "/docs/**/*.pdf" in lines[0]
     assert "'**/*.log'" in lines[1] and "/*/**/*.log" in lines[1]
 
 

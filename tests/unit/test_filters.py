@@ -84,7 +84,7 @@ def test_the_old_spelling_check_gives_matches_what_the_pattern_matched_before(pa
 
 
 @pytest.mark.parametrize("pattern, fragment", [("!keep.tmp", "negation"), ("#x", "comment"),
-                                               ("a\\b", "escapes"), ("x ", "trailing spaces")])
+                                               ("a\\b", "escaping"), ("x ", "trailing spaces")])
 def test_characters_gitignore_reads_otherwise_are_meaning_changes(pattern, fragment):
     change = meaning_change(pattern)
     assert change is not None and fragment in change.now
@@ -262,7 +262,7 @@ def test_check_says_what_each_changed_pattern_matched_before_and_now(base):
     lines = exclude_changes(cfg)
     assert len(lines) == 2
     assert lines[0].startswith("folder src: exclude 'docs/*.pdf' changed meaning: before, ")
-    assert "now, " in lines[0] and "'/docs/**/*.pdf'" in lines[0]
+    assert "; now it matches " in lines[0] and "docs/x/y.pdf" in lines[0] and "'/docs/**/*.pdf'" in lines[0]
     assert "'cache/'" in lines[1] and "'/cache'" in lines[1]
 
 
