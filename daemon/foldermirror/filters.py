@@ -210,6 +210,9 @@ def meaning_change(pattern: str) -> MeaningChange | None:
     if "\\" in p:
         return MeaningChange(p, "a backslash as a character", "the name with each backslash escaping the next character (\\\\ for one)",
                              p.replace("\\", "\\\\"))
+    if "[^" in p:
+        return MeaningChange(p, "a '^' in a [...] class as a character", "a [^...] class as a negated one, as [!...]",
+                             p.replace("[^", "[\\^"))
     if p != p.rstrip(" "):
         return MeaningChange(p, "the name with its trailing spaces", "the name without its trailing spaces (dropped)",
                              p.rstrip(" ") + "\\ " * (len(p) - len(p.rstrip(" "))))

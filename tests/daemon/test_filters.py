@@ -12,7 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from helpers import fm, pair, remote_pair, tree_diff, wait_mirrored, wait_settled, wait_until, write_config
+from helpers import (
+    fm,
+    pair,
+    remote_pair,
+    setpriv_or_skip,
+    tree_diff,
+    wait_mirrored,
+    wait_settled,
+    wait_until,
+    write_config,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -177,6 +187,17 @@ def test_a_missing_exclude_from_file_stops_the_start_with_exit_78(tmp_path):
         r = fm(command, "--config", str(config))
         assert r.returncode == 78, r.stderr
         assert "folders[0].exclude_from[1]" in r.stderr and "missing.ignore" in r.stderr, r.stderr
+
+
+def test_an_unreadable_exclude_from_file_is_a_config_error(tmp_path):
+    # As root, without the capabilities that read any file (as non-root the mode alone does it).
+    prefix = setpriv_or_skip() if os.geteuid() == 0 else ()
+    _, _, spec = pair(tmp_path, exclude_from="secret.ignore")
+    (tmp_path / "secret.ignore").write_text("*.o\n")
+    (tmp_path / "secret.ignore").chmod(0)
+    r = fm("check", "--config", str(write_config(tmp_path, [spec])), prefix=prefix)
+    assert r.returncode == 78, r.stderr
+    assert "folders[0].exclude_from" in r.stderr and "secret.ignore: Permission denied" in r.stderr, r.stderr
 
 
 def test_check_explains_each_pattern_whose_meaning_changed(tmp_path):

@@ -84,11 +84,16 @@ def test_the_old_spelling_check_gives_matches_what_the_pattern_matched_before(pa
 
 
 @pytest.mark.parametrize("pattern, fragment", [("!keep.tmp", "negation"), ("#x", "comment"),
-                                               ("a\\b", "escaping"), ("x ", "trailing spaces")])
+                                               ("a\\b", "escaping"), ("x ", "trailing spaces"),
+                                               ("[^a]b", "negated")])
 def test_characters_gitignore_reads_otherwise_are_meaning_changes(pattern, fragment):
     change = meaning_change(pattern)
     assert change is not None and fragment in change.now
-    assert old_glob((pattern,))(pattern.rstrip()) or pattern == "x "
+    assert old_glob((pattern,))(pattern.rstrip()) or pattern in ("x ", "[^a]b")
+    if pattern == "[^a]b":
+        old, spelled = old_glob((pattern,)), Excluder([change.old_meaning])
+        for name in ("^b", "ab", "cb"):
+            assert spelled(name, False) is old(name), name
     # The escaped spelling matches the literal name again.
     if pattern[0] in "!#":
         assert Excluder([change.old_meaning])(pattern, False)
