@@ -54,9 +54,20 @@ def _compile(patterns: Sequence[str]) -> list[_Rule]:
     return rules
 
 
+# pathspec 0.12 ends a regex with what matches below the path too, to the end; 1.x leaves
+# that part out and matches from the start only. Brought to 1.x's form, a regex found in a
+# path matches the path or a directory above it, and the same followed by "$" the path itself.
+_BELOW_012 = ((re.compile(r"\(\?:\(/\)\.\*\)\?\$$"), "(?:(/)|$)"),  # a file or a directory: (?:(/).*)?$
+              (re.compile(r"\(/\)\.\*\$$"), "(/)"),                     # a directory only: (/).*$
+              (re.compile(r"/\.\*\$$"), "/"))                            # all inside: a/** is ^a/.*$
+
+
 def _plain(regex: str) -> str:
     # pathspec names a group in each pattern's regex; the same name twice cannot be combined.
-    return regex.replace("(?P<ps_d>", "(")
+    out = regex.replace("(?P<ps_d>", "(")
+    for below, replacement in _BELOW_012:
+        out = below.sub(replacement, out, count=1)
+    return out
 
 
 def check_pattern(line: str) -> None:
