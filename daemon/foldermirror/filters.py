@@ -112,9 +112,13 @@ class Excluder:
 
     def _decide(self, rel: str, is_dir: bool | None) -> bool:
         """gitignore's walk: each directory from the top, then the path; the last rule matching wins."""
+        assert self._any is not None
         parts = rel.split("/")
         for i in range(1, len(parts)):
-            if self._last(_join(parts, i) + "/"):
+            head = _join(parts, i) + "/"
+            # No exclude pattern matches this directory nor one above it: the one search
+            # spares asking each rule in turn.
+            if self._any(head) and self._last(head):
                 return True  # below an excluded directory: nothing re-includes it
         if is_dir is None:
             return self._last(rel) or self._last(rel + "/")
