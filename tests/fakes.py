@@ -78,7 +78,7 @@ def folder(name: str = "data", root: Path | None = None, **settings: Any) -> Fol
 
 
 def state(config: FolderConfig, **fields: Any) -> FolderState:
-    return FolderState(config, Excluder(config.exclude), LocalTargetHealth(str(config.target), "test"), **fields)
+    return FolderState(config, Excluder(config.excludes), LocalTargetHealth(str(config.target), "test"), **fields)
 
 
 def in_flight(changes: ChangeQueue, name: str, *paths: str, settle: float = 0.25) -> list[Item]:

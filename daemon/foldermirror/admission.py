@@ -52,7 +52,7 @@ class Admission:
             self.unusable.pop(f.name, None)
             with self.lock:
                 target = checks.target_health(f, self.instance)
-                self.folders[f.name] = FolderState(f, Excluder(f.exclude), target,
+                self.folders[f.name] = FolderState(f, Excluder(f.excludes), target,
                                                    root_id=path_identity(str(f.source)), target_id=target.identity())
             admitted.append(f.name)
         return admitted

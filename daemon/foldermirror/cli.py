@@ -157,11 +157,30 @@ def _setting_lines(cls: type, obj: Any, indent: str, unset: str | None = None) -
     return lines
 
 
+def exclude_changes(config: Config) -> list[str]:
+    """`check`'s lines for each exclude pattern whose meaning changed with gitignore's rules."""
+    from foldermirror import filters
+
+    lines = []
+    for f in config.folders:
+        for c in filters.changes(f.exclude):
+            lines.append(f"folder {f.name}: exclude {_yaml_quoted(c.pattern)} changed meaning: before, it matched "
+                         f"{c.before}; now it matches {c.now}; for the old meaning write {_yaml_quoted(c.old_meaning)}")
+    return lines
+
+
+def _yaml_quoted(text: str) -> str:
+    """As it is written in a YAML list: single quotes, where a backslash is itself."""
+    return "'" + text.replace("'", "''") + "'"
+
+
 def check(config: Config) -> int:
     """`check`: the resolved config, then one verdict per folder from the start-up probes, creating nothing."""
     from foldermirror import checks
 
     print(describe(config))
+    for line in exclude_changes(config):
+        print(line)
     instance = os.urandom(4).hex()
     failed: list[str] = []
     config_errors: list[str] = []

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from foldermirror import filters
 from foldermirror.errors import ConfigError
 from foldermirror.remote import url as remote_url
 from foldermirror.remote.url import RemoteUrl
@@ -582,6 +583,50 @@ _PAIR_NEEDS = "missing (every folder pair needs a source and a target)"
 
 
 @dataclass(frozen=True)
+class PatternFile:
+    """An exclude_from file and the patterns it held when the config was read.
+
+    The patterns are part of the folder's config, so a reload that finds the file changed
+    (and the YAML not) still sees a changed folder, and serves it anew.
+    """
+
+    path: Path
+    patterns: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return f"{self.path} ({len(self.patterns)} pattern{'' if len(self.patterns) == 1 else 's'})"
+
+
+def _read_excludes(reader: _Reader, node: yaml.Node, key: str) -> tuple[str, ...]:
+    """Gitignore patterns, each checked (a lone "!" or a trailing "\\" is refused with its key)."""
+    patterns = reader.strings(node, key, "a list of gitignore patterns")
+    for i, (pattern, item) in enumerate(zip(patterns, node.value, strict=True)):
+        try:
+            filters.check_pattern(pattern)
+        except filters.PatternError as exc:
+            raise reader.error(item, f"{key}[{i}]", str(exc)) from None
+    return patterns
+
+
+def _read_pattern_files(reader: _Reader, node: yaml.Node, key: str) -> tuple[PatternFile, ...]:
+    """One file or a list of them, each read now (a missing or unreadable one is an error naming it)."""
+    items = node.value if isinstance(node, yaml.SequenceNode) else [node]
+    out = []
+    for i, item in enumerate(items):
+        where = f"{key}[{i}]" if isinstance(node, yaml.SequenceNode) else key
+        path = reader.typed(item, where, "", _as_folder(reader.base))
+        try:
+            patterns = filters.load_pattern_file(str(path))
+        except OSError as exc:
+            raise reader.error(item, where, f"cannot read the exclude file {path}: {exc.strerror or exc}"
+                               + private_tmp_hint(str(path))) from None
+        except (UnicodeDecodeError, filters.PatternError) as exc:
+            raise reader.error(item, where, f"the exclude file {path}: {exc}") from None
+        out.append(PatternFile(path, patterns))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
 class FolderConfig:
     name: str = setting("the folder's name in logs, status and metrics; default: the source folder's name",
                         _read_text, derive=lambda values: values["source"].name or "root")
@@ -591,7 +636,13 @@ class FolderConfig:
         "where the mirror is kept: a local folder, or ssh://[user@]host[:port]/path on another machine (see ssh); "
         "created if missing; must not overlap any source or target", _read_target, required=_PAIR_NEEDS)
     delete: bool = flag(False, "replay deletions and renames in the source into the target")
-    exclude: tuple[str, ...] = globs("glob patterns on the path relative to the source that are not mirrored")
+    exclude: tuple[str, ...] = setting(
+        "gitignore patterns on the path relative to the source that are not mirrored (a later one wins; "
+        "! re-includes)", _read_excludes, default=(), show=show_list)
+    exclude_from: tuple[PatternFile, ...] = setting(
+        "files of gitignore patterns (one file or a list; relative to the config file's folder), read at start "
+        "and on every reload; their patterns come after exclude's, so they win", _read_pattern_files,
+        default=(), show=lambda files: ", ".join(map(str, files)) or "(none)")
     settle: float = duration(0.25, "how long a file written without close must stay quiet before it is copied")
     durable: bool = flag(False, "fsync each file and its folder before reporting it mirrored")
     create: bool = flag(False, "create a missing source folder instead of refusing it")
@@ -605,6 +656,11 @@ class FolderConfig:
     @property
     def remote(self) -> RemoteUrl | None:
         return self.target if isinstance(self.target, RemoteUrl) else None
+
+    @property
+    def excludes(self) -> tuple[str, ...]:
+        """Every exclude pattern in the order they apply: exclude's, then each exclude_from file's."""
+        return self.exclude + tuple(p for f in self.exclude_from for p in f.patterns)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 
-from foldermirror import checks, faults
+from foldermirror import checks, faults, filters
 from foldermirror.admission import Admission, reload_plan
 from foldermirror.catchup.tracking import CatchUpTracker
 from foldermirror.config import Config, load_config
@@ -103,6 +103,7 @@ class Service:
                       folders=[f.name for f in cfg.folders], mode="sync" if self.once else "run")
         faults.announce(self.log)
         checks.warn_private_tmp(self.log, cfg)
+        filters.warn_meaning_changed(self.log, cfg.folders)
         self.admission.ssh = cfg.ssh
         if not self.admission.admit(cfg.folders):
             raise StartupError(self.admission.nothing_served([f.name for f in cfg.folders]))
@@ -274,6 +275,7 @@ class Service:
             self.notifier.ready(self._status_text())
             return
         checks.warn_private_tmp(self.log, new)
+        filters.warn_meaning_changed(self.log, new.folders)
         # Compared with what is served, so a folder that was unusable is tried again.
         plan = reload_plan({n: s.config for n, s in self.folders.items()}, new.folders)
         for name in plan.stopped:

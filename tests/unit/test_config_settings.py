@@ -182,6 +182,7 @@ def test_describe_prints_the_demo_config_setting_by_setting():
         f"  target:              {demo / 'copy'}",
         "  delete:              true",
         "  exclude:             (none)",
+        "  exclude_from:        (none)",
         "  settle:              250ms",
         "  durable:             false",
         "  create:              true",

@@ -143,8 +143,8 @@ def _compare(rel: str, parts: tuple[str, ...], sfd: int | None, target: Target |
         if name == LOCK_NAME:
             yield Difference(path, "reserved")  # not mirrored; the worker says so (file_skipped)
             continue
-        if excluded(path):
-            continue
+        if excluded(path, s.kind == stat.S_IFDIR):
+            continue  # and, for a directory, all below it: it is not walked
         stats.entries += 1
         t = t_entries.get(name)
         if t is not None:
@@ -178,12 +178,44 @@ def _compare(rel: str, parts: tuple[str, ...], sfd: int | None, target: Target |
         if name in s_entries or is_reserved(name):  # temp files and the lock file: never deleted nor counted
             continue
         path = f"{rel}/{name}" if rel else name
-        if delete and not excluded(path):
+        # The target entry's own type: a directory-only pattern keeps an extra directory,
+        # never an extra file of that name.
+        if delete and not excluded(path, t.kind == stat.S_IFDIR):
+            if t.kind == stat.S_IFDIR and excluded and target is not None \
+                    and _holds_excluded(target, (*parts, name), path, excluded):
+                # Deleting it would delete excluded entries with it: it stays, and what
+                # else is in it is compared (with nothing on the source side) and deleted.
+                stats.target_entries += 1
+                stack.append(path)
+                continue
             below = target.entries_below((*parts, name)) if t.kind == stat.S_IFDIR and target is not None else 0
             stats.target_entries += 1 + below
             stats.doomed += 1 + below
             stats.differences += 1
             yield Difference(path, "extra")
+
+
+def _holds_excluded(target: Target, parts: tuple[str, ...], rel: str, excluded: Excluder) -> bool:
+    """Whether a target directory holds an excluded entry at any depth (only asked with patterns)."""
+    todo = [(parts, rel)]
+    while todo:
+        here, path = todo.pop()
+        try:
+            entries = target.scan(here) or {}
+        except OSError:
+            return True  # cannot tell: keep it, and let the walk into it say what fails
+        finally:
+            target.forget(here)  # one directory's fd at a time, however big the extra tree
+        for name, entry in entries.items():
+            if is_reserved(name):
+                continue  # a temp file or lock: the daemon's own, not data to keep
+            below = f"{path}/{name}"
+            is_dir = entry.kind == stat.S_IFDIR
+            if excluded(below, is_dir):
+                return True
+            if is_dir:
+                todo.append(((*here, name), below))
+    return False
 
 
 def _readlink(dfd: int | None, name: str) -> str | None:

@@ -77,7 +77,7 @@ def plan_remote(f: FolderConfig, config: Config) -> Plan:
         p.source_missing = True
         return p
     stats = WalkStats()
-    excluded = Excluder(f.exclude)
+    excluded = Excluder(f.excludes)
     try:
         for diff in diff_remote(str(f.source), remote_spec(f, config.ssh, sockets=()), sub="", delete=True,
                                 excluded=excluded, stats=stats):
@@ -100,7 +100,7 @@ def plan_folder(f: FolderConfig) -> Plan:
         return p
     stats = WalkStats()
     # delete=True to see extras even when they are kept: worth knowing before turning delete on.
-    for diff in diff_tree(source, target, Excluder(f.exclude), True, "dry-run", stats=stats, clean_temps=False):
+    for diff in diff_tree(source, target, Excluder(f.excludes), True, "dry-run", stats=stats, clean_temps=False):
         p.actions.append(_action(f, diff.path, diff.reason))
     p.stale_temps = stats.stale_temps
     p.unreadable = list(stats.unreadable or ())

@@ -71,7 +71,7 @@ class _Handler(FileSystemEventHandler):
         self.delete = folder.delete
         self.settle = folder.settle
         self.max_delay = folder.max_delay
-        self.excluded = Excluder(folder.exclude)
+        self.excluded = Excluder(folder.excludes)
         self.changes = changes
         self.sink = sink
         self.watch_below = watch_below  # sets up inotify watches for a directory and what is under it
@@ -90,8 +90,10 @@ class _Handler(FileSystemEventHandler):
         except Exception as exc:  # noqa: BLE001 - an escaping exception kills the observer
             self.sink.handler_error(self.name, exc)
 
-    def _wanted(self, rel: str | None) -> bool:
-        return rel is not None and rel != "" and not self.excluded(rel)  # "" is the root itself
+    def _wanted(self, rel: str | None, is_dir: bool) -> bool:
+        # inotify marks every event of a directory (IN_ISDIR), deletions and moves out
+        # included, so the type is known here even for a path that is gone.
+        return rel is not None and rel != "" and not self.excluded(rel, is_dir)  # "" is the root itself
 
     def _route(self, event: FileSystemEvent) -> None:
         src = relative(self.root, os.fsdecode(event.src_path))
@@ -108,7 +110,7 @@ class _Handler(FileSystemEventHandler):
         if src == "" and isinstance(event, DirDeletedEvent):
             self.sink.root_lost(self.name)
             return
-        if not self._wanted(src):
+        if not self._wanted(src, event.is_directory):
             return
         assert src is not None
         if isinstance(event, DirCreatedEvent):
@@ -144,7 +146,7 @@ class _Handler(FileSystemEventHandler):
             self.sink.watch_suspect(self.name, rel)
 
     def _moved(self, src: str | None, dst: str | None, is_dir: bool) -> None:
-        src_ok, dst_ok = self._wanted(src), self._wanted(dst)
+        src_ok, dst_ok = self._wanted(src, is_dir), self._wanted(dst, is_dir)
         if src_ok and dst_ok and self.delete:
             assert src is not None and dst is not None
             self.changes.moved(self.name, src, dst, settle=self.settle, is_dir=is_dir)
@@ -176,7 +178,7 @@ class _TargetHandler(FileSystemEventHandler):
         self.name = folder.name
         self.source = str(folder.source)
         self.target = str(folder.target)
-        self.excluded = Excluder(folder.exclude)
+        self.excluded = Excluder(folder.excludes)
         self.sink = sink
 
     def dispatch(self, event: FileSystemEvent) -> None:
@@ -190,7 +192,7 @@ class _TargetHandler(FileSystemEventHandler):
             if rel == LOCK_NAME:
                 self.sink.target_lost(self.name, False)  # emptied, lock file and all: take the lock again
                 return
-            if not rel or "/" in rel or is_reserved(rel) or self.excluded(rel):
+            if not rel or "/" in rel or is_reserved(rel) or self.excluded(rel, isinstance(event, DirDeletedEvent)):
                 return
             try:
                 st = os.lstat(os.path.join(self.source, rel))
