@@ -194,7 +194,7 @@ TOP_KEYS = {"version", "pid", "config", "started", "uptime_s", "workers", "worke
             "watcher_alive", "control_socket", "metrics", "folders"}
 FOLDER_KEYS = {"name", "source", "target", "state", "problems", "pending", "in_flight", "lag_s", "files_mirrored",
                "bytes_mirrored", "deleted", "failed", "failing", "failures", "last_error", "watches_complete",
-               "watched_directories", "unreadable", "catch_up", "last_full_comparison", "link"}
+               "watched_directories", "unreadable", "catch_up", "last_full_comparison", "link", "versions"}
 
 
 def json_view() -> dict[str, Any]:
