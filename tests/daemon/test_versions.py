@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from foldermirror.pipeline.versions import split_version, version_name
-from helpers import fm, pair, wait_mirrored, wait_until, write_config
+from helpers import fm, pair, status, wait_mirrored, wait_until, write_config
 
 DAY = 86400 * 10**9
 
@@ -55,6 +55,11 @@ def test_a_delete_keeps_one_version(versioned):
     rec = d.wait_for("file_deleted", path="a.txt")[0]
     assert rec["version_kept"].startswith("a.txt~"), rec
     assert not (dst / ".data-dst.versions").exists() and ".data-dst.versions" not in os.listdir(dst)
+    # status counts it from the outcome, without walking the area again
+    config = d.config
+    versions = wait_until(lambda: (v := status(config)["folders"][0]["versions"]) and v["count"] == 1 and v,
+                          10, lambda: str(status(config)["folders"][0]["versions"]))
+    assert versions["bytes_kept"] == len(b"precious") and versions["oldest"].endswith("Z"), versions
 
 
 def test_three_overwrites_keep_three_in_order(versioned):

@@ -117,7 +117,7 @@ def _folder_json(f: FolderView) -> dict[str, Any]:
         "last_full_comparison": None if f.last_full_comparison is None else iso(f.last_full_comparison),
         "link": None if f.link is None else {**asdict(f.link), "since_s": round(f.link.since_s, 3)},
         "versions": None if f.versions is None else {
-            "count": f.versions.count, "bytes": f.versions.bytes, "counted": f.versions.counted,
+            "count": f.versions.count, "bytes_kept": f.versions.bytes, "counted": f.versions.counted,
             "oldest": None if f.versions.oldest_ns is None else iso(f.versions.oldest_ns / 1e9)},
     }
 

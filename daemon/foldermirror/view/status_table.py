@@ -45,7 +45,7 @@ def render(snap: dict[str, Any]) -> str:
         if v is not None:
             oldest = f", oldest {v['oldest']}" if v["oldest"] else ""
             counting = "" if v["counted"] else " (the area is still being counted)"
-            notes.append(f"{f['name']}: {v['count']:,} versions kept, {size(v['bytes'])}{oldest}{counting}")
+            notes.append(f"{f['name']}: {v['count']:,} versions kept, {size(v['bytes_kept'])}{oldest}{counting}")
         e = f["last_error"]
         if e is not None:
             notes.append(f"{f['name']}: last error {e['time']} {e['path']}: {e['error']}")
