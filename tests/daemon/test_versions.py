@@ -242,3 +242,25 @@ def test_a_versions_area_on_another_file_system_is_refused(tmp_path, daemon_fact
     checked = fm("check", "-c", str(config))
     assert checked.returncode == 78, checked
     assert "/dev/shm/fm-versions-test" in checked.stdout and str(dst) in checked.stdout
+
+
+@pytest.mark.timeout(180)
+def test_a_remote_target_keeps_versions_through_rsync_backup(tmp_path, sshd, daemon_factory):
+    from helpers import remote_pair
+    from sshd import ssh_config_block
+
+    area = tmp_path / "remote-versions"
+    src, dst, folder = remote_pair(tmp_path, sshd, delete=True, versions={"path": str(area)})
+    (src / "sub").mkdir()
+    (src / "sub" / "a.txt").write_bytes(b"one")
+    (src / "gone.txt").write_bytes(b"deleted later")
+    d = daemon_factory(write_config(tmp_path, [folder], ssh=ssh_config_block(sshd)))
+    d.wait_for("remote_up", 30)
+    d.wait_ready(60)
+    wait_mirrored(src, dst, 30)
+    (src / "sub" / "a.txt").write_bytes(b"two")
+    (src / "gone.txt").unlink()
+    wait_mirrored(src, dst, 30)
+    assert [c for _, c in versions_of(area, "sub/a.txt")] == [b"one"]
+    assert [c for _, c in versions_of(area, "gone.txt")] == [b"deleted later"]
+    assert not (dst / "remote-versions").exists()

@@ -56,6 +56,11 @@ def version_name(name: str, ns: int) -> str:
     return f"{name}{SEP}{stamp(ns)}"
 
 
+def version_suffix(ns: int) -> str:
+    """What rsync's --suffix adds to a path it backs up, for the same layout on a remote host."""
+    return f"{SEP}{stamp(ns)}"
+
+
 def split_version(name: str) -> tuple[str, int] | None:
     """(the path's own name, its time) of a version's file name; None for another name."""
     base, sep, text = name.rpartition(SEP)

@@ -27,6 +27,7 @@ from typing import NamedTuple
 from foldermirror import faults
 from foldermirror.pipeline.copier import kind
 from foldermirror.pipeline.records import FolderSpec, ItemResult, Outcome, RemoteSpec, Status, WorkItem
+from foldermirror.pipeline.versions import version_suffix
 from foldermirror.remote import rsync
 from foldermirror.tempnames import RESERVED_REASON, is_reserved
 
@@ -200,7 +201,8 @@ def _run(spec: FolderSpec, remote: RemoteSpec, ssh: list[str], names: list[str],
     argv = rsync.argv(mode=mode, source_root=spec.source, host=remote.host, user=remote.user, base=base,
                       remote_root=remote.path, ssh=ssh, rsync_path=shlex.split(remote.rsync_path),
                       delete=spec.delete, dry_run=dry_run, preserve_owner=remote.preserve_owner,
-                      fsync=spec.durable, bwlimit=remote.bwlimit, timeout_s=remote.io_timeout)
+                      fsync=spec.durable, bwlimit=remote.bwlimit, timeout_s=remote.io_timeout,
+                      backup_dir=spec.versions, backup_suffix=version_suffix(time.time_ns()))
     try:
         done = subprocess.run(argv, input=rsync.files_from(names), capture_output=True, check=False,
                               timeout=remote.io_timeout + HARD_TIMEOUT_MARGIN)
