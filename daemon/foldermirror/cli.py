@@ -129,8 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "List the versions kept in a folder's versions area (see versions: in the config) of one "
                    "path, or of every path under a directory (the whole folder by default), newest first: the "
                    "time each left the mirror (UTC; the stamp restore --at takes), its size and path. Works on "
-                   "the area itself: no daemon is needed. Exit 0, 1 when the folder keeps no versions or its "
-                   "target is remote, 78 on a configuration error.")
+                   "the area itself (on a remote target's host, over an ssh login of its own): no daemon is "
+                   "needed. Exit 0, 1 when the folder keeps no versions or its host cannot be reached, 78 on a "
+                   "configuration error.")
     versions.add_argument("--folder", metavar="NAME", required=True, help="the folder whose versions are listed")
     versions.add_argument("path", metavar="PATH", nargs="?", default=".",
                           help="a path relative to the folder: a file, or a directory for all below it (default: .)")
@@ -333,10 +334,8 @@ def versions_command(config: Config, args: argparse.Namespace) -> int:
     area = f.versions_area
     if area is None:
         raise FoldermirrorError(f"folder {f.name} keeps no versions (add versions: to it in {config.path})")
-    if f.remote is not None:
-        raise FoldermirrorError(f"folder {f.name}: its versions are on {f.remote.link.host} in {area}; listing and "
-                                "restoring them is not done from here yet (see README, Versions)")
-    found = versioning.listing(area, args.path)
+    remote = f.remote is not None  # a login of its own, as `check` (the daemon's master is its own)
+    found = versioning.remote_listing(f, config.ssh, args.path) if remote else versioning.listing(area, args.path)
     if args.command == "versions":
         if args.json:
             from foldermirror.view.read_model import iso
@@ -359,7 +358,8 @@ def versions_command(config: Config, args: argparse.Namespace) -> int:
     for path in sorted(chosen):
         v = chosen[path]
         try:
-            written = versioning.restore_one(area, v, dest, force=args.force)
+            written = (versioning.restore_remote_one(f, config.ssh, v, dest, force=args.force) if remote
+                       else versioning.restore_one(area, v, dest, force=args.force))
         except (OSError, FoldermirrorError) as exc:
             failed += 1
             print(f"foldermirror: error: {path}: {exc}", file=sys.stderr)

@@ -363,3 +363,94 @@ def _copy(sfd: int, dfd: int, size: int) -> None:
         view = memoryview(chunk)
         while view:
             view = view[os.write(dfd, view):]
+
+
+# -- the commands on a remote target: a login of their own (as `check`), rsync both ways -----------
+def _remote_rsync(f: Any, ssh_config: Any) -> tuple[list[str], Any]:
+    import shlex
+
+    from foldermirror.remote.links import remote_spec
+
+    spec = remote_spec(f, ssh_config, sockets=())
+    cmd = ["rsync", "-s", "-8", "-e", shlex.join(spec.ssh[0]),
+           "--rsync-path=" + shlex.join(shlex.split(spec.rsync_path)), f"--timeout={spec.io_timeout}"]
+    return cmd, spec
+
+
+def remote_listing(f: Any, ssh_config: Any, path: str) -> list[Version]:
+    """`listing` of a remote folder's area on its host: a dry-run pull of the area (or of the
+    directory holding `path`) into an empty folder prints every version with its size."""
+    import subprocess
+    import tempfile
+
+    from foldermirror.remote import rsync as R
+
+    area = f.versions_area
+    under = path.strip("/")
+    under = "" if under == "." else under
+    base = under.rpartition("/")[0] if under else ""
+    cmd, spec = _remote_rsync(f, ssh_config)
+    with tempfile.TemporaryDirectory(prefix="foldermirror-versions-") as empty:
+        src = os.path.join(area, base).rstrip("/") + "/"
+        run = subprocess.run([*cmd, "-rlptn", "--out-format=%l/%i/%n", "--", R.dest(spec.host, src, spec.user),
+                              empty + "/"], capture_output=True, check=False, timeout=spec.io_timeout + 30,
+                             stdin=subprocess.DEVNULL)
+    if run.returncode not in (0, 23, 24):
+        raise FoldermirrorError(f"folder {f.name}: cannot list {area} on {spec.host}: rsync exit {run.returncode}: "
+                                f"{run.stderr.decode(errors='replace').strip()}")
+    out: list[Version] = []
+    for raw in run.stdout.splitlines():
+        size, _, rest = raw.partition(b"/")
+        item, _, name_b = rest.partition(b"/")
+        if not size.isdigit() or len(item) < 2 or item[1:2] not in (b"f", b"L"):
+            continue
+        name = os.fsdecode(R.unescape(name_b))
+        rel = f"{base}/{name}" if base else name
+        parent, _, leaf = rel.rpartition("/")
+        parsed = split_version(leaf)
+        if parsed is None:
+            continue
+        vpath = f"{parent}/{parsed[0]}" if parent else parsed[0]
+        if under and vpath != under and not vpath.startswith(under + "/"):
+            continue
+        out.append(Version(vpath, parsed[1], int(size), "symlink" if item[1:2] == b"L" else "file", rel))
+    return sorted(out, key=lambda v: (v.ns, v.path), reverse=True)
+
+
+def restore_remote_one(f: Any, ssh_config: Any, v: Version, dest_root: str, *, force: bool) -> str:
+    """`restore_one` from a remote folder's area: rsync pulls the version (bytes, mode, mtime; owner
+    as root) into a temp file beside the destination, which is then renamed into place."""
+    import subprocess
+
+    from foldermirror.remote import rsync as R
+
+    dest = os.path.join(dest_root, v.path)
+    try:
+        now = os.lstat(dest)
+    except FileNotFoundError:
+        now = None
+    if now is not None and stat.S_ISDIR(now.st_mode):
+        raise RestoreError(f"{dest} is a directory; restore the files under it, or move it away")
+    if now is not None and now.st_mtime_ns > v.ns and not force:
+        raise RestoreError(f"{dest} was changed after this version was kept ({v.time}); give --force to "
+                           "replace it anyway")
+    parent = os.path.dirname(dest)
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, temp_name("restore"))
+    cmd, spec = _remote_rsync(f, ssh_config)
+    owner = ["-o", "-g"] if os.geteuid() == 0 else []
+    try:
+        run = subprocess.run([*cmd, "-lpt", *owner, "--", R.dest(spec.host, os.path.join(f.versions_area, v.name),
+                                                                spec.user), tmp],
+                             capture_output=True, check=False, timeout=spec.io_timeout + 30, stdin=subprocess.DEVNULL)
+        if run.returncode != 0:
+            raise RestoreError(f"cannot fetch {v.name} from {spec.host}: rsync exit {run.returncode}: "
+                               f"{run.stderr.decode(errors='replace').strip()}")
+        os.rename(tmp, dest)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return dest

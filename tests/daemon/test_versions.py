@@ -253,8 +253,11 @@ def test_a_remote_target_keeps_versions_through_rsync_backup(tmp_path, sshd, dae
     src, dst, folder = remote_pair(tmp_path, sshd, delete=True, versions={"path": str(area)})
     (src / "sub").mkdir()
     (src / "sub" / "a.txt").write_bytes(b"one")
+    os.chmod(src / "sub" / "a.txt", 0o640)
+    os.utime(src / "sub" / "a.txt", ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))
     (src / "gone.txt").write_bytes(b"deleted later")
-    d = daemon_factory(write_config(tmp_path, [folder], ssh=ssh_config_block(sshd)))
+    config = write_config(tmp_path, [folder], ssh=ssh_config_block(sshd))
+    d = daemon_factory(config)
     d.wait_for("remote_up", 30)
     d.wait_ready(60)
     wait_mirrored(src, dst, 30)
@@ -264,3 +267,19 @@ def test_a_remote_target_keeps_versions_through_rsync_backup(tmp_path, sshd, dae
     assert [c for _, c in versions_of(area, "sub/a.txt")] == [b"one"]
     assert [c for _, c in versions_of(area, "gone.txt")] == [b"deleted later"]
     assert not (dst / "remote-versions").exists()
+    # Listed and restored from the host, over ssh (a login of the command's own).
+    listed = fm("versions", "-c", str(config), "--folder", "data", "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert sorted((r["path"], r["size"]) for r in rows) == [("gone.txt", 13), ("sub/a.txt", 3)], rows
+    one = next(r for r in rows if r["path"] == "sub/a.txt")
+    # "two" was written before "one" left the mirror: no --force needed
+    done = fm("restore", "-c", str(config), "--folder", "data", "sub/a.txt", "--at", one["time"])
+    assert done.returncode == 0, done.stderr
+    done = fm("restore", "-c", str(config), "--folder", "data", "gone.txt")
+    assert done.returncode == 0, done.stderr
+    st = (src / "sub" / "a.txt").stat()
+    assert ((src / "sub" / "a.txt").read_bytes(), st.st_mode & 0o777, st.st_mtime_ns) == (
+        b"one", 0o640, 1_700_000_000_000_000_000)
+    assert (src / "gone.txt").read_bytes() == b"deleted later"
+    wait_mirrored(src, dst, 30)
