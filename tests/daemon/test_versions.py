@@ -267,6 +267,10 @@ def test_a_remote_target_keeps_versions_through_rsync_backup(tmp_path, sshd, dae
     assert [c for _, c in versions_of(area, "sub/a.txt")] == [b"one"]
     assert [c for _, c in versions_of(area, "gone.txt")] == [b"deleted later"]
     assert not (dst / "remote-versions").exists()
+    replaced = d.wait_for("file_mirrored", path="sub/a.txt", count=2)[-1]
+    deleted = d.wait_for("file_deleted", path="gone.txt")[0]
+    for rec, path in ((replaced, "sub/a.txt"), (deleted, "gone.txt")):
+        assert (area / rec["version_kept"]).is_file() and rec["version_kept"].startswith(path + "~"), rec
     # Listed and restored from the host, over ssh (a login of the command's own).
     listed = fm("versions", "-c", str(config), "--folder", "data", "--json")
     assert listed.returncode == 0, listed.stderr
