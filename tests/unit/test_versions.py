@@ -124,6 +124,21 @@ def test_the_keeper_links_before_replace_and_delete_and_reports_each_path(tmp_pa
     t.close()
 
 
+def test_with_durable_the_versions_entry_is_synced_before_the_replace(tmp_path, monkeypatch):
+    (tmp_path / "s").write_bytes(b"s")
+    st = os.stat(tmp_path / "s")
+    t, _ = target_with_versions(tmp_path)
+    t.durable = t.keeper.durable = True
+    publish(t, ["f"], b"old", st)
+    order: list[str] = []
+    real_fsync, real_rename = os.fsync, os.rename
+    monkeypatch.setattr(os, "fsync", lambda fd: (order.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(os, "rename", lambda *a, **k: (order.append("rename"), real_rename(*a, **k))[1])
+    publish(t, ["f"], b"new", st)
+    assert order[:3] == ["fsync", "fsync", "rename"], order  # the temp file, the area's directory, then the rename
+    t.close()
+
+
 def test_a_version_that_cannot_be_made_stops_the_replace(tmp_path, monkeypatch):
     (tmp_path / "s").write_bytes(b"s")
     st = os.stat(tmp_path / "s")

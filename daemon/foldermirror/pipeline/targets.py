@@ -107,7 +107,7 @@ class LocalTarget(DirFds):
                  versions: str | None = None) -> None:
         self.root = root
         # What this target replaces or deletes is kept there first (see versions.py).
-        self.keeper = Keeper(versions) if versions is not None else None
+        self.keeper = Keeper(versions, durable) if versions is not None else None
         self.clears_way = delete  # delete: true lets what stands in a path's way go
         self.durable = durable
         self.instance = instance

@@ -135,8 +135,9 @@ def _version(entry: os.DirEntry[str], rel: str) -> Version | None:
 class Keeper:
     """Keeps versions of one target's entries in its area (a worker's, for one batch)."""
 
-    def __init__(self, area: str) -> None:
+    def __init__(self, area: str, durable: bool = False) -> None:
         self.area = area
+        self.durable = durable  # the folder's durable: a version's entry is synced before what replaces it
         self._root: int | None = None
         self._dirs: dict[tuple[str, ...], int] = {}
         self.kept: dict[str, Kept] = {}   # by path, since the last take()
@@ -196,6 +197,8 @@ class Keeper:
                 continue
             if made is not None:
                 made.append((afd, vname))
+            if self.durable:
+                os.fsync(afd)
             return vname
         raise OSError(errno.EEXIST, f"{NOT_KEPT}: {_ATTEMPTS} versions of {'/'.join(parts)} in one instant")
 
