@@ -287,3 +287,36 @@ def test_a_remote_target_keeps_versions_through_rsync_backup(tmp_path, sshd, dae
         b"one", 0o640, 1_700_000_000_000_000_000)
     assert (src / "gone.txt").read_bytes() == b"deleted later"
     wait_mirrored(src, dst, 30)
+
+
+def test_a_reload_checks_the_versions_area_and_keeps_serving_the_others(tmp_path, daemon_factory):
+    import signal
+
+    import yaml
+
+    if os.stat("/dev/shm").st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("/dev/shm is on the same file system here")
+    src, dst, spec = pair(tmp_path, delete=True, versions={})
+    other_src, other_dst, other = pair(tmp_path, "other", delete=True)
+    config = write_config(tmp_path, [spec, other])
+    d = daemon_factory(config)
+    d.wait_ready()
+    # Inside the target: the config is refused as a whole, the running one goes on.
+    doc = yaml.safe_load(config.read_text())
+    doc["folders"][0]["versions"] = {"path": str(dst / "v")}
+    config.write_text(yaml.safe_dump(doc))
+    d.send(signal.SIGHUP)
+    bad = d.wait_for("config_invalid")[0]
+    assert "versions.path" in bad["error"] and "inside its target" in bad["error"], bad
+    # On another file system: that folder is not served, naming both paths; the other one is.
+    area = f"/dev/shm/fm-versions-{os.getpid()}"
+    doc["folders"][0]["versions"] = {"path": area}
+    config.write_text(yaml.safe_dump(doc))
+    d.send(signal.SIGHUP)
+    try:
+        refused = d.wait_for("folder_unusable", folder="data")[0]
+        assert area in refused["error"] and str(dst) in refused["error"], refused
+        (other_src / "still.txt").write_bytes(b"served")
+        wait_mirrored(other_src, other_dst)
+    finally:
+        shutil.rmtree(area, ignore_errors=True)
