@@ -78,7 +78,7 @@ class Service:
                            request_catch_up=self.catch_ups.request, drop_folder=self._drop_folder, wake=self._wake,
                            once=self.once)
         self.catch_ups.remote_spec = self.links.spec
-        self.pruner = Pruner(log=self.log, folders=self.folders)
+        self.pruner = Pruner(log=self.log, folders=self.folders, remote_spec=self.links.spec)
         self.pipeline.connect(request_walk=self.catch_ups.reconciler.request, request_catch_up=self.catch_ups.request,
                               root_suspect=self.health.check_roots_soon, link_suspect=self.links.suspect,
                               remote_spec=self.links.spec, observe=self.view.observe, on_kept=self.pruner.on_kept)

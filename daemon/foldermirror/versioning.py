@@ -189,8 +189,12 @@ class Pruner:
 
     def __init__(self, *, log: Any, folders: Mapping[str, FolderState],
                  wall_ns: Callable[[], int] = time.time_ns, interval: float = PRUNE_INTERVAL,
-                 budget: int = PRUNE_BUDGET) -> None:
+                 budget: int = PRUNE_BUDGET, remote_spec: Callable[[Any], Any] = lambda f: None) -> None:
         self.log = log
+        # A remote folder's spec through its host's masters (None or no socket: its link is down).
+        self.remote_spec = remote_spec
+        self._remote_running: set[str] = set()
+        self._remote_waiting: set[str] = set()  # due while their link was down: started once it is up
         self.folders = folders
         self.wall_ns = wall_ns
         self.interval = interval
@@ -227,6 +231,13 @@ class Pruner:
     def tick(self, now: float) -> None:
         if not self._passes and now >= self._next:
             self._start(now)
+        for name in list(self._remote_waiting):  # a link came up since (a tick follows remote_up)
+            state = self.folders.get(name)
+            area = state.config.versions_area if state is not None else None
+            if state is None or state.config.versions is None or area is None:
+                self._remote_waiting.discard(name)
+            else:
+                self._start_remote(name, state.config, area, self.wall_ns())
         budget = self.budget
         while self._passes and budget > 0:
             p = self._passes[0]
@@ -241,10 +252,43 @@ class Pruner:
         for name, state in list(self.folders.items()):
             f = state.config
             area = f.versions_area
-            if f.versions is None or area is None or f.remote is not None:
+            if f.versions is None or area is None:
+                continue
+            if f.remote is not None:
+                self._start_remote(name, f, area, wall)
                 continue
             self.counts_of(name).pass_started()
             self._passes.append(_Pass(name, area, f.versions, wall))
+
+    def _start_remote(self, name: str, f: Any, area: str, wall: int) -> None:
+        """A remote area's pass is a listing and one removal call, each waiting on the host: in a
+        thread of its own that ends with the pass (none runs between passes)."""
+        spec = self.remote_spec(f)
+        if name in self._remote_running:
+            return
+        if spec is None or any("/nonexistent" in " ".join(a) for a in spec.ssh):
+            self._remote_waiting.add(name)  # the link is down: once it is up
+            return
+        self._remote_waiting.discard(name)
+        self._remote_running.add(name)
+        self.counts_of(name).pass_started()
+        threading.Thread(target=self._remote_pass, args=(name, spec, area, f.versions, wall), daemon=True,
+                         name=f"prune-{name}").start()
+
+    def _remote_pass(self, name: str, spec: Any, area: str, policy: VersionsConfig, wall: int) -> None:
+        counts = self.counts_of(name)
+        try:
+            pruned, size, survivors = remote_prune(spec, area, policy, wall, name, counts)
+        except Exception as exc:  # noqa: BLE001 - a host that fails the pass is tried again at the next
+            self.log.warning("versions_prune_failed", folder=name, versions=0, area=area, error=str(exc),
+                             fix="check the host and the versions area there; the next pass tries again")
+        else:
+            counts.pass_ended(survivors)
+            if pruned:
+                self.log.info("versions_pruned", folder=name, versions=pruned, bytes=size, kept=survivors.count,
+                              keep=policy.keep)
+        finally:
+            self._remote_running.discard(name)
 
     def _end(self, p: _Pass) -> None:
         if p.folder in self.folders:
@@ -367,36 +411,46 @@ def _copy(sfd: int, dfd: int, size: int) -> None:
 
 # -- the commands on a remote target: a login of their own (as `check`), rsync both ways -----------
 def _remote_rsync(f: Any, ssh_config: Any) -> tuple[list[str], Any]:
-    import shlex
-
     from foldermirror.remote.links import remote_spec
 
     spec = remote_spec(f, ssh_config, sockets=())
-    cmd = ["rsync", "-s", "-8", "-e", shlex.join(spec.ssh[0]),
-           "--rsync-path=" + shlex.join(shlex.split(spec.rsync_path)), f"--timeout={spec.io_timeout}"]
-    return cmd, spec
+    return _rsync_over(spec), spec
+
+
+def _rsync_over(spec: Any) -> list[str]:
+    """rsync through the spec's first ssh command (a master's session, or a login of its own)."""
+    import shlex
+
+    return ["rsync", "-s", "-8", "-e", shlex.join(spec.ssh[0]),
+            "--rsync-path=" + shlex.join(shlex.split(spec.rsync_path)), f"--timeout={spec.io_timeout}"]
 
 
 def remote_listing(f: Any, ssh_config: Any, path: str) -> list[Version]:
-    """`listing` of a remote folder's area on its host: a dry-run pull of the area (or of the
-    directory holding `path`) into an empty folder prints every version with its size."""
+    """`listing` of a remote folder's area on its host, over a login of its own."""
+    from foldermirror.remote.links import remote_spec
+
+    return remote_versions(remote_spec(f, ssh_config, sockets=()), f.versions_area, path, f.name)
+
+
+def remote_versions(spec: Any, area: str, path: str, folder: str) -> list[Version]:
+    """The versions in a remote area at or below `path`, newest first: a dry-run pull of the area
+    (or of the directory holding `path`) into an empty folder prints every version with its size."""
     import subprocess
     import tempfile
 
     from foldermirror.remote import rsync as R
 
-    area = f.versions_area
     under = path.strip("/")
     under = "" if under == "." else under
     base = under.rpartition("/")[0] if under else ""
-    cmd, spec = _remote_rsync(f, ssh_config)
+    cmd = _rsync_over(spec)
     with tempfile.TemporaryDirectory(prefix="foldermirror-versions-") as empty:
         src = os.path.join(area, base).rstrip("/") + "/"
         run = subprocess.run([*cmd, "-rlptn", "--out-format=%l/%i/%n", "--", R.dest(spec.host, src, spec.user),
                               empty + "/"], capture_output=True, check=False, timeout=spec.io_timeout + 30,
                              stdin=subprocess.DEVNULL)
     if run.returncode not in (0, 23, 24):
-        raise FoldermirrorError(f"folder {f.name}: cannot list {area} on {spec.host}: rsync exit {run.returncode}: "
+        raise FoldermirrorError(f"folder {folder}: cannot list {area} on {spec.host}: rsync exit {run.returncode}: "
                                 f"{run.stderr.decode(errors='replace').strip()}")
     out: list[Version] = []
     for raw in run.stdout.splitlines():
@@ -415,6 +469,41 @@ def remote_listing(f: Any, ssh_config: Any, path: str) -> list[Version]:
             continue
         out.append(Version(vpath, parsed[1], int(size), "symlink" if item[1:2] == b"L" else "file", rel))
     return sorted(out, key=lambda v: (v.ns, v.path), reverse=True)
+
+
+def remote_prune(spec: Any, area: str, policy: VersionsConfig, now_ns: int, folder: str,
+                 counts: VersionCounts) -> tuple[int, int, _Tally]:
+    """One pass over a remote area through the folder's master: list, choose, and remove what the
+    policy prunes in one `sh -s` call; (versions pruned, their bytes, the survivors)."""
+    import shlex
+    import subprocess
+
+    found = [v for v in remote_versions(spec, area, ".", folder) if v.ns < now_ns]
+    by_path: dict[str, list[Version]] = {}
+    for v in found:
+        by_path.setdefault(v.path, []).append(v)
+    doomed: list[Version] = []
+    survivors = _Tally()
+    for versions in by_path.values():
+        times = to_prune(policy, (v.ns for v in versions), now_ns)
+        for v in versions:
+            if v.ns in times:
+                doomed.append(v)
+            else:
+                survivors.add(1, v.size, v.ns)
+    if not doomed:
+        return 0, 0, survivors
+    lines = [f"cd {shlex.quote(area)} || exit 1"]
+    for i in range(0, len(doomed), 200):
+        lines.append("rm -f -- " + " ".join(shlex.quote("./" + v.name) for v in doomed[i:i + 200]))
+    done = subprocess.run([*spec.ssh[0], "--", spec.host, "sh -s"], input=("\n".join(lines) + "\n").encode(),
+                          capture_output=True, check=False, timeout=spec.io_timeout + 30)
+    if done.returncode != 0:
+        raise FoldermirrorError(f"folder {folder}: removing versions in {area} on {spec.host}: exit "
+                                f"{done.returncode}: {done.stderr.decode(errors='replace').strip()}")
+    size = sum(v.size for v in doomed)
+    counts.pruned(len(doomed), size)
+    return len(doomed), size, survivors
 
 
 def restore_remote_one(f: Any, ssh_config: Any, v: Version, dest_root: str, *, force: bool) -> str:

@@ -250,20 +250,30 @@ def test_a_remote_target_keeps_versions_through_rsync_backup(tmp_path, sshd, dae
     from sshd import ssh_config_block
 
     area = tmp_path / "remote-versions"
-    src, dst, folder = remote_pair(tmp_path, sshd, delete=True, versions={"path": str(area)})
+    src, dst, folder = remote_pair(tmp_path, sshd, delete=True, versions={"path": str(area), "max_age": "10d"})
+    now = time.time_ns()
+    _old_versions(area, "old/x.txt", [DAY, 20 * DAY, 40 * DAY], now)  # pruned on the host through the master
     (src / "sub").mkdir()
     (src / "sub" / "a.txt").write_bytes(b"one")
     os.chmod(src / "sub" / "a.txt", 0o640)
     os.utime(src / "sub" / "a.txt", ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))
     (src / "gone.txt").write_bytes(b"deleted later")
+    (src / "mover.txt").write_bytes(b"moves over")
+    (src / "landed.txt").write_bytes(b"moved onto")
     config = write_config(tmp_path, [folder], ssh=ssh_config_block(sshd))
     d = daemon_factory(config)
     d.wait_for("remote_up", 30)
     d.wait_ready(60)
     wait_mirrored(src, dst, 30)
+    pruned = d.wait_for("versions_pruned", 30, folder="data")[0]
+    assert (pruned["versions"], pruned["bytes"], pruned["kept"]) == (2, 20, 1), pruned
+    assert len(versions_of(area, "old/x.txt")) == 1
     (src / "sub" / "a.txt").write_bytes(b"two")
     (src / "gone.txt").unlink()
+    os.replace(src / "mover.txt", src / "landed.txt")  # replayed as mv over ssh: what it lands on is kept
     wait_mirrored(src, dst, 30)
+    d.wait_for("file_mirrored", 10, path="landed.txt", renamed_from="mover.txt")
+    assert [c for _, c in versions_of(area, "landed.txt")] == [b"moved onto"]
     assert [c for _, c in versions_of(area, "sub/a.txt")] == [b"one"]
     assert [c for _, c in versions_of(area, "gone.txt")] == [b"deleted later"]
     assert not (dst / "remote-versions").exists()
@@ -275,11 +285,14 @@ def test_a_remote_target_keeps_versions_through_rsync_backup(tmp_path, sshd, dae
     listed = fm("versions", "-c", str(config), "--folder", "data", "--json")
     assert listed.returncode == 0, listed.stderr
     rows = [json.loads(line) for line in listed.stdout.splitlines()]
-    assert sorted((r["path"], r["size"]) for r in rows) == [("gone.txt", 13), ("sub/a.txt", 3)], rows
+    assert sorted((r["path"], r["size"]) for r in rows) == [
+        ("gone.txt", 13), ("landed.txt", 10), ("old/x.txt", 10), ("sub/a.txt", 3)], rows
     one = next(r for r in rows if r["path"] == "sub/a.txt")
     # "two" was written before "one" left the mirror: no --force needed
     done = fm("restore", "-c", str(config), "--folder", "data", "sub/a.txt", "--at", one["time"])
     assert done.returncode == 0, done.stderr
+    versions = status(config)["folders"][0]["versions"]
+    assert versions["counted"] and versions["count"] >= 3, versions  # the pass's 1, and those kept since
     done = fm("restore", "-c", str(config), "--folder", "data", "gone.txt")
     assert done.returncode == 0, done.stderr
     st = (src / "sub" / "a.txt").stat()

@@ -84,7 +84,7 @@ def mirror_batch(spec: FolderSpec, items: list[WorkItem]) -> list[ItemResult]:
             if faults.value("vanish") == os.path.basename(path):
                 os.unlink(os.path.join(spec.source, path))
     ssh = list(remote.ssh[os.getpid() % len(remote.ssh)])
-    renamed = _replay_renames(remote, ssh, renames) if renames else set()
+    renamed = _replay_renames(remote, ssh, renames, spec.versions) if renames else set()
     link_error = None
     sent: dict[str, list[Outcome]] = {}
     deleted: dict[str, list[Outcome]] = {}
@@ -260,11 +260,25 @@ fi
 mkdir -p -- "$(dirname -- "$3")" && mv -fT -- "$2" "$3" && echo "$1"; }"""
 
 
-def _replay_renames(remote: RemoteSpec, ssh: list[str], pairs: list[tuple[str, str]]) -> set[tuple[str, str]]:
+# With versions: a file the move lands on is first hard-linked into the area as PATH~STAMP (V, S);
+# when that cannot be done the move is not made (the transfer pass, with --backup, converges).
+_KEEP_LANDED = r"""k() { { [ -e "$1" ] || [ -L "$1" ]; } || return 0
+{ [ -e "$2" ] || [ -L "$2" ]; } || return 0
+{ [ -d "$1" ] && [ ! -L "$1" ]; } && return 0
+{ [ -d "$2" ] && [ ! -L "$2" ]; } && return 0
+mkdir -p -- "$V/$(dirname -- "$2")" && ln -- "$2" "$V/$2$S"; }"""
+
+
+def _replay_renames(remote: RemoteSpec, ssh: list[str], pairs: list[tuple[str, str]],
+                    versions: str | None = None) -> set[tuple[str, str]]:
     """One ssh call for every rename of the batch; the pairs that moved. A rename that fails
     is no error: the transfer and delete passes that follow converge all the same."""
-    calls = [f"r {i} {shlex.quote('./' + a)} {shlex.quote('./' + b)}" for i, (a, b) in enumerate(pairs)]
-    script = f"cd {shlex.quote(remote.path)} || exit 1\n{_RENAME_SCRIPT}\n" + "\n".join(calls) + "\n"
+    keep = ""
+    if versions is not None:
+        keep = (f"V={shlex.quote(versions)}; S={shlex.quote(version_suffix(time.time_ns()))}\n{_KEEP_LANDED}\n")
+    calls = [(f"k {shlex.quote('./' + a)} {shlex.quote('./' + b)} && " if versions is not None else "")
+             + f"r {i} {shlex.quote('./' + a)} {shlex.quote('./' + b)}" for i, (a, b) in enumerate(pairs)]
+    script = (f"cd {shlex.quote(remote.path)} || exit 1\n{keep}{_RENAME_SCRIPT}\n" + "\n".join(calls) + "\n")
     try:
         done = subprocess.run([*ssh, "--", remote.host, "sh -s"], input=script.encode(), capture_output=True,
                               check=False, timeout=remote.io_timeout + HARD_TIMEOUT_MARGIN)

@@ -196,8 +196,7 @@ class ReadModel:
             watched_directories=stats.directories, unreadable=stats.unreadable,
             catch_up=None if c is None else _catch_up(c, stats, now),
             last_full_comparison=stats.last_full_comparison, link=link,
-            # A remote folder's versions are kept by rsync on its host: not counted here (README, Versions).
-            versions=self._versions(name) if f.versions is not None and f.remote is None else None)
+            versions=self._versions(name) if f.versions is not None else None)
 
 
 def _catch_up(c: CatchUp, stats: FolderStats, now: float) -> CatchUpView:
