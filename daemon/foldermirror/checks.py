@@ -115,7 +115,42 @@ def probe_folder(f: FolderConfig, instance: str, create: bool = True, ssh: SshCo
     if probe.problem is not None:
         return FolderAccess(probe.problem, config_error=probe.config_error)
     proved.append(probe.proved)
+    versions = versions_access(f, create)
+    if versions is not None and versions.problem is not None:
+        return versions
+    if versions is not None:
+        proved += versions.proved
     return FolderAccess(None, tuple(proved))
+
+
+def versions_access(f: FolderConfig, create: bool = True) -> FolderAccess | None:
+    """The versions area is on the target's file system (link(2) and rename cannot cross one);
+    with `create`, it is made when missing. None: versions are off, or the target is remote (its
+    host checks it in rsync's --backup-dir)."""
+    area = f.versions_area
+    if area is None or f.remote is not None:
+        return None
+    target = str(f.target)
+    if create:
+        try:
+            os.makedirs(area, 0o700, exist_ok=True)
+        except OSError as exc:
+            return FolderAccess(f"cannot create the versions area {area}: {describe(exc)}")
+    try:
+        where_area = area if create else (missing_from(area) or area)
+        where_target = target if create else (missing_from(target) or target)
+        dev_area, dev_target = os.stat(where_area).st_dev, os.stat(where_target).st_dev
+    except OSError as exc:
+        return FolderAccess(f"the versions area {area}: {describe(exc)}")
+    if dev_area != dev_target:
+        return FolderAccess(
+            f"folder {f.name}: versions.path: the versions area {area} is not on the file system of the target "
+            f"{target} (device {os.major(dev_area)}:{os.minor(dev_area)}, not {os.major(dev_target)}:"
+            f"{os.minor(dev_target)}): a version is a hard link of the mirror's file, so set versions.path to a "
+            "folder on the target's file system", config_error=True)
+    if not os.access(where_area, os.W_OK | os.X_OK):
+        return FolderAccess(f"the versions area {where_area} is not writable by {user_label()}")
+    return FolderAccess(None, (f"versions kept in {area}, on the target's file system",))
 
 
 def prove_remote(f: FolderConfig, ssh: SshConfig) -> FolderAccess:

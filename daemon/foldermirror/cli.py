@@ -1,4 +1,4 @@
-"""Command line: `run`, `check`, `sync`, `status` and `rescan`; maps errors to exit codes.
+"""Command line: `run`, `check`, `sync`, `status`, `rescan`, `versions` and `restore`; maps errors to exit codes.
 
 The commands that need no config (`files`, `install-units`, `man`, `completion`) are in
 shipped.py and docgen.py, which add their own parsers and handlers.
@@ -125,6 +125,33 @@ def build_parser() -> argparse.ArgumentParser:
                  "Ask the daemon running this config to compare a folder (or every folder) with its target "
                  "now, as at start-up. Exit 0 when the request was taken, 3 when no daemon is running.")
     rescan.add_argument("--folder", metavar="NAME", help="only this folder (default: every folder)")
+    versions = add("versions", "list the versions a folder keeps of a path, newest first",
+                   "List the versions kept in a folder's versions area (see versions: in the config) of one "
+                   "path, or of every path under a directory (the whole folder by default), newest first: the "
+                   "time each left the mirror (UTC; the stamp restore --at takes), its size and path. Works on "
+                   "the area itself (on a remote target's host, over an ssh login of its own): no daemon is "
+                   "needed. Exit 0, 1 when the folder keeps no versions or its host cannot be reached, 78 on a "
+                   "configuration error.")
+    versions.add_argument("--folder", metavar="NAME", required=True, help="the folder whose versions are listed")
+    versions.add_argument("path", metavar="PATH", nargs="?", default=".",
+                          help="a path relative to the folder: a file, or a directory for all below it (default: .)")
+    versions.add_argument("--json", action="store_true",
+                          help="NDJSON, one object per version: folder, path, time, iso, size, kind, version")
+    restore = add("restore", "write a kept version back into the source (or elsewhere)",
+                  "Write a kept version of PATH (or of every path under the directory PATH) back, atomically "
+                  "(a temp file renamed into place) with the version's bytes, mode and mtime, into the folder's "
+                  "source by default: the running daemon then mirrors it as any change. Without --at, the newest "
+                  "version; with --at, the one that was in the mirror at that time. Never over a file changed "
+                  "after the version was kept, unless --force. Exit 0 when every path was restored, 1 when "
+                  "some was not (each is named), 78 on a configuration error.")
+    restore.add_argument("--folder", metavar="NAME", required=True, help="the folder the version belongs to")
+    restore.add_argument("path", metavar="PATH", help="a path relative to the folder (a directory: all below it)")
+    restore.add_argument("--at", metavar="TIME",
+                         help="the version in the mirror at TIME (ISO 8601, UTC unless it says; or a stamp as "
+                              "`versions` lists it); default: the newest")
+    restore.add_argument("--to", metavar="DEST", help="write under this directory instead of the source")
+    restore.add_argument("--force", action="store_true",
+                         help="replace a file even if it changed after the version was kept")
     shipped.add_commands(sub)
     docgen.add_commands(sub)
     return parser
@@ -317,6 +344,49 @@ def ask(config: Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def versions_command(config: Config, args: argparse.Namespace) -> int:
+    """`versions` and `restore`: on the folder's versions area directly (no daemon needed)."""
+    from foldermirror import versioning
+    from foldermirror.pipeline.versions import stamp
+
+    f = select_folders(config, [args.folder]).folders[0]
+    area = f.versions_area
+    if area is None:
+        raise FoldermirrorError(f"folder {f.name} keeps no versions (add versions: to it in {config.path})")
+    remote = f.remote is not None  # a login of its own, as `check` (the daemon's master is its own)
+    found = versioning.remote_listing(f, config.ssh, args.path) if remote else versioning.listing(area, args.path)
+    if args.command == "versions":
+        if args.json:
+            from foldermirror.view.read_model import iso
+
+            for v in found:
+                print(json.dumps({"folder": f.name, "path": v.path, "time": stamp(v.ns), "iso": iso(v.ns / 1e9),
+                                  "size": v.size, "kind": v.kind, "version": v.name}))
+        elif found:
+            print(f"{'TIME (UTC)':<24}  {'SIZE':>12}  PATH")
+            for v in found:
+                print(f"{stamp(v.ns):<24}  {v.size:>12,}  {v.path}")
+        return EXIT_OK
+    at = versioning.parse_time(args.at) if args.at else None
+    chosen = versioning.choose(found, at)
+    if not chosen:
+        when = f" kept at or after {args.at}" if args.at else ""
+        raise FoldermirrorError(f"folder {f.name}: no version of {args.path}{when} in {area}")
+    dest = args.to or str(f.source)
+    failed = 0
+    for path in sorted(chosen):
+        v = chosen[path]
+        try:
+            written = (versioning.restore_remote_one(f, config.ssh, v, dest, force=args.force) if remote
+                       else versioning.restore_one(area, v, dest, force=args.force))
+        except (OSError, FoldermirrorError) as exc:
+            failed += 1
+            print(f"foldermirror: error: {path}: {exc}", file=sys.stderr)
+            continue
+        print(f"restored {path} (version {stamp(v.ns)}, {v.size:,} bytes) to {written}")
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -334,6 +404,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return ask(config, args)
         if args.command == "sync":
             return sync(config, args)
+        if args.command in ("versions", "restore"):
+            return versions_command(config, args)
         from foldermirror.service import Service
 
         level = getattr(args, "log_level", None) or config.log.level

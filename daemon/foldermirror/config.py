@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import difflib
+import functools
 import ipaddress
 import math
 import os
@@ -580,6 +581,50 @@ def _check_source(reader: _Reader, source: Path, node: yaml.Node, key: str) -> N
 
 
 _PAIR_NEEDS = "missing (every folder pair needs a source and a target)"
+KEEP_POLICIES = ("age", "count", "staggered")
+DEFAULT_VERSIONS_SUFFIX = ".versions"
+
+
+def _as_versions_path(value: Any) -> Path:
+    """An absolute path (on the target's host for a remote target), normalised but not resolved here."""
+    text = os.path.expanduser(_as_str(value))
+    if not text.startswith("/"):
+        raise ValueError(f"expected an absolute path (on the target's file system), got {_show(value)}")
+    if len(os.fsencode(text)) > PATH_MAX:
+        raise ValueError(f"{_show(text)} is longer than {PATH_MAX} bytes")
+    return Path(os.path.normpath(text))
+
+
+def _as_count(value: Any) -> int:
+    n = _as_int(value)
+    if not 1 <= n <= 1_000_000:
+        raise ValueError(f"must be at least 1 and at most 1000000, got {_show(n)}")
+    return n
+
+
+@dataclass(frozen=True)
+class VersionsConfig:
+    """What the mirror replaces or deletes is kept here first (README: Versions)."""
+
+    path: Path | None = setting(
+        "the versions area, an absolute path on the target's file system outside the target; default: beside "
+        "the target, .NAME.versions in the target's parent folder",
+        lambda r, n, k: r.typed(n, k, "", _as_versions_path), default=None, unset="(beside the target)")
+    keep: str = choice(KEEP_POLICIES, "age", "which versions are kept: age (every version, up to max_age), count "
+                                             "(the newest `count` of each path) or staggered (all for an hour, one "
+                                             "an hour for a day, one a day for 30 days, one a week up to max_age)")
+    max_age: float = duration(30 * 86400.0, "versions older than this are pruned, whatever keep says "
+                                            "(0: never by age)")
+    count: int = setting("with keep: count, how many versions of each path are kept",
+                         lambda r, n, k: r.typed(n, k, "", _as_count), default=5)
+
+
+def _read_versions(reader: _Reader, node: yaml.Node, key: str) -> VersionsConfig:
+    value, nodes = reader.section(VersionsConfig, node, key)
+    if "count" in nodes and value.keep != "count":
+        raise reader.error(nodes["count"][0], _join(key, "count"),
+                           f"count applies only to keep: count (keep is {value.keep}); remove it or set keep: count")
+    return value
 
 
 @dataclass(frozen=True)
@@ -651,7 +696,10 @@ class FolderConfig:
         "holds those deletions back (1 turns the guard off)",
         lambda r, n, k: r.typed(n, k, "", _fraction), default=0.5, show=lambda v: f"{v:g}")
     max_delay: float = duration(5.0, "a file that never goes quiet is published this often anyway (0: only once quiet)")
-
+    versions: VersionsConfig | None = setting(
+        "keep what the mirror replaces or deletes in a versions area, with a retention policy; off unless given "
+        "(versions: {} keeps everything for 30 days beside the target)",
+        _read_versions, section=VersionsConfig, default=None, unset="(off)")
 
     @property
     def remote(self) -> RemoteUrl | None:
@@ -661,6 +709,18 @@ class FolderConfig:
     def excludes(self) -> tuple[str, ...]:
         """Every exclude pattern in the order they apply: exclude's, then each exclude_from file's."""
         return self.exclude + tuple(p for f in self.exclude_from for p in f.patterns)
+
+    @property
+    def versions_area(self) -> str | None:
+        """The versions area's path (on the target's host); None: versions are off."""
+        if self.versions is None:
+            return None
+        if self.versions.path is not None:
+            given = str(self.versions.path)
+            return given if self.remote is not None else _real(given)
+        target = self.remote.path if self.remote is not None else str(self.target)
+        parent, _, name = target.rstrip("/").rpartition("/")
+        return f"{parent or ''}/.{name or 'root'}{DEFAULT_VERSIONS_SUFFIX}"
 
 
 @dataclass(frozen=True)
@@ -937,6 +997,11 @@ def _resolve(raw: str, base: Path) -> Path:
     return Path(os.path.realpath(path))
 
 
+@functools.lru_cache(maxsize=1024)
+def _real(path: str) -> str:
+    return os.path.realpath(path)
+
+
 def _inside(inner: Path | RemoteUrl, outer: Path | RemoteUrl) -> bool:
     """At or below: on one machine only (a remote target never overlaps a local folder)."""
     if isinstance(inner, RemoteUrl) or isinstance(outer, RemoteUrl):
@@ -944,6 +1009,37 @@ def _inside(inner: Path | RemoteUrl, outer: Path | RemoteUrl) -> bool:
     # On strings: both are real absolute paths, and every pair of folders is compared.
     i, o = str(inner), str(outer)
     return i == o or i.startswith(o.rstrip("/") + "/")
+
+
+def _check_versions_area(reader: _Reader, f: FolderConfig, m: _Nodes, key: str, every: list[FolderConfig]) -> None:
+    """The versions area is never in a mirror or a source, nor shared: it would be mirrored, compared or pruned twice."""
+    area = f.versions_area
+    if area is None:
+        return
+    vnode = m["versions"][1]
+    where = vnode
+    if isinstance(vnode, yaml.MappingNode):
+        where = next((v for k, v in vnode.value if k.value == "path"), vnode)
+    vkey = f"{key}.versions.path"
+    for j, g in enumerate(every):
+        for what, other in (("target", g.target), ("source", g.source)):
+            if isinstance(other, RemoteUrl) != (f.remote is not None):
+                continue
+            if isinstance(other, RemoteUrl):
+                assert f.remote is not None
+                if other.link != f.remote.link:
+                    continue
+                other_path = other.path
+            else:
+                other_path = str(other)
+            mine = "its" if g is f else f"folders[{j}]'s"
+            if _inside(Path(area), Path(other_path)):
+                raise reader.error(where, vkey, f"versions area {area} is inside {mine} {what} {other_path}: it "
+                                   "must be outside every mirror and source (it would be mirrored or compared)")
+            if _inside(Path(other_path), Path(area)):
+                raise reader.error(where, vkey, f"versions area {area} contains {mine} {what} {other_path}")
+        if g is not f and g.versions_area == area and (g.remote is None) == (f.remote is None):
+            raise reader.error(where, vkey, f"versions area {area} is also folders[{j}]'s: each folder needs its own")
 
 
 def _check_pairs(reader: _Reader, folders: list[tuple[FolderConfig, dict[str, tuple[yaml.Node, yaml.Node]]]],
@@ -962,6 +1058,7 @@ def _check_pairs(reader: _Reader, folders: list[tuple[FolderConfig, dict[str, tu
             raise reader.error(tnode, f"{key}.target", f"target {f.target} is inside its source {f.source}: the mirror would mirror itself")
         if _inside(f.source, f.target):
             raise reader.error(tnode, f"{key}.target", f"target {f.target} contains its source {f.source}")
+        _check_versions_area(reader, f, m, key, [g for g, _ in folders])
     for i, (a, ma) in enumerate(folders):
         for j, (b, _) in enumerate(folders):
             if i == j:

@@ -27,6 +27,7 @@ from foldermirror.pipeline.pipeline import Pipeline
 from foldermirror.pipeline.watch_health import WatchHealth
 from foldermirror.pipeline.watcher import Watcher
 from foldermirror.remote.links import Links
+from foldermirror.versioning import Pruner
 from foldermirror.view.operator import OperatorView
 from foldermirror.view.progress import REDRAW, SyncScreen
 from foldermirror.view.read_model import ReadModel, status_line
@@ -77,16 +78,17 @@ class Service:
                            request_catch_up=self.catch_ups.request, drop_folder=self._drop_folder, wake=self._wake,
                            once=self.once)
         self.catch_ups.remote_spec = self.links.spec
+        self.pruner = Pruner(log=self.log, folders=self.folders, remote_spec=self.links.spec)
         self.pipeline.connect(request_walk=self.catch_ups.reconciler.request, request_catch_up=self.catch_ups.request,
                               root_suspect=self.health.check_roots_soon, link_suspect=self.links.suspect,
-                              remote_spec=self.links.spec, observe=self.view.observe)
+                              remote_spec=self.links.spec, observe=self.view.observe, on_kept=self.pruner.on_kept)
         self.model = ReadModel(config=lambda: self.config, folders=self.folders, folder_stats=self.view.folder_stats,
                                all_stats=self.view.all_stats, changes=self.changes, watching=self.health.watching,
                                watch_problems=self.health.problems, overflows=lambda: self.health.overflows,
                                restarts=lambda: self.pipeline.restarts,
                                unusable=lambda: list(self.admission.unusable), addresses=self.view.addresses,
                                started=self.view.started, started_wall=self.view.started_wall,
-                               link=self.links.view)
+                               link=self.links.view, versions=self.pruner.view)
 
     # -- start-up --------------------------------------------------------------
     def run(self) -> int:
@@ -174,11 +176,12 @@ class Service:
         """
         self.wakeup.arm()  # before looking: work handed over meanwhile wakes the wait
         due = self.changes.next_due()
-        if (due is not None and due <= now) or not self.catch_ups.reconciler.idle() or self.catch_ups.active():
+        if ((due is not None and due <= now) or not self.catch_ups.reconciler.idle() or self.catch_ups.active()
+                or self.pruner.active()):
             self.wakeup.disarm()
             return TICK
-        deadlines = [d for d in (due, self.view.repeats.next_due(), self.health.deadline(), self.links.deadline())
-                     if d is not None]
+        deadlines = [d for d in (due, self.view.repeats.next_due(), self.health.deadline(), self.links.deadline(),
+                                 self.pruner.deadline()) if d is not None]
         if self._ping_every:
             deadlines.append(self._last_ping + self._ping_every)
         if self._rescan_every:
@@ -223,6 +226,8 @@ class Service:
         self.health.tick(now, rescan)
         self.catch_ups.finish(now)
         self.view.log_repeats()
+        if not self.once:
+            self.pruner.tick(now)  # bounded: PRUNE_BUDGET entries a tick
         if rescan:
             self._next_rescan = now + self._rescan_every
             for name, state in self.folders.items():
@@ -293,6 +298,8 @@ class Service:
         self.links.configure(new.ssh)
         self._check_watch_limit()
         fresh = {f.name: f for f in new.folders}
+        if any(fresh[name].versions is not None for name in admitted):
+            self.pruner.soon()
         for name in admitted:
             self.health.add(fresh[name])
             remote = fresh[name].remote

@@ -188,6 +188,11 @@ def test_describe_prints_the_demo_config_setting_by_setting():
         "  create:              true",
         "  max_delete_fraction: 0.5",
         "  max_delay:           5s",
+        "  versions:",
+        "    path:    (off)",
+        "    keep:    (off)",
+        "    max_age: (off)",
+        "    count:   (off)",
     ]
 
 
@@ -211,7 +216,7 @@ def test_describe_shows_every_setting_with_its_own_formatter(tmp_path):
         assert expected in lines, "\n".join(lines)
     # One line per setting (and one header per section), each folder's name first.
     shown = [line.strip().split(":")[0] for line in lines[1:]]
-    per_folder = list(settings(FolderConfig))
+    per_folder = [*settings(FolderConfig), *settings(config_module.VersionsConfig)]  # versions: a section, last
     assert shown == [*(n for n, s in settings(Config).items() if s.section is None), "log",
                      *settings(config_module.LogConfig), "metrics", *settings(config_module.MetricsConfig),
                      "ssh", *settings(config_module.SshConfig), "folders[0]", *per_folder, "folders[1]", *per_folder]

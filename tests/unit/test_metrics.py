@@ -156,3 +156,15 @@ def test_the_readme_alerts_name_only_metrics_there_are(tmp_path: Path):
         r = subprocess.run([PROMTOOL, "check", "rules", str(tmp_path / "rules.yml")], capture_output=True,
                            text=True, timeout=60)
         assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_versions_metrics_only_for_folders_that_keep_them():
+    from foldermirror.versioning import VersionsView
+
+    kept = folder_view("kept", versions=VersionsView(count=4, bytes=1000, oldest_ns=1_799_000_000 * 10**9,
+                                                      counted=True))
+    empty = folder_view("empty", versions=VersionsView(count=0, bytes=0, oldest_ns=None, counted=False))
+    s = samples(generate_latest(Metrics(lambda: daemon_view(kept, empty, folder_view("off"))).registry).decode())
+    assert s["foldermirror_versions"] == {(("folder", "kept"),): 4, (("folder", "empty"),): 0}
+    assert s["foldermirror_versions_bytes"] == {(("folder", "kept"),): 1000, (("folder", "empty"),): 0}
+    assert s["foldermirror_versions_oldest_timestamp_seconds"] == {(("folder", "kept"),): 1_799_000_000}

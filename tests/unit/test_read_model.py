@@ -194,7 +194,7 @@ TOP_KEYS = {"version", "pid", "config", "started", "uptime_s", "workers", "worke
             "watcher_alive", "control_socket", "metrics", "folders"}
 FOLDER_KEYS = {"name", "source", "target", "state", "problems", "pending", "in_flight", "lag_s", "files_mirrored",
                "bytes_mirrored", "deleted", "failed", "failing", "failures", "last_error", "watches_complete",
-               "watched_directories", "unreadable", "catch_up", "last_full_comparison", "link"}
+               "watched_directories", "unreadable", "catch_up", "last_full_comparison", "link", "versions"}
 
 
 def json_view() -> dict[str, Any]:
@@ -259,7 +259,8 @@ def test_every_key_the_readme_names_for_status_json_is_there():
     folder_doc = doc["folders"][0] | {"catch_up": doc["folders"][1]["catch_up"]}
     link_doc = {f.name for f in dataclasses.fields(LinkView)} | {str(s) for s in LinkState}
     known = set(doc) | set(folder_doc) | {"folders[].state"} | set(folder_doc["unreadable"]) \
-        | set(folder_doc["catch_up"]) | set(folder_doc["last_error"]) | link_doc
+        | set(folder_doc["catch_up"]) | set(folder_doc["last_error"]) | link_doc \
+        | {"count", "bytes_kept", "oldest", "counted"}  # versions (null in this document: see test_versions_in_status)
     states = {"in_sync", "catching_up", "degraded", "remote_down"}
     assert named - states <= known, named - states - known
     assert states <= named and states == {str(h) for h in Health}
@@ -322,3 +323,14 @@ def test_status_line_names_degraded_and_unusable_folders():
 
 def test_status_line_of_one_folder_is_singular():
     assert status_line(Parts("a").view()) == "watching 1 folder, 0 pending, 0 files mirrored"
+
+
+def test_versions_in_status_json_table_and_metrics():
+    from foldermirror.versioning import VersionsView
+    from foldermirror.view.read_model import FolderView
+
+    view = VersionsView(count=3, bytes=3072, oldest_ns=1_800_000_000 * 10**9, counted=True)
+    doc = json_view()
+    doc["folders"][0]["versions"] = {"count": 3, "bytes_kept": 3072, "counted": True, "oldest": "2027-01-15T08:00:00Z"}
+    assert "a: 3 versions kept, 3.0 KiB, oldest 2027-01-15T08:00:00Z" in render(doc)
+    assert {f.name for f in dataclasses.fields(FolderView)} >= {"versions"} and view.count == 3

@@ -88,6 +88,14 @@ def test_each_mode_and_setting_adds_its_own_flags():
     assert flags(mode=Mode.COMPARE, base="sub")[-2:] == ["/s/sub/", "h:/r/sub/"]  # a missing subtree is listed
     assert "--delete" not in flags(mode=Mode.COMPARE, delete=False)
     assert flags(mode=Mode.TRANSFER, remote_root="/")[-1] == "h:/."
+    # Versions: what a pass replaces or deletes moves to the area as PATH~STAMP (relative to its base).
+    kept = flags(mode=Mode.DELETE, base="a/b", backup_dir="/v/", backup_suffix="~20261201T000000.000000Z")
+    assert kept[kept.index("--backup"):kept.index("--backup") + 3] == [
+        "--backup", "--backup-dir=/v/a/b", "--suffix=~20261201T000000.000000Z"]
+    assert "--backup" not in flags(mode=Mode.COMPARE, backup_dir="/v", backup_suffix="~x")
+    for bad_backup in ({"backup_dir": "v", "backup_suffix": "~x"}, {"backup_dir": "/v"}):
+        with pytest.raises(ValueError):
+            flags(mode=Mode.TRANSFER, **bad_backup)
     for bad in ({"source_root": "rel"}, {"remote_root": "rel"}, {"base": "../x"}, {"base": "a/"},
                 {"ssh": "ssh -p 22"}, {"ssh": []}, {"rsync_path": "rsync"}, {"bwlimit": 0},
                 {"timeout_s": 0}, {"partial_dir": "a/b"}):

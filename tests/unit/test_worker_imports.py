@@ -25,6 +25,7 @@ ALLOWED_OWN = {
     "foldermirror.pipeline.copier",
     "foldermirror.pipeline.records",
     "foldermirror.pipeline.targets",
+    "foldermirror.pipeline.versions",
     "foldermirror.tempnames",
     "foldermirror.faults",
 }

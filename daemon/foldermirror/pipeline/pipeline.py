@@ -24,7 +24,7 @@ from foldermirror.pipeline.changes import ChangeQueue, Item
 from foldermirror.pipeline.folder_stats import FolderStats
 from foldermirror.pipeline.pool import Result, WorkerPool
 from foldermirror.pipeline.records import FolderSpec, Outcome, RemoteSpec, Status, WorkItem
-from foldermirror.pipeline.results import Observe, ResultRecorder
+from foldermirror.pipeline.results import Observe, OnKept, ResultRecorder
 
 BATCH_MAX = 64
 # A remote folder's batch is one rsync call, a round trip or more whatever its size: fill it
@@ -49,7 +49,8 @@ class Pipeline:
 
     def connect(self, *, request_walk: Callable[[Request], None], request_catch_up: Callable[[str, str], None],
                 root_suspect: Callable[[], None], link_suspect: Callable[[str, str], None],
-                remote_spec: Callable[[FolderConfig], RemoteSpec | None], observe: Observe) -> None:
+                remote_spec: Callable[[FolderConfig], RemoteSpec | None], observe: Observe,
+                on_kept: OnKept = lambda folder, kept: None) -> None:
         """The parts made after this one that outcomes lead to: the comparison of a moved
         directory or of every folder (a worker died), the root checks, the operator's view."""
         self.recorder.request_walk = request_walk
@@ -57,6 +58,7 @@ class Pipeline:
         self.recorder.link_suspect = link_suspect
         self._remote_spec = remote_spec
         self.recorder.observe = observe
+        self.recorder.on_kept = on_kept
         self._request_catch_up = request_catch_up
 
     def start(self, *, workers: int, instance: str) -> None:
@@ -107,7 +109,8 @@ class Pipeline:
         if state is None:
             return None
         f = state.config
-        return (FolderSpec(str(f.source), str(f.target), f.delete, f.durable, state.root_id, self._remote_spec(f)),
+        return (FolderSpec(str(f.source), str(f.target), f.delete, f.durable, state.root_id, self._remote_spec(f),
+                           f.versions_area),
                 self.changes.epoch(name))
 
     def _on_error(self, where: str, exc: BaseException) -> None:

@@ -41,6 +41,14 @@ class Status(StrEnum):
 _SETTLED = frozenset({Status.COPIED, Status.RENAMED, Status.DELETED, Status.UNCHANGED, Status.GONE, Status.SKIPPED})
 
 
+class Kept(NamedTuple):
+    """A version kept of what the mirror replaced or deleted (see versions.py)."""
+
+    path: str                      # relative to the versions area: PATH~STAMP, or a directory's PATH
+    files: int                     # 1, or the files kept of a deleted directory
+    bytes: int
+
+
 class Outcome(NamedTuple):
     """The result of one path (a file's parents made on the way have outcomes of their own)."""
 
@@ -51,6 +59,7 @@ class Outcome(NamedTuple):
     error: str = ""
     errno: int = 0
     renamed_from: str | None = None
+    version_kept: Kept | None = None  # what the target held there before, kept in the versions area
 
 
 class RemoteSpec(NamedTuple):
@@ -78,6 +87,7 @@ class FolderSpec(NamedTuple):
     durable: bool
     root_id: RootId | None
     remote: RemoteSpec | None = None
+    versions: str | None = None    # the versions area (a path on the target's host); None: versions off
 
 
 class WorkItem(NamedTuple):

@@ -7,6 +7,7 @@ paths queued again with a backoff (unless permanent or `sync`).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -17,7 +18,8 @@ from foldermirror.logs import Repeats, batch
 from foldermirror.pipeline.changes import ChangeQueue
 from foldermirror.pipeline.folder_stats import FolderStats
 from foldermirror.pipeline.pool import Result
-from foldermirror.pipeline.records import Outcome, Status
+from foldermirror.pipeline.records import Kept, Outcome, Status
+from foldermirror.pipeline.versions import NOT_KEPT
 from foldermirror.tempnames import LOCK_NAME, is_reserved
 
 RETRY_MAX_DELAY = 300.0
@@ -27,6 +29,8 @@ LINK_RETRY_DELAY = 2.0
 
 # What else hears of each outcome (the metrics' latency histogram, the debug trace).
 Observe = Callable[[str, Outcome, float], None]
+# A version was kept (folder, what): the folder's versions counts follow.
+OnKept = Callable[[str, Kept], None]
 
 
 class ResultRecorder:
@@ -37,7 +41,8 @@ class ResultRecorder:
                  request_walk: Callable[[Request], None] = lambda req: None,
                  root_suspect: Callable[[], None] = lambda: None,
                  link_suspect: Callable[[str, str], None] = lambda folder, error: None,
-                 observe: Observe = lambda folder, outcome, latency_ms: None, once: bool = False) -> None:
+                 observe: Observe = lambda folder, outcome, latency_ms: None, once: bool = False,
+                 on_kept: OnKept = lambda folder, kept: None) -> None:
         self.log = log
         self.changes = changes
         self.folders = folders
@@ -45,6 +50,7 @@ class ResultRecorder:
         self.repeats = repeats
         self.request_walk = request_walk  # a directory's contents to compare (the Reconciler's request)
         self.observe = observe
+        self.on_kept = on_kept
         self.root_suspect = root_suspect  # a worker found a source root gone or replaced: look at the roots
         self.link_suspect = link_suspect  # a worker could not reach a folder's host: look at its link
         self.wake = wake
@@ -84,10 +90,17 @@ class ResultRecorder:
             stats.record(o)
             self.observe(f.name, o, latency_ms)
             key = (item.folder, o.path)
+            kept: dict[str, Any] = {}
+            if o.version_kept is not None:
+                kept["version_kept"] = o.version_kept.path
+                if o.version_kept.files != 1:
+                    kept["versions_kept"] = o.version_kept.files
+                self.on_kept(f.name, o.version_kept)
             if o.status.mirrored:
                 self._attempts.pop(key, None)
                 self._busy.discard(key)
                 extra: dict[str, Any] = {"renamed_from": o.renamed_from} if o.renamed_from is not None else {}
+                extra.update(kept)
                 if item.busy and o.kind == "file":
                     extra["busy"] = True  # published while still being written (see max_delay)
                 self.log.info("file_mirrored", folder=f.name, path=o.path, kind=o.kind, bytes=o.bytes,
@@ -96,7 +109,7 @@ class ResultRecorder:
                     self.request_walk(Request(f.name, o.path, "subtree", ready=True))
             elif o.status is Status.DELETED:
                 self._attempts.pop(key, None)
-                self.log.info("file_deleted", folder=f.name, path=o.path, kind=o.kind, latency_ms=latency_ms)
+                self.log.info("file_deleted", folder=f.name, path=o.path, kind=o.kind, latency_ms=latency_ms, **kept)
             elif o.status is Status.CHANGED:
                 self.log.debug("file_changed_during_copy", folder=f.name, path=o.path)
                 if item.busy and key not in self._busy:
@@ -147,7 +160,10 @@ class ResultRecorder:
             self.changes.touch(f.name, path, settle=f.settle, ready=True, not_before=self.changes.clock() + delay)
         else:
             self._attempts.pop(key, None)
-        extra["fix"] = fix_for(err_no, will_retry)
+        if error.startswith(NOT_KEPT) or f"{NOT_KEPT} " in error:
+            extra["fix"] = versions_fix(f.versions_area or "", err_no, will_retry)
+        else:
+            extra["fix"] = fix_for(err_no, will_retry)
         fields = dict(folder=f.name, path=path, error=error, errno=error_kind(err_no), will_retry=will_retry,
                       attempt=attempt, **extra)
         if self.repeats.admit((f.name, error), path, error=error, errno=error_kind(err_no), **extra):
@@ -156,3 +172,11 @@ class ResultRecorder:
             # Folded into the next mirror_failed_repeated line; every attempt is still there at debug level.
             self.log.debug("mirror_failed", folded=True, **fields)
             self.wake()  # the window's end is a deadline of the main loop's
+
+
+def versions_fix(area: str, err_no: int, will_retry: bool) -> str:
+    """The fix of a path whose old entry could not be kept: the mirror keeps it and waits."""
+    return (f"make room in the versions area {area} (free space or inodes on the target's file system, prune "
+            f"versions, or lower versions.max_age) or give the service user (uid {os.geteuid()}) write access to it; "
+            "until a version can be kept the old file stays in the mirror and this change waits"
+            + ("; it is retried with backoff" if will_retry else "; then run sync again"))

@@ -19,6 +19,8 @@ import stat
 from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple, Protocol
 
+from foldermirror.pipeline.records import Kept
+from foldermirror.pipeline.versions import Keeper
 from foldermirror.tempnames import is_reserved, is_temp_name, temp_name, temp_owner
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -60,6 +62,7 @@ class Target(Protocol):
     def remove_stale_temps(self, parts: Parts, names: list[str], instance: str,
                            writer_alive: Callable[[int], bool]) -> int: ...
     def made_dirs(self) -> list[str]: ...
+    def kept_versions(self) -> dict[str, Kept]: ...
     def trim(self) -> None: ...
     def forget(self, under: Parts = ()) -> None: ...
     def close(self) -> None: ...
@@ -100,8 +103,11 @@ class LocalTarget(DirFds):
     fsync each file and its directory before it counts as published.
     """
 
-    def __init__(self, root: str, *, delete: bool, durable: bool, instance: str, create: bool = True) -> None:
+    def __init__(self, root: str, *, delete: bool, durable: bool, instance: str, create: bool = True,
+                 versions: str | None = None) -> None:
         self.root = root
+        # What this target replaces or deletes is kept there first (see versions.py).
+        self.keeper = Keeper(versions, durable) if versions is not None else None
         self.clears_way = delete  # delete: true lets what stands in a path's way go
         self.durable = durable
         self.instance = instance
@@ -119,6 +125,21 @@ class LocalTarget(DirFds):
         """Directories made as parents since the last call (each is reported as mirrored)."""
         made, self._made = self._made, []
         return made
+
+    # -- versions: the hooks where an existing entry is replaced or removed ------------------
+    def kept_versions(self) -> dict[str, Kept]:
+        """Versions kept since the last call, by path (each path's outcome names its own)."""
+        return self.keeper.take() if self.keeper is not None else {}
+
+    def _keep_version(self, dfd: int, name: str, parts: Parts, st: os.stat_result | None) -> None:
+        """Before `name` (parts, as `st`) is replaced or removed: keep it, or raise and touch nothing."""
+        if self.keeper is not None and st is not None:
+            self.keeper.keep(dfd, name, parts, st)
+
+    def close(self) -> None:
+        if self.keeper is not None:
+            self.keeper.close()
+        super().close()
 
     # -- directories -------------------------------------------------------------------
     def _dir(self, parts: Parts, source_dir: SourceDirStat | None = None) -> int:
@@ -174,6 +195,7 @@ class LocalTarget(DirFds):
     def _remove(self, dfd: int, name: str, key: Parts) -> None:
         self.forget(key)
         st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        self._keep_version(dfd, name, key, st)
         if stat.S_ISDIR(st.st_mode):
             shutil.rmtree(name, dir_fd=dfd)
         else:
@@ -247,6 +269,8 @@ class LocalTarget(DirFds):
         first (with delete: true)."""
         if tst is not None and stat.S_ISDIR(tst.st_mode):
             self._clear_way(dfd, name, parts)
+        else:
+            self._keep_version(dfd, name, parts, tst)
         os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
         if self.durable:
             os.fsync(dfd)
@@ -307,6 +331,7 @@ class LocalTarget(DirFds):
         dst = _lstat(ddir, parts[-1])
         if dst is not None and (stat.S_ISDIR(dst.st_mode) or stat.S_ISDIR(ost.st_mode)):
             return None
+        self._keep_version(ddir, parts[-1], parts, dst)  # the origin moves; what it lands on is replaced
         self.forget(origin)
         os.rename(origin[-1], parts[-1], src_dir_fd=odir, dst_dir_fd=ddir)
         if self.durable:

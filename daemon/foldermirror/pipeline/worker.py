@@ -141,7 +141,11 @@ class _Folders:
             m = self._open[item.folder] = open_folder(item.folder, item.path)
         if isinstance(m, list):  # the roots could not be opened: the same answer for every path
             return [o._replace(path=item.path) for o in m]
-        return m.mirror(item.path, item.origin, item.busy)
+        outcomes = m.mirror(item.path, item.origin, item.busy)
+        kept = m.target.kept_versions()
+        if kept:  # each path's outcome names the version its old entry left
+            outcomes = [o._replace(version_kept=kept[o.path]) if o.path in kept else o for o in outcomes]
+        return outcomes
 
     def close(self) -> None:
         for m in self._open.values():
@@ -172,7 +176,8 @@ def open_folder(spec: FolderSpec, path: str) -> Mirror | list[Outcome]:
             os.close(sroot)
             return [Outcome(path, Status.ROOT_CHANGED, error=f"source folder {source} is not the one being watched")]
     try:
-        target = LocalTarget(spec.target, delete=spec.delete, durable=spec.durable, instance=_instance)
+        target = LocalTarget(spec.target, delete=spec.delete, durable=spec.durable, instance=_instance,
+                             versions=spec.versions)
     except OSError as exc:
         os.close(sroot)
         return [Outcome(path, Status.FAILED, error=f"target folder {spec.target}: {exc.strerror}",

@@ -26,7 +26,8 @@ from typing import NamedTuple
 
 from foldermirror import faults
 from foldermirror.pipeline.copier import kind
-from foldermirror.pipeline.records import FolderSpec, ItemResult, Outcome, RemoteSpec, Status, WorkItem
+from foldermirror.pipeline.records import FolderSpec, ItemResult, Kept, Outcome, RemoteSpec, Status, WorkItem
+from foldermirror.pipeline.versions import version_suffix
 from foldermirror.remote import rsync
 from foldermirror.tempnames import RESERVED_REASON, is_reserved
 
@@ -83,7 +84,7 @@ def mirror_batch(spec: FolderSpec, items: list[WorkItem]) -> list[ItemResult]:
             if faults.value("vanish") == os.path.basename(path):
                 os.unlink(os.path.join(spec.source, path))
     ssh = list(remote.ssh[os.getpid() % len(remote.ssh)])
-    renamed = _replay_renames(remote, ssh, renames) if renames else set()
+    renamed = _replay_renames(remote, ssh, renames, spec.versions) if renames else set()
     link_error = None
     sent: dict[str, list[Outcome]] = {}
     deleted: dict[str, list[Outcome]] = {}
@@ -137,7 +138,8 @@ def _transfer(spec: FolderSpec, remote: RemoteSpec, ssh: list[str], names: list[
     the source (the others, in a delete pass, are gone)."""
     paths = [f"{base}/{n}" if base else n for n in names]
     present = present or set()
-    run = _run(spec, remote, ssh, names, mode, base, dry_run=False)
+    suffix = version_suffix(time.time_ns()) if spec.versions is not None else ""  # one stamp per pass
+    run = _run(spec, remote, ssh, names, mode, base, dry_run=False, suffix=suffix)
     kind_ = rsync.classify_run(run.rc, run.stderr)
     if kind_ in (rsync.RsyncExit.LINK, rsync.RsyncExit.UNKNOWN):
         return {}, _why(run)
@@ -146,7 +148,7 @@ def _transfer(spec: FolderSpec, remote: RemoteSpec, ssh: list[str], names: list[
         return {p: [Outcome(p, Status.FAILED, error=error)] for p in paths}, None
     still: dict[str, rsync.OutLine] = {}
     if kind_ is not rsync.RsyncExit.OK:
-        check = _run(spec, remote, ssh, names, mode, base, dry_run=True)
+        check = _run(spec, remote, ssh, names, mode, base, dry_run=True, suffix=suffix)
         if rsync.classify_run(check.rc, check.stderr) in (rsync.RsyncExit.LINK, rsync.RsyncExit.UNKNOWN):
             return {}, _why(check)
         still = check.lines
@@ -172,10 +174,12 @@ def _transfer(spec: FolderSpec, remote: RemoteSpec, ssh: list[str], names: list[
         elif line is None:
             out[path] = [Outcome(path, Status.UNCHANGED if path in present else Status.GONE)]
         elif line.action is rsync.Action.DELETED:
-            out[path] = [Outcome(path, Status.DELETED, "dir" if line.kind is rsync.Kind.DIR else "file")]
+            out[path] = [Outcome(path, Status.DELETED, "dir" if line.kind is rsync.Kind.DIR else "file",
+                                 version_kept=_kept(line, suffix))]
         else:
             out[path] = [Outcome(path, Status.COPIED, str(line.kind),
-                                 line.size if line.action is rsync.Action.SENT else 0)]
+                                 line.size if line.action is rsync.Action.SENT else 0,
+                                 version_kept=_kept(line, suffix))]
     for line in made:  # parents made on the way: reported once, before the first path under them
         first = next((p for p in paths if p.startswith(line.path + "/")), None)
         if first is not None:
@@ -185,8 +189,20 @@ def _transfer(spec: FolderSpec, remote: RemoteSpec, ssh: list[str], names: list[
         # outcome of its own item when the batch has one.
         for p, line in run.lines.items():
             if p not in listed and p not in still and line.action is rsync.Action.DELETED:
-                out[p] = [Outcome(p, Status.DELETED, "dir" if line.kind is rsync.Kind.DIR else "file")]
+                out[p] = [Outcome(p, Status.DELETED, "dir" if line.kind is rsync.Kind.DIR else "file",
+                                  version_kept=_kept(line, suffix))]
     return out, None
+
+
+def _kept(line: rsync.OutLine, suffix: str) -> Kept | None:
+    """The version rsync's --backup made of what this line replaced or deleted (its size is not
+    known here: rsync does not print the old file's). A directory's files each have their own line."""
+    if not suffix or line.kind is rsync.Kind.DIR:
+        return None
+    if line.action is rsync.Action.DELETED or (line.action in (rsync.Action.SENT, rsync.Action.CREATED)
+                                               and not line.new):
+        return Kept(line.path + suffix, 1, 0)
+    return None
 
 
 def _vanished(err: rsync.FileError) -> bool:
@@ -196,11 +212,12 @@ def _vanished(err: rsync.FileError) -> bool:
 
 
 def _run(spec: FolderSpec, remote: RemoteSpec, ssh: list[str], names: list[str], mode: rsync.Mode, base: str,
-         *, dry_run: bool) -> _Pass:
+         *, dry_run: bool, suffix: str = "") -> _Pass:
     argv = rsync.argv(mode=mode, source_root=spec.source, host=remote.host, user=remote.user, base=base,
                       remote_root=remote.path, ssh=ssh, rsync_path=shlex.split(remote.rsync_path),
                       delete=spec.delete, dry_run=dry_run, preserve_owner=remote.preserve_owner,
-                      fsync=spec.durable, bwlimit=remote.bwlimit, timeout_s=remote.io_timeout)
+                      fsync=spec.durable, bwlimit=remote.bwlimit, timeout_s=remote.io_timeout,
+                      backup_dir=spec.versions if suffix else None, backup_suffix=suffix)
     try:
         done = subprocess.run(argv, input=rsync.files_from(names), capture_output=True, check=False,
                               timeout=remote.io_timeout + HARD_TIMEOUT_MARGIN)
@@ -243,11 +260,25 @@ fi
 mkdir -p -- "$(dirname -- "$3")" && mv -fT -- "$2" "$3" && echo "$1"; }"""
 
 
-def _replay_renames(remote: RemoteSpec, ssh: list[str], pairs: list[tuple[str, str]]) -> set[tuple[str, str]]:
+# With versions: a file the move lands on is first hard-linked into the area as PATH~STAMP (V, S);
+# when that cannot be done the move is not made (the transfer pass, with --backup, converges).
+_KEEP_LANDED = r"""k() { { [ -e "$1" ] || [ -L "$1" ]; } || return 0
+{ [ -e "$2" ] || [ -L "$2" ]; } || return 0
+{ [ -d "$1" ] && [ ! -L "$1" ]; } && return 0
+{ [ -d "$2" ] && [ ! -L "$2" ]; } && return 0
+mkdir -p -- "$V/$(dirname -- "$2")" && ln -- "$2" "$V/$2$S"; }"""
+
+
+def _replay_renames(remote: RemoteSpec, ssh: list[str], pairs: list[tuple[str, str]],
+                    versions: str | None = None) -> set[tuple[str, str]]:
     """One ssh call for every rename of the batch; the pairs that moved. A rename that fails
     is no error: the transfer and delete passes that follow converge all the same."""
-    calls = [f"r {i} {shlex.quote('./' + a)} {shlex.quote('./' + b)}" for i, (a, b) in enumerate(pairs)]
-    script = f"cd {shlex.quote(remote.path)} || exit 1\n{_RENAME_SCRIPT}\n" + "\n".join(calls) + "\n"
+    keep = ""
+    if versions is not None:
+        keep = (f"V={shlex.quote(versions)}; S={shlex.quote(version_suffix(time.time_ns()))}\n{_KEEP_LANDED}\n")
+    calls = [(f"k {shlex.quote('./' + a)} {shlex.quote('./' + b)} && " if versions is not None else "")
+             + f"r {i} {shlex.quote('./' + a)} {shlex.quote('./' + b)}" for i, (a, b) in enumerate(pairs)]
+    script = (f"cd {shlex.quote(remote.path)} || exit 1\n{keep}{_RENAME_SCRIPT}\n" + "\n".join(calls) + "\n")
     try:
         done = subprocess.run([*ssh, "--", remote.host, "sh -s"], input=script.encode(), capture_output=True,
                               check=False, timeout=remote.io_timeout + HARD_TIMEOUT_MARGIN)

@@ -86,6 +86,8 @@ def argv(
     bwlimit: int | None = None,
     timeout_s: int | None = None,
     partial_dir: str | None = PARTIAL_DIR,
+    backup_dir: str | None = None,
+    backup_suffix: str = "",
 ) -> list[str]:
     """The command line of one rsync pass from source_root to remote_root on host.
 
@@ -97,7 +99,9 @@ def argv(
     setting: with it a non-directory may replace a non-empty directory (--force), and COMPARE
     lists what the remote has extra. preserve_owner: -o -g, for a remote user that can keep
     them (root). fsync needs rsync 3.2.4 on both sides: an older remote rejects it (exit 12,
-    see rejected_option). bwlimit in KiB/s; timeout_s: rsync's I/O timeout.
+    see rejected_option). bwlimit in KiB/s; timeout_s: rsync's I/O timeout. backup_dir: the
+    folder's versions area on the host (absolute): what a TRANSFER or DELETE pass replaces or
+    deletes is moved there first, as PATH + backup_suffix (the layout of pipeline/versions.py).
     """
     mode = Mode(mode)
     if mode is Mode.DELETE and not delete:
@@ -149,6 +153,12 @@ def argv(
         cmd.append(f"--timeout={timeout_s}")
     if dry_run or mode is Mode.COMPARE:
         cmd.append("-n")
+    if backup_dir is not None and mode is not Mode.COMPARE:
+        if not backup_dir.startswith("/") or not backup_suffix or "/" in backup_suffix:
+            raise ValueError(f"a backup dir must be absolute, with a suffix of one name: {backup_dir!r} {backup_suffix!r}")
+        # The paths rsync backs up are relative to the pass's base, as the destination's are.
+        cmd += ["--backup", f"--backup-dir={posixpath.join(posixpath.normpath(backup_dir), base).rstrip('/')}",
+                f"--suffix={backup_suffix}"]
 
     remote = posixpath.join(posixpath.normpath(remote_root), base).rstrip("/")
     source = posixpath.join(posixpath.normpath(source_root), base).rstrip("/")

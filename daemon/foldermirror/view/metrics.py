@@ -141,6 +141,16 @@ class _Collector:
         yield per_folder(GaugeMetricFamily, "foldermirror_last_full_comparison_timestamp_seconds",
                          "Unix time the last catch-up ended whose comparison covered the whole folder "
                          "(none until the first since start)", lambda f: f.last_full_comparison)
+        yield per_folder(GaugeMetricFamily, "foldermirror_versions",
+                         "Versions kept in the folder's versions area (folders with versions on only)",
+                         lambda f: None if f.versions is None else f.versions.count)
+        yield per_folder(GaugeMetricFamily, "foldermirror_versions_bytes",
+                         "Bytes of the versions kept in the folder's versions area",
+                         lambda f: None if f.versions is None else f.versions.bytes)
+        yield per_folder(GaugeMetricFamily, "foldermirror_versions_oldest_timestamp_seconds",
+                         "Unix time the oldest version kept left the mirror (none while there is none)",
+                         lambda f: None if f.versions is None or f.versions.oldest_ns is None
+                         else f.versions.oldest_ns / 1e9)
         yield per_folder(GaugeMetricFamily, "foldermirror_catchup_running",
                          "1 while a catch-up (a comparison and mirroring what it found) runs, else 0",
                          lambda f: int(f.catch_up is not None))

@@ -22,6 +22,7 @@ from foldermirror.pipeline.changes import ChangeQueue
 from foldermirror.pipeline.folder_stats import FolderStats, LastError, Tally, total
 from foldermirror.pipeline.watch_health import Watching
 from foldermirror.remote.links import LinkView
+from foldermirror.versioning import VersionsView
 
 UNREADABLE_SHOWN = 5  # unreadable directories named in `status` (all are counted)
 WATCH_LIMIT_TTL = 30.0  # seconds a read of the inotify watch limit is trusted
@@ -67,6 +68,7 @@ class FolderView:
     catch_up: CatchUpView | None
     last_full_comparison: float | None  # wall clock (FolderStats.last_full_comparison)
     link: LinkView | None = None
+    versions: VersionsView | None = None   # None: versions are off for this folder
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,9 @@ def _folder_json(f: FolderView) -> dict[str, Any]:
                                                      "elapsed_s": round(f.catch_up.elapsed_s, 3)},
         "last_full_comparison": None if f.last_full_comparison is None else iso(f.last_full_comparison),
         "link": None if f.link is None else {**asdict(f.link), "since_s": round(f.link.since_s, 3)},
+        "versions": None if f.versions is None else {
+            "count": f.versions.count, "bytes_kept": f.versions.bytes, "counted": f.versions.counted,
+            "oldest": None if f.versions.oldest_ns is None else iso(f.versions.oldest_ns / 1e9)},
     }
 
 
@@ -126,7 +131,8 @@ class ReadModel:
                  watch_problems: Callable[[], list[str]], overflows: Callable[[], int], restarts: Callable[[], int],
                  unusable: Callable[[], list[str]], addresses: Callable[[], tuple[str | None, str | None]],
                  started: float, started_wall: float,
-                 link: Callable[[Any], LinkView | None] = lambda f: None) -> None:
+                 link: Callable[[Any], LinkView | None] = lambda f: None,
+                 versions: Callable[[str], VersionsView | None] = lambda name: None) -> None:
         self._config = config
         self._folders = folders
         self._folder_stats = folder_stats
@@ -139,6 +145,7 @@ class ReadModel:
         self._unusable = unusable
         self._addresses = addresses
         self._link = link  # a folder config → its remote link's view (None: a local target)
+        self._versions = versions  # a folder's versions counts (None: versions off)
         self.started = started
         self.started_wall = started_wall
         self._watch_limit_value: int | None = None
@@ -188,7 +195,8 @@ class ReadModel:
             failing=len(stats.failing), failures=dict(stats.failures), last_error=stats.last_error,
             watched_directories=stats.directories, unreadable=stats.unreadable,
             catch_up=None if c is None else _catch_up(c, stats, now),
-            last_full_comparison=stats.last_full_comparison, link=link)
+            last_full_comparison=stats.last_full_comparison, link=link,
+            versions=self._versions(name) if f.versions is not None else None)
 
 
 def _catch_up(c: CatchUp, stats: FolderStats, now: float) -> CatchUpView:

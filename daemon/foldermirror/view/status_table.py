@@ -41,6 +41,11 @@ def render(snap: dict[str, Any]) -> str:
             notes.append(f"{f['name']}: host {link['host']} up for {duration(link['since_s'])}{rtt}{again}")
         elif link is not None and link["state"] == "connecting":
             notes.append(f"{f['name']}: connecting to {link['host']}")
+        v = f.get("versions")
+        if v is not None:
+            oldest = f", oldest {v['oldest']}" if v["oldest"] else ""
+            counting = "" if v["counted"] else " (the area is still being counted)"
+            notes.append(f"{f['name']}: {v['count']:,} versions kept, {size(v['bytes_kept'])}{oldest}{counting}")
         e = f["last_error"]
         if e is not None:
             notes.append(f"{f['name']}: last error {e['time']} {e['path']}: {e['error']}")
