@@ -107,7 +107,8 @@ class Pipeline:
         if state is None:
             return None
         f = state.config
-        return (FolderSpec(str(f.source), str(f.target), f.delete, f.durable, state.root_id, self._remote_spec(f)),
+        return (FolderSpec(str(f.source), str(f.target), f.delete, f.durable, state.root_id, self._remote_spec(f),
+                           f.preserve),
                 self.changes.epoch(name))
 
     def _on_error(self, where: str, exc: BaseException) -> None:

@@ -78,6 +78,7 @@ class FolderSpec(NamedTuple):
     durable: bool
     root_id: RootId | None
     remote: RemoteSpec | None = None
+    preserve: tuple[str, ...] = ()  # the folder's preserve: names (config.PRESERVABLE)
 
 
 class WorkItem(NamedTuple):
