@@ -25,6 +25,7 @@ ALLOWED_OWN = {
     "foldermirror.pipeline.copier",
     "foldermirror.pipeline.records",
     "foldermirror.pipeline.targets",
+    "foldermirror.pipeline.fidelity",  # xattrs, ACLs, holes, owners (preserve:)
     "foldermirror.tempnames",
     "foldermirror.faults",
 }

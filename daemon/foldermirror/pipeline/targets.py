@@ -42,6 +42,8 @@ class Entry(NamedTuple):
     size: int
     mtime_ns: int
     mode: int
+    uid: int = -1
+    gid: int = -1
 
 
 class Target(Protocol):
@@ -438,7 +440,8 @@ def scan_dir(dfd: int) -> dict[str, Entry]:
                 st = entry.stat(follow_symlinks=False)
             except OSError:
                 continue
-            out[entry.name] = Entry(stat.S_IFMT(st.st_mode), st.st_size, st.st_mtime_ns, stat.S_IMODE(st.st_mode))
+            out[entry.name] = Entry(stat.S_IFMT(st.st_mode), st.st_size, st.st_mtime_ns, stat.S_IMODE(st.st_mode),
+                                   st.st_uid, st.st_gid)
     return out
 
 
