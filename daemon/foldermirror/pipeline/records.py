@@ -67,6 +67,7 @@ class RemoteSpec(NamedTuple):
     # The remote rsync takes existing and missing paths in one --delete-missing-args pass
     # (3.4.4 and later); older ones get a pass per directory for the missing ones.
     merged_delete: bool = False
+    keep: tuple[str, ...] = ()     # the folder's preserve: names the remote keeps (rsync -X -A -S)
 
 
 class FolderSpec(NamedTuple):
