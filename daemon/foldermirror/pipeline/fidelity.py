@@ -13,7 +13,7 @@ links are not here (they are a matter of which inode a path is, not of one file'
 - Sparse files: a file with fewer allocated blocks than its size is copied segment by
   segment (SEEK_DATA / SEEK_HOLE) into a temp file truncated to its size; the others take
   the plain in-kernel copy.
-- Owners: chown needs euid 0 or CAP_CHOWN in the effective set.
+- Owners: chown needs CAP_CHOWN in the effective set (root has it, the systemd unit's user not).
 """
 
 from __future__ import annotations
@@ -37,9 +37,8 @@ Attrs = dict[str, bytes]
 
 @functools.cache
 def may_chown() -> bool:
-    """Whether this process may give a file any owner: euid 0, or CAP_CHOWN effective."""
-    if os.geteuid() == 0:
-        return True
+    """Whether this process may give a file any owner: CAP_CHOWN in its effective set (which
+    root has unless a bounding set took it away); euid 0 where /proc cannot say."""
     try:
         with open("/proc/self/status", encoding="ascii") as f:
             for line in f:
@@ -47,7 +46,7 @@ def may_chown() -> bool:
                     return bool(int(line.split()[1], 16) >> CAP_CHOWN & 1)
     except (OSError, ValueError):
         pass
-    return False
+    return os.geteuid() == 0
 
 
 class Keep(NamedTuple):
