@@ -97,6 +97,8 @@ def diff_tree(source: str, target: str, excluded: Excluder, delete: bool, instan
     except (TargetGone, NotADirectoryError):
         mirror = None
     tree = SourceTree(sroot)
+    if isinstance(mirror, LocalTarget):
+        keep = mirror.keep  # less what its file system refuses: never a difference there
     try:
         yield from _walk(tree, mirror, excluded, delete, instance, sub, stats, writer_alive, clean_temps, keep)
     finally:

@@ -117,7 +117,9 @@ class Mirror:
             if stat.S_ISLNK(st.st_mode):
                 return self._symlink(parts, path, st)
             if stat.S_ISDIR(st.st_mode):
-                attrs = read_attrs(self.source.dir(parts), self.keep) if self.keep.attrs else None
+                # Through its parent: a directory the daemon may not read (mode 000) still has them.
+                attrs = (read_attrs(at(self.source.dir(parts[:-1]), parts[-1]), self.keep)
+                         if self.keep.attrs else None)
                 changed = self.target.publish_dir(parts, st, self.source.dir_stat, attrs)
                 return Outcome(path, Status.COPIED if changed else Status.UNCHANGED, "dir")
             return self._special(parts, path, st)

@@ -76,6 +76,22 @@ class Keep(NamedTuple):
 NOTHING = Keep()
 
 
+def on_target(root_fd: int, keep: Keep) -> Keep:
+    """`keep` without what the target's file system refuses: asking its root for an attribute
+    it lacks says ENODATA where the file system has them and ENOTSUP where it has none (vfat,
+    ramfs, a tmpfs or NFS mount without them). Read-only; one or two system calls."""
+    if not keep.attrs:
+        return keep
+    for prop, probe in (("xattrs", "user.foldermirror-probe"), ("acls", ACL_ACCESS)):
+        if getattr(keep, prop):
+            try:
+                os.getxattr(root_fd, probe)
+            except OSError as exc:
+                if exc.errno in UNSUPPORTED:
+                    keep = keep._replace(**{prop: False})
+    return keep
+
+
 def keep_for(preserve: tuple[str, ...] | list[str]) -> Keep:
     """A folder's `preserve:` names as this process can honour them."""
     return Keep(xattrs="xattrs" in preserve, acls="acls" in preserve, sparse="sparse" in preserve,
@@ -176,6 +192,8 @@ def copy_sparse(sfd: int, tfd: int, size: int) -> int:
         except OSError as exc:
             if exc.errno == errno.ENXIO:  # only a hole from here to the end
                 return size
+            if exc.errno in (errno.EINVAL, *UNSUPPORTED) and pos == 0:  # no SEEK_DATA here: all data
+                return _copy_range(sfd, tfd, 0, size)
             raise
         if start >= size:
             return size

@@ -19,7 +19,7 @@ import stat
 from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple, Protocol
 
-from foldermirror.pipeline.fidelity import NOTHING, Attrs, Keep, apply_attrs, at, read_attrs, same_owner
+from foldermirror.pipeline.fidelity import NOTHING, Attrs, Keep, apply_attrs, at, on_target, read_attrs, same_owner
 from foldermirror.tempnames import is_reserved, is_temp_name, temp_name, temp_owner
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -111,7 +111,6 @@ class LocalTarget(DirFds):
     def __init__(self, root: str, *, delete: bool, durable: bool, instance: str, create: bool = True,
                  keep: Keep = NOTHING) -> None:
         self.root = root
-        self.keep = keep
         # Set once the file system refused extended attributes (ENOTSUP): the files are
         # mirrored without them; the folder's start-up check said so once.
         self.attrs_refused = False
@@ -126,6 +125,9 @@ class LocalTarget(DirFds):
             os.makedirs(root, exist_ok=True)
             root_fd = os.open(root, ROOT_FLAGS)
         super().__init__(root_fd)
+        # What the folder keeps, less what this file system refuses (said once at start:
+        # checks.note_unkept): neither set nor compared there.
+        self.keep = on_target(root_fd, keep)
         self._made: list[str] = []  # directories made as the parents of others, since the last made_dirs()
 
     def made_dirs(self) -> list[str]:
@@ -332,7 +334,7 @@ class LocalTarget(DirFds):
             have = read_attrs(where, self.keep)
             if have != attrs:
                 self._set_attrs(where, attrs, have=have)
-                changed = True
+                changed = not self.attrs_refused
         if changed or stat.S_IMODE(tst.st_mode) != mode:
             # chown drops setuid bits and an ACL write resets the group bits: the mode goes last.
             os.chmod(name, mode, dir_fd=dfd)

@@ -179,4 +179,4 @@ def open_folder(spec: FolderSpec, path: str) -> Mirror | list[Outcome]:
         os.close(sroot)
         return [Outcome(path, Status.FAILED, error=f"target folder {spec.target}: {exc.strerror}",
                         errno=exc.errno or 0)]
-    return Mirror(SourceTree(sroot), target, delete=spec.delete, keep=keep)
+    return Mirror(SourceTree(sroot), target, delete=spec.delete, keep=target.keep)
