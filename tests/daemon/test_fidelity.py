@@ -232,3 +232,46 @@ def test_a_remote_target_keeps_them_over_rsync(tmp_path, sshd: SshServer, daemon
     sparse_file(src / "live.img", 16 << 20)
     wait_mirrored(src, dst, 30, preserve=KEPT)
     assert not d.events("preserve_unsupported") and not d.events("owner_not_kept"), d.tail()
+
+
+RSYNC_WITHOUT = """#!/bin/sh
+# rsync as if built without ACL and xattr support (its --version says so); otherwise the real one
+if [ "$1" = --version ]; then rsync --version | sed 's/ACLs,/no ACLs,/; s/ xattrs,/ no xattrs,/'; exit; fi
+exec rsync "$@"
+"""
+RSYNC_ON_RAMFS = """#!/bin/sh
+# the receiving rsync writes into a ramfs (no extended attributes) mounted over the target in a
+# mount namespace of its own, so what it receives vanishes with it: only its errors matter here
+case " $* " in *" --server "*)
+    exec unshare --mount --propagation private sh -c 'mount -t ramfs fm-test "$0" && exec rsync "$@"' "$TARGET" "$@";;
+esac
+exec rsync "$@"
+"""
+
+
+@needs_root
+@pytest.mark.parametrize("remote_side", ["rsync without ACLs and xattrs", "file system without xattrs"])
+def test_what_a_remote_cannot_keep_is_said_once_at_link_up(tmp_path, sshd: SshServer, daemon_factory, remote_side):
+    src, dst, folder = remote_pair(tmp_path, sshd, delete=True)
+    dst.mkdir()
+    wrapper = tmp_path / "rsync-wrapper"
+    script = RSYNC_WITHOUT if remote_side.startswith("rsync") else RSYNC_ON_RAMFS.replace("$TARGET", str(dst))
+    wrapper.write_text(script)
+    wrapper.chmod(0o755)
+    for i in range(3):
+        (src / f"f{i}").write_text(str(i))
+        os.setxattr(src / f"f{i}", "user.tag", b"t")
+    d = daemon_factory(write_config(tmp_path, [folder], ssh={**ssh_config_block(sshd), "rsync_path": str(wrapper)}))
+    d.wait_for("remote_up", 30)
+    d.wait_ready(60)
+    (src / "live").write_text("live")
+    os.setxattr(src / "live", "user.tag", b"t")
+    d.wait_for("file_mirrored", 30, path="live")
+    warned = d.events("preserve_unsupported")
+    assert len(warned) == 1 and warned[0]["unsupported"] == ["xattrs", "acls"], d.tail()
+    said = "built without" if remote_side.startswith("rsync") else "refuses"
+    assert said in warned[0]["error"] and warned[0]["fix"] and warned[0]["target"] == folder["target"], warned
+    assert not d.events("mirror_failed"), d.tail()
+    if remote_side.startswith("rsync"):  # the files are there, without what could not be kept
+        wait_mirrored(src, dst, 30)
+        assert os.listxattr(dst / "live") == []
