@@ -80,6 +80,10 @@ def test_everything_kept_at_catch_up_and_live_and_metadata_alone_is_not_a_copy(t
     (src / "new").mkdir()
     (src / "new" / "b.txt").write_text("new")
     os.setxattr(src / "new" / "b.txt", "user.k", b"v")
+    (src / "new" / "c.txt").write_text("acl")
+    setfacl("-m", "u:1234:rw", str(src / "new" / "c.txt"))
+    if IS_ROOT:
+        os.chown(src / "new" / "c.txt", 2000, 2001)
     sparse_file(src / "new" / "vm.img", 32 << 20)
     wait_mirrored(src, dst, preserve=KEPT)
 

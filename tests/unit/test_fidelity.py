@@ -289,3 +289,36 @@ def test_what_a_remote_file_system_refused_is_read_from_rsyncs_errors():
     assert refused == ["xattrs", "acls"] and "lsetxattr" in said
     assert probe.refused_in(err, ["acls"])[0] == ["acls"]
     assert probe.refused_in("", ["xattrs"]) == ([], "")
+
+
+@pytest.mark.parametrize("busy", [True, False])
+def test_a_sparse_file_appended_to_during_its_copy_keeps_the_busy_file_rules(tmp_path, monkeypatch, busy):
+    """As for a dense file: busy, the prefix it had when the copy began is published (holes
+    kept); not busy, nothing is published and the path is looked at again."""
+    from foldermirror.pipeline import copier
+
+    src, dst = tmp_path / "s", tmp_path / "t"
+    src.mkdir()
+    with open(src / "log.img", "wb") as f:
+        f.truncate(8 << 20)
+        f.write(b"head")
+    before = (src / "log.img").read_bytes()
+    real = copier.copy_sparse
+
+    def appended_meanwhile(sfd: int, tfd: int, size: int) -> int:
+        done = real(sfd, tfd, size)
+        with open(src / "log.img", "ab") as f:
+            f.write(b"appended")
+        return done
+
+    monkeypatch.setattr(copier, "copy_sparse", appended_meanwhile)
+    m = mirror_of(src, dst)
+    try:
+        done = m.sync("log.img", busy=busy)
+    finally:
+        close(m)
+    if busy:
+        assert (done.status, done.bytes) == (Status.COPIED, 8 << 20)
+        assert (dst / "log.img").read_bytes() == before and os.stat(dst / "log.img").st_blocks < 256
+    else:
+        assert done.status is Status.CHANGED and not (dst / "log.img").exists()
