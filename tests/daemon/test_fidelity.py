@@ -236,6 +236,13 @@ def test_a_remote_target_keeps_them_over_rsync(tmp_path, sshd: SshServer, daemon
     sparse_file(src / "live.img", 16 << 20)
     wait_mirrored(src, dst, 30, preserve=KEPT)
     assert not d.events("preserve_unsupported") and not d.events("owner_not_kept"), d.tail()
+    d.stop()
+    # Metadata alone, changed while the daemon was down: rsync's dry run (-X -A) lists it.
+    os.setxattr(src / "shared.txt", "user.late", b"1")
+    setfacl("-x", "u:4321", str(src / "shared.txt"))
+    d2 = daemon_factory(write_config(tmp_path, [folder], ssh=ssh_config_block(sshd)))
+    d2.wait_ready(60)
+    wait_mirrored(src, dst, 30, preserve=KEPT)
 
 
 RSYNC_WITHOUT = """#!/bin/sh
