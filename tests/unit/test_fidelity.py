@@ -177,6 +177,12 @@ def test_as_root_trusted_and_security_attributes_and_owners_are_kept(tmp_path):
         assert (m.sync("tool").bytes, os.stat(dst / "tool").st_uid) == (0, 1000)
         assert os.getxattr(dst / "tool", "security.capability") == cap
         assert tree_diff(src, dst, preserve=ALL) == []
+        # A symlink's owner alone (chown -h): found by the comparison, set in place.
+        os.lchown(src / "link", 55, 56)
+        found = {d.path: d.reason for d in diff_tree(str(src), str(dst), Excluder(()), True, "t", preserve=ALL)}
+        assert found == {"link": "metadata"}
+        assert (m.sync("link").bytes, os.lstat(dst / "link").st_uid) == (0, 55)
+        assert tree_diff(src, dst, preserve=ALL) == []
     finally:
         close(m)
 

@@ -191,6 +191,10 @@ def _compare(rel: str, parts: tuple[str, ...], sfd: int | None, target: Target |
                 stats.differences += 1
                 stats.copies += 1
                 yield Difference(path, "missing" if t is None else "differs")
+            elif keep.owner and (s.uid, s.gid) != (t.uid, t.gid):
+                stats.differences += 1
+                stats.copies += 1
+                yield Difference(path, "metadata")
         elif t is None or t.kind != s.kind:
             yield Difference(path, "special")
     temps = [name for name in t_entries if is_temp_name(name)]

@@ -218,6 +218,9 @@ class Mirror:
             raise
         tst = self.target.lstat(parts)
         if tst is not None and stat.S_ISLNK(tst.st_mode) and self.target.readlink(parts) == link:
+            if self.keep.owner and not same_owner(tst, st):  # chown -h in the source
+                self.target.chown_link(parts, st)
+                return Outcome(path, Status.COPIED, "symlink", 0)
             return Outcome(path, Status.UNCHANGED, "symlink")
         attrs: Attrs | None = None
         if self.keep.xattrs and self.keep.privileged:  # a symlink cannot carry user.* nor an ACL
