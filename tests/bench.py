@@ -1077,6 +1077,84 @@ def scenario_records(base: Path, trash: Trash, items: int) -> dict[str, Any]:
             "results_named_bytes": nr_b / items, "results_plain_bytes": pr_b / items}
 
 
+def _tag_tree(root: Path) -> None:
+    """A user.* attribute on every file and directory of a tree (what a tagged photo library has)."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            os.setxattr(os.path.join(dirpath, name), "user.tag", b"bench")
+
+
+def _compare_us(src: Path, dst: Path, files: int, preserve: tuple[str, ...], rounds: int = 3) -> float:
+    """Microseconds per file of one in-process comparison of src with its (in-sync) mirror."""
+    from foldermirror.catchup.compare import diff_tree
+    from foldermirror.paths import Excluder
+
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        found = sum(1 for _ in diff_tree(str(src), str(dst), Excluder(()), True, "bench", preserve=preserve))
+        best = min(best, time.perf_counter() - t0)
+        assert found == 0, f"{found} differences in a tree in sync"
+    return best / files * 1e6
+
+
+def scenario_preserve(base: Path, trash: Trash, files: int, folders: int, sparse_mib: int) -> dict[str, Any]:
+    """What keeping xattrs, ACLs, holes and owners costs (preserve:, README "What a mirror keeps").
+
+    - The comparison, in this process, per file, of a tree in sync: preserve: [] against the
+      default, on files without and with a user.* attribute each (the best of 3 walks).
+    - The daemon's catch-up of the tagged tree into an empty target: preserve: [] against the
+      default (start → sync_finished).
+    - One sparse file (`sparse_mib` MiB, 1 MiB of data in 4 islands) copied by the daemon
+      with and without `sparse`: seconds and the blocks it takes in the mirror.
+    """
+    sys.path.insert(0, str(REPO / "daemon"))
+    out: dict[str, Any] = {}
+    src = base / "pr-src"
+    make_tree(src, files, 4 * KIB, folders)
+    for label, preserve in (("none", []), ("default", None)):
+        dst = base / f"pr-dst-{label}"
+        opts = {} if preserve is None else {"preserve": preserve}
+        if label == "default":
+            _tag_tree(src)
+        t0 = time.monotonic()
+        d = Daemon(write_config(base, src, dst, **opts))
+        t_done = d.wait(lambda s: s.has("sync_finished", reason="startup"), 900)
+        d.stop()
+        out[f"catchup_{label}_s"] = t_done - t0
+    untagged = base / "pr-untagged"
+    shutil.copytree(src, untagged, symlinks=True)  # copytree keeps xattrs: strip them
+    for dirpath, dirnames, filenames in os.walk(untagged):
+        for name in dirnames + filenames:
+            os.removexattr(os.path.join(dirpath, name), "user.tag")
+    plain_dst = base / "pr-dst-none"  # mirrored with preserve: [], so without attributes
+    out["compare_plain_none_us"] = _compare_us(untagged, plain_dst, files, ())
+    out["compare_plain_default_us"] = _compare_us(untagged, plain_dst, files, ("xattrs", "acls", "sparse", "owner"))
+    tagged_dst = base / "pr-dst-default"
+    out["compare_tagged_none_us"] = _compare_us(src, tagged_dst, files, ())
+    out["compare_tagged_default_us"] = _compare_us(src, tagged_dst, files, ("xattrs", "acls", "sparse", "owner"))
+    sp_src = base / "pr-sparse-src"
+    sp_src.mkdir()
+    with open(sp_src / "disk.img", "wb") as f:
+        f.truncate(sparse_mib << 20)
+        for i in range(4):
+            f.seek(i * (sparse_mib << 20) // 4)
+            f.write(os.urandom(256 * KIB))
+    out["sparse_source_blocks"] = os.stat(sp_src / "disk.img").st_blocks
+    for label, preserve in (("dense", []), ("sparse", ["sparse"])):
+        dst = base / f"pr-sparse-{label}"
+        sync_caches()
+        t0 = time.monotonic()
+        d = Daemon(write_config(base, sp_src, dst, preserve=preserve))
+        t_done = d.wait(lambda s: s.has("sync_finished", reason="startup"), 300)
+        d.stop()
+        out[f"sparse_copy_{label}_s"] = t_done - t0
+        out[f"sparse_mirror_{label}_blocks"] = os.stat(dst / "disk.img").st_blocks
+        trash.put(dst)
+    trash.put(src, untagged, sp_src, *(base / f"pr-dst-{x}" for x in ("none", "default")))
+    return out
+
+
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in runs[0]:
@@ -1125,6 +1203,7 @@ def main(argv: list[str] | None = None) -> int:
         "events": dict(files=2000 if q else 20000, folders=50),
         "overwrite_versions": dict(files=2000 if q else 20000, folders=50),
         "records": dict(items=64),
+        "preserve": dict(files=1000 if q else 10000, folders=20, sparse_mib=64 if q else 1024),
         "remote_shell": dict(commands=10 if q else 30),
         "remote_latency": dict(writes=30 if q else 200, gap_ms=50),
         "remote_burst": dict(files=1000 if q else 20000, folders=50),
@@ -1134,6 +1213,7 @@ def main(argv: list[str] | None = None) -> int:
     fns: dict[str, Callable[..., dict[str, Any]]] = {"burst": scenario_burst, "events": scenario_events,
            "overwrite_versions": scenario_overwrite_versions, "bigfile": scenario_bigfile, "latency": scenario_latency,
            "catchup": scenario_catchup, "idle": scenario_idle, "records": scenario_records,
+           "preserve": scenario_preserve,
            "remote_shell": scenario_remote_shell, "remote_latency": scenario_remote_latency,
            "remote_burst": scenario_remote_burst, "remote_catchup": scenario_remote_catchup,
            "remote_bigfile": scenario_remote_bigfile}

@@ -214,8 +214,42 @@ def children(pid: int) -> list[int]:
     return out
 
 
-def snapshot(root: Path) -> dict[str, tuple[Any, ...]]:
-    """Everything the oracle compares: type, bytes, mode and mtime of files; link targets.
+# What a folder may keep beside bytes, mode and mtime (config.PRESERVABLE), as the oracle reads it.
+ALL_PRESERVED = ("xattrs", "acls", "hardlinks", "sparse", "owner")
+# Blocks of 512 bytes a sparse file's mirror may differ by from its source (file systems
+# round allocations to their block size and may preallocate a little).
+SPARSE_TOLERANCE_BLOCKS = 64
+
+
+def kept_attrs(path: str, preserve: Sequence[str], symlink: bool = False) -> tuple[tuple[str, bytes], ...]:
+    """The extended attributes a folder with `preserve` mirrors, sorted: user.* (xattrs; not on
+    a symlink, where Linux refuses them), trusted.* and security.* as root (xattrs), and the
+    system.posix_acl_* ACLs (acls; not on a symlink)."""
+    if not ("xattrs" in preserve or "acls" in preserve):
+        return ()
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return ()
+    out = []
+    for name in names:
+        if name.startswith("system.posix_acl_"):
+            wanted = "acls" in preserve and not symlink
+        elif name.startswith("user."):
+            wanted = "xattrs" in preserve and not symlink
+        elif name.startswith(("trusted.", "security.")):
+            wanted = "xattrs" in preserve and IS_ROOT
+        else:
+            wanted = False
+        if wanted:
+            out.append((name, os.getxattr(path, name, follow_symlinks=False)))
+    return tuple(sorted(out))
+
+
+def snapshot(root: Path, preserve: Sequence[str] = ()) -> dict[str, tuple[Any, ...]]:
+    """Everything the oracle compares: type, bytes, mode and mtime of files; link targets;
+    and what `preserve` names: kept xattrs and ACLs, owner (uid, gid) and, for "sparse", the
+    allocated blocks of files (compared within SPARSE_TOLERANCE_BLOCKS by tree_diff; last).
 
     The lock file's name is left out at every depth, as the daemon reserves it: in a
     target it is the daemon's lock, not a mirror of anything.
@@ -229,24 +263,38 @@ def snapshot(root: Path) -> dict[str, tuple[Any, ...]]:
             full = os.path.join(dirpath, name)
             rel = os.path.relpath(full, root)
             st = os.lstat(full)
-            if stat.S_ISLNK(st.st_mode):
-                out[rel] = ("symlink", os.readlink(full))
+            link = stat.S_ISLNK(st.st_mode)
+            kept: tuple[Any, ...] = ()
+            if preserve:
+                kept = (kept_attrs(full, preserve, link),) + (((st.st_uid, st.st_gid),) if "owner" in preserve else ())
+            if link:
+                out[rel] = ("symlink", os.readlink(full), *kept)
             elif stat.S_ISDIR(st.st_mode):
-                out[rel] = ("dir", stat.S_IMODE(st.st_mode))
+                out[rel] = ("dir", stat.S_IMODE(st.st_mode), *kept)
             elif stat.S_ISREG(st.st_mode):
-                out[rel] = ("file", Path(full).read_bytes(), stat.S_IMODE(st.st_mode), st.st_mtime_ns)
+                blocks = (st.st_blocks,) if "sparse" in preserve else ()
+                out[rel] = ("file", Path(full).read_bytes(), stat.S_IMODE(st.st_mode), st.st_mtime_ns, *kept, *blocks)
             else:
                 out[rel] = ("special",)
     return out
 
 
-def tree_diff(src: Path, dst: Path, delete: bool = True, exclude: Callable[[str], bool] = lambda p: False) -> list[str]:
-    a = {k: v for k, v in snapshot(src).items() if v[0] != "special" and not exclude(k)}
-    b = snapshot(dst) if dst.exists() else {}
+def _same(want: tuple[Any, ...], got: tuple[Any, ...] | None, sparse: bool) -> bool:
+    if not (sparse and want[0] == "file" and got is not None and got[0] == "file"):
+        return got == want
+    return want[:-1] == got[:-1] and abs(want[-1] - got[-1]) <= SPARSE_TOLERANCE_BLOCKS
+
+
+def tree_diff(src: Path, dst: Path, delete: bool = True, exclude: Callable[[str], bool] = lambda p: False,
+              preserve: Sequence[str] = ()) -> list[str]:
+    """What differs between a source and its mirror (`preserve`: the folder's preserve:, for
+    what else is compared; see snapshot)."""
+    a = {k: v for k, v in snapshot(src, preserve).items() if v[0] != "special" and not exclude(k)}
+    b = snapshot(dst, preserve) if dst.exists() else {}
     problems = []
     for rel, want in sorted(a.items()):
         got = b.get(rel)
-        if got != want:
+        if not _same(want, got, "sparse" in preserve):
             problems.append(f"{rel}: source {_short(want)} target {_short(got)}")
     for rel in sorted(set(b) - set(a)):
         if TEMP_MARK in rel:
@@ -261,17 +309,18 @@ def _short(v: Any) -> str:
         return "absent"
     if v[0] == "file":
         data = v[1]
-        return f"file({len(data)} bytes {data[:20]!r}, mode {oct(v[2])}, mtime {v[3]})"
+        return f"file({len(data)} bytes {data[:20]!r}, mode {oct(v[2])}, mtime {v[3]}" + \
+            "".join(f", {x!r}" for x in v[4:]) + ")"
     return repr(v)
 
 
 def wait_mirrored(src: Path, dst: Path, timeout: float = 30, delete: bool = True,
-                  exclude: Callable[[str], bool] = lambda p: False) -> None:
+                  exclude: Callable[[str], bool] = lambda p: False, preserve: Sequence[str] = ()) -> None:
     last: list[list[str]] = [[]]
 
     def ok() -> bool:
         try:
-            last[0] = tree_diff(src, dst, delete, exclude)
+            last[0] = tree_diff(src, dst, delete, exclude, preserve)
         except FileNotFoundError as exc:  # a temp file vanished mid-walk: look again
             last[0] = [str(exc)]
             return False

@@ -55,6 +55,7 @@ class Admission:
                 self.folders[f.name] = FolderState(f, Excluder(f.excludes), target,
                                                    root_id=path_identity(str(f.source)), target_id=target.identity())
             admitted.append(f.name)
+            checks.note_unkept(self.log, f, self.instance)
         return admitted
 
     def refuse(self, f: FolderConfig, problem: str, fix: str) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 from foldermirror import faults
 from foldermirror.config import DEFAULT_RESCAN, Config, FolderConfig, SshConfig, under_private_tmp
 from foldermirror.pipeline.copier import describe
+from foldermirror.pipeline.fidelity import ACL_ACCESS, UNSUPPORTED, may_chown
 from foldermirror.pipeline.target_health import (
     LocalTargetHealth,
     RemoteTargetHealth,
@@ -23,6 +24,7 @@ from foldermirror.pipeline.target_health import (
     probe_write,
     why_at,
 )
+from foldermirror.tempnames import temp_name
 
 WATCHES_SYSCTL = "fs.inotify.max_user_watches"
 WATCHES_FILE = "/proc/sys/fs/inotify/max_user_watches"
@@ -273,3 +275,65 @@ def warn_watch_limit(log: Any, folders: tuple[FolderConfig, ...], rescan_interva
         fix=f"echo '{WATCHES_SYSCTL} = {shortage.suggested}' > /etc/sysctl.d/90-foldermirror.conf && "
             f"sysctl --system, then restart the service")
     return every
+
+
+def unkept_properties(target: str, preserve: tuple[str, ...], instance: str) -> tuple[list[str], str]:
+    """Which of `preserve`'s xattrs and acls the target's file system refuses (ENOTSUP), and
+    the error it gave; ([], "") when it keeps them or cannot be probed (the copies then say why).
+
+    One temp file is made in the target, given a `user.` attribute and asked for its access
+    ACL (ENODATA: supported, there is none), and removed.
+    """
+    wanted = [p for p in ("xattrs", "acls") if p in preserve]
+    if not wanted:
+        return [], ""
+    probe = os.path.join(target, temp_name(instance))
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return [], ""
+    refused: list[str] = []
+    error = ""
+    try:
+        for name in wanted:
+            try:
+                if name == "xattrs":
+                    os.setxattr(fd, "user.foldermirror-probe", b"1")
+                else:
+                    os.getxattr(fd, ACL_ACCESS)
+            except OSError as exc:
+                if exc.errno in UNSUPPORTED:
+                    refused.append(name)
+                    error = describe(exc)
+    finally:
+        os.close(fd)
+        try:
+            os.unlink(probe)
+        except OSError:
+            pass
+    return refused, error
+
+
+def note_unkept(log: Any, f: FolderConfig, instance: str) -> None:
+    """At a folder's start: say once what its `preserve:` asks for and this mirror cannot keep.
+
+    A target file system without extended attributes or ACLs is a warning (the files are
+    mirrored without them). Owners that this process may not set are an info line: that is
+    the systemd default (the service user has no CAP_CHOWN), a choice rather than a fault,
+    and nothing is said per file.
+    """
+    if f.remote is not None:
+        return  # a remote target says what it cannot keep at link-up (remote/links.py)
+    refused, error = unkept_properties(str(f.target), f.preserve, instance)
+    if refused:
+        log.warning("preserve_unsupported", folder=f.name, target=str(f.target), unsupported=refused,
+                    error=f"the file system of {f.target} refuses extended attributes: {error}; "
+                          f"files are mirrored without their {' and '.join(refused)}",
+                    fix=f"mirror onto a file system that keeps them (ext4, xfs, btrfs, tmpfs), or remove "
+                        f"{', '.join(refused)} from folder {f.name}'s preserve: to keep this quiet")
+    if "owner" in f.preserve and not may_chown():
+        log.info("owner_not_kept", folder=f.name, target=str(f.target), user=user_label(),
+                 reason="only root or a process with CAP_CHOWN can give files another owner: the mirror's "
+                        "files belong to the user running the daemon",
+                 fix="to keep owners, run the daemon as root (or with CAP_CHOWN); otherwise nothing to do, "
+                     "or remove owner from preserve: to keep this quiet")

@@ -538,6 +538,26 @@ def _as_ssh_option(value: Any) -> str:
     return f"{m.group(1)}={m.group(2)}"
 
 
+# What a mirror may keep beside bytes, mode and mtime, each named after what it keeps; the
+# rsync flag each matches is in the README's "What a mirror keeps".
+PRESERVABLE = ("xattrs", "acls", "hardlinks", "sparse", "owner")
+
+
+def _as_preserved(value: Any) -> str:
+    name = _as_str(value)
+    if name not in PRESERVABLE:
+        hint = difflib.get_close_matches(name, PRESERVABLE, n=1)
+        raise ValueError(f"unknown property {name!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+                         + f"; a mirror can keep {', '.join(PRESERVABLE)}")
+    return name
+
+
+def _read_preserve(reader: _Reader, node: yaml.Node, key: str) -> tuple[str, ...]:
+    names = [reader.typed(item, f"{key}[{i}]", "", _as_preserved)
+             for i, item in enumerate(reader.items(node, key, f"a list from {', '.join(PRESERVABLE)}"))]
+    return tuple(n for n in PRESERVABLE if n in names)  # one order, duplicates folded
+
+
 def _as_bwlimit(value: Any) -> int:
     """KiB/s, written as a number of KiB/s or with K, M or G as rsync takes it."""
     text = str(value) if isinstance(value, int) and not isinstance(value, bool) else _as_str(value)
@@ -696,6 +716,10 @@ class FolderConfig:
         "holds those deletions back (1 turns the guard off)",
         lambda r, n, k: r.typed(n, k, "", _fraction), default=0.5, show=lambda v: f"{v:g}")
     max_delay: float = duration(5.0, "a file that never goes quiet is published this often anyway (0: only once quiet)")
+    preserve: tuple[str, ...] = setting(
+        "what the mirror keeps beside bytes, mode and mtime: any of " + ", ".join(PRESERVABLE) + " ([]: none of them)",
+        _read_preserve, default=PRESERVABLE, show=show_list)
+
     versions: VersionsConfig | None = setting(
         "keep what the mirror replaces or deletes in a versions area, with a retention policy; off unless given "
         "(versions: {} keeps everything for 30 days beside the target)",

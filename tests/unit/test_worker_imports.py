@@ -26,6 +26,7 @@ ALLOWED_OWN = {
     "foldermirror.pipeline.records",
     "foldermirror.pipeline.targets",
     "foldermirror.pipeline.versions",
+    "foldermirror.pipeline.fidelity",  # xattrs, ACLs, holes, owners (preserve:)
     "foldermirror.tempnames",
     "foldermirror.faults",
 }

@@ -1,4 +1,5 @@
-"""Tree comparison: what differs between a source and its target (type, size, mtime, mode).
+"""Tree comparison: what differs between a source and its target (type, size, mtime, mode;
+owner, xattrs and ACLs when the folder preserves them).
 
 The only judge of what is out of date at start-up, after an overflow, for a subtree that
 appeared, and on every periodic rescan. It feeds the ChangeQueue; it never copies. The
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 
 from foldermirror.paths import Excluder
 from foldermirror.pipeline.copier import SourceTree
+from foldermirror.pipeline.fidelity import NOTHING, Keep, at, keep_for, read_attrs
 from foldermirror.pipeline.targets import ROOT_FLAGS, Entry, LocalTarget, Target, TargetGone, scan_dir, stale_temps
 from foldermirror.tempnames import LOCK_NAME, is_reserved, is_temp_name
 
@@ -22,7 +24,8 @@ from foldermirror.tempnames import LOCK_NAME, is_reserved, is_temp_name
 @dataclass
 class Difference:
     path: str
-    reason: str        # missing | differs | extra | special | reserved (a source entry named LOCK_NAME)
+    reason: str        # missing | differs | metadata | extra | special | reserved (a source entry named LOCK_NAME)
+    # metadata: bytes and mtime match, owner, xattrs or ACLs do not (the worker sets only those)
 
 
 @dataclass
@@ -66,7 +69,7 @@ def _open_root(path: str) -> int | None:
 def diff_tree(source: str, target: str, excluded: Excluder, delete: bool, instance: str,
               sub: str = "", stats: WalkStats | None = None,
               writer_alive: Callable[[int], bool] = lambda pid: True,
-              clean_temps: bool = True) -> Iterator[Difference]:
+              clean_temps: bool = True, preserve: tuple[str, ...] = ()) -> Iterator[Difference]:
     """Yield every path under `sub` whose mirror is missing, differs, or (with delete) is extra.
 
     Directories are opened component by component relative to directory fds with
@@ -75,6 +78,8 @@ def diff_tree(source: str, target: str, excluded: Excluder, delete: bool, instan
     its mirror left alone. Temp files are removed on the way when their writer is gone:
     another daemon instance (a crash or a kill) or one of our workers that died; live
     workers' are left alone. With `clean_temps=False` (a dry run) they are only counted.
+    `preserve`: the folder's preserve: names; owners, xattrs and ACLs of entries whose type,
+    size, mtime and mode match are compared too when it keeps them (and this process can).
     """
     stats = stats if stats is not None else WalkStats()
     if stats.unreadable is None:
@@ -87,12 +92,16 @@ def diff_tree(source: str, target: str, excluded: Excluder, delete: bool, instan
     if sroot is None:
         return  # a missing source root is never a reason to delete anything
     try:
-        mirror: Target | None = LocalTarget(target, delete=delete, durable=False, instance=instance, create=False)
+        keep = keep_for(preserve)
+        mirror: Target | None = LocalTarget(target, delete=delete, durable=False, instance=instance, create=False,
+                                            keep=keep)
     except (TargetGone, NotADirectoryError):
         mirror = None
     tree = SourceTree(sroot)
+    if isinstance(mirror, LocalTarget):
+        keep = mirror.keep  # less what its file system refuses: never a difference there
     try:
-        yield from _walk(tree, mirror, excluded, delete, instance, sub, stats, writer_alive, clean_temps)
+        yield from _walk(tree, mirror, excluded, delete, instance, sub, stats, writer_alive, clean_temps, keep)
     finally:
         tree.close()
         if mirror is not None:
@@ -100,7 +109,8 @@ def diff_tree(source: str, target: str, excluded: Excluder, delete: bool, instan
 
 
 def _walk(source: SourceTree, target: Target | None, excluded: Excluder, delete: bool, instance: str, sub: str,
-          stats: WalkStats, writer_alive: Callable[[int], bool], clean_temps: bool) -> Iterator[Difference]:
+          stats: WalkStats, writer_alive: Callable[[int], bool], clean_temps: bool,
+          keep: Keep = NOTHING) -> Iterator[Difference]:
     assert stats.unreadable is not None
     stack = [sub]
     while stack:
@@ -125,7 +135,7 @@ def _walk(source: SourceTree, target: Target | None, excluded: Excluder, delete:
         t_entries = scanned if scanned is not None else {}
         try:
             yield from _compare(rel, parts, sfd, target if scanned is not None else None, s_entries, t_entries,
-                                excluded, delete, instance, stats, writer_alive, stack, clean_temps)
+                                excluded, delete, instance, stats, writer_alive, stack, clean_temps, keep)
         finally:
             # One directory's fds at a time on each side, however big the tree, and each
             # directory looked up afresh from its root (a rename meanwhile is not followed).
@@ -137,7 +147,17 @@ def _walk(source: SourceTree, target: Target | None, excluded: Excluder, delete:
 def _compare(rel: str, parts: tuple[str, ...], sfd: int | None, target: Target | None,
              s_entries: dict[str, Entry], t_entries: dict[str, Entry], excluded: Excluder, delete: bool,
              instance: str, stats: WalkStats, writer_alive: Callable[[int], bool], stack: list[str],
-             clean_temps: bool) -> Iterator[Difference]:
+             clean_temps: bool, keep: Keep = NOTHING) -> Iterator[Difference]:
+    def metadata_differs(name: str, s: Entry, t: Entry) -> bool:
+        if keep.owner and (s.uid, s.gid) != (t.uid, t.gid):
+            return True
+        if not keep.attrs or sfd is None or target is None:
+            return False
+        try:
+            return read_attrs(at(sfd, name), keep) != target.attrs((*parts, name))
+        except OSError:
+            return True  # gone or unreadable meanwhile: the worker looks again and says why
+
     for name, s in s_entries.items():
         path = f"{rel}/{name}" if rel else name
         if name == LOCK_NAME:
@@ -153,19 +173,30 @@ def _compare(rel: str, parts: tuple[str, ...], sfd: int | None, target: Target |
             if t is None or t.kind != s.kind or t.mode != s.mode:
                 stats.differences += 1
                 yield Difference(path, "missing" if t is None else "differs")
+            elif metadata_differs(name, s, t):
+                stats.differences += 1
+                yield Difference(path, "metadata")
             stack.append(path)
         elif s.kind == stat.S_IFREG:
-            if t is None or t.kind != s.kind or (t.size, t.mtime_ns, t.mode) != (s.size, s.mtime_ns, s.mode):
+            if t is None or t.kind != s.kind or (t.size, t.mtime_ns) != (s.size, s.mtime_ns):
                 stats.differences += 1
                 stats.copies += 1
                 stats.copy_bytes += s.size
                 yield Difference(path, "missing" if t is None else "differs")
+            elif t.mode != s.mode or metadata_differs(name, s, t):
+                stats.differences += 1
+                stats.copies += 1
+                yield Difference(path, "metadata")
         elif s.kind == stat.S_IFLNK:
             if (t is None or t.kind != s.kind or target is None
                     or _readlink(sfd, name) != target.readlink((*parts, name))):
                 stats.differences += 1
                 stats.copies += 1
                 yield Difference(path, "missing" if t is None else "differs")
+            elif keep.owner and (s.uid, s.gid) != (t.uid, t.gid):
+                stats.differences += 1
+                stats.copies += 1
+                yield Difference(path, "metadata")
         elif t is None or t.kind != s.kind:
             yield Difference(path, "special")
     temps = [name for name in t_entries if is_temp_name(name)]

@@ -100,7 +100,8 @@ def plan_folder(f: FolderConfig) -> Plan:
         return p
     stats = WalkStats()
     # delete=True to see extras even when they are kept: worth knowing before turning delete on.
-    for diff in diff_tree(source, target, Excluder(f.excludes), True, "dry-run", stats=stats, clean_temps=False):
+    for diff in diff_tree(source, target, Excluder(f.excludes), True, "dry-run", stats=stats, clean_temps=False,
+                          preserve=f.preserve):
         p.actions.append(_action(f, diff.path, diff.reason))
     p.stale_temps = stats.stale_temps
     p.unreadable = list(stats.unreadable or ())
@@ -131,9 +132,23 @@ def _verb(f: FolderConfig, path: str, reason: str, s: os.stat_result | None, t: 
     if s is not None and stat.S_IFMT(s.st_mode) != stat.S_IFMT(t.st_mode):
         verb = "replace" if f.delete else "conflict"
         return Action(verb, path, f"{_kind(t)} in the target, {_kind(s)} in the source")
+    if reason == "metadata":
+        return Action("update", path, "metadata only: " + _metadata_change(s, t))
     if s is not None and _isdir(s):
         return Action("update", path, f"mode {stat.S_IMODE(t.st_mode):o} → {stat.S_IMODE(s.st_mode):o}")
     return Action("replace", path, _describe(s))
+
+
+def _metadata_change(s: os.stat_result | None, t: os.stat_result) -> str:
+    """What differs between two entries whose bytes match: mode, owner, or else attributes."""
+    if s is None:
+        return "gone meanwhile"
+    said = []
+    if stat.S_IMODE(s.st_mode) != stat.S_IMODE(t.st_mode):
+        said.append(f"mode {stat.S_IMODE(t.st_mode):o} → {stat.S_IMODE(s.st_mode):o}")
+    if (s.st_uid, s.st_gid) != (t.st_uid, t.st_gid):
+        said.append(f"owner {t.st_uid}:{t.st_gid} → {s.st_uid}:{s.st_gid}")
+    return ", ".join(said) or "extended attributes or ACLs"
 
 
 def _probable_renames(f: FolderConfig, actions: list[Action]) -> list[tuple[str, str]]:

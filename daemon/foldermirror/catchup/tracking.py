@@ -117,7 +117,7 @@ class CatchUpTracker:
                                     stats=stats)
             else:
                 diffs = diff_tree(str(f.source), str(f.target), state.excluder, f.delete, self.instance,
-                                  sub=req.sub, stats=stats, writer_alive=process_alive)
+                                  sub=req.sub, stats=stats, writer_alive=process_alive, preserve=f.preserve)
             for diff in diffs:
                 if diff.reason == "extra":
                     extras.append(diff.path)  # judged once the walk has seen everything

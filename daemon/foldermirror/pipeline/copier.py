@@ -14,6 +14,7 @@ import stat
 import time
 
 from foldermirror import faults
+from foldermirror.pipeline.fidelity import NOTHING, Attrs, Keep, at, copy_sparse, is_sparse, read_attrs, same_owner
 from foldermirror.pipeline.records import Outcome, Status
 from foldermirror.pipeline.targets import DIR_FLAGS, DirFds, Parts, Target
 from foldermirror.tempnames import RESERVED_REASON, is_reserved
@@ -73,10 +74,11 @@ class SourceTree(DirFds):
 class Mirror:
     """Mirrors paths of one source into one target."""
 
-    def __init__(self, source: SourceTree, target: Target, *, delete: bool) -> None:
+    def __init__(self, source: SourceTree, target: Target, *, delete: bool, keep: Keep = NOTHING) -> None:
         self.source = source
         self.target = target
         self.delete = delete
+        self.keep = keep  # what the folder preserves beside bytes, mode and mtime (fidelity.py)
 
     def mirror(self, path: str, origin: str | None, busy: bool = False) -> list[Outcome]:
         """The outcomes of one work item: the rename replayed (if asked and possible), the
@@ -115,7 +117,10 @@ class Mirror:
             if stat.S_ISLNK(st.st_mode):
                 return self._symlink(parts, path, st)
             if stat.S_ISDIR(st.st_mode):
-                changed = self.target.publish_dir(parts, st, self.source.dir_stat)
+                # Through its parent: a directory the daemon may not read (mode 000) still has them.
+                attrs = (read_attrs(at(self.source.dir(parts[:-1]), parts[-1]), self.keep)
+                         if self.keep.attrs else None)
+                changed = self.target.publish_dir(parts, st, self.source.dir_stat, attrs)
                 return Outcome(path, Status.COPIED if changed else Status.UNCHANGED, "dir")
             return self._special(parts, path, st)
         except FileNotFoundError:
@@ -160,13 +165,15 @@ class Mirror:
             if not stat.S_ISREG(st.st_mode):
                 return Outcome(path, Status.CHANGED, "file")
             tst = self.target.lstat(parts)
+            attrs = read_attrs(sfd, self.keep) if self.keep.attrs else None
             if (tst is not None and stat.S_ISREG(tst.st_mode) and tst.st_size == st.st_size
-                    and tst.st_mtime_ns == st.st_mtime_ns and stat.S_IMODE(tst.st_mode) == stat.S_IMODE(st.st_mode)):
-                return Outcome(path, Status.UNCHANGED, "file")
+                    and tst.st_mtime_ns == st.st_mtime_ns):
+                return self._metadata(parts, path, st, tst, attrs)
             pause = faults.delay("slow_copy", path) if faults.ENABLED else 0.0
+            sparse = self.keep.sparse and is_sparse(st) and not pause
 
             def write(tfd: int) -> int | None:
-                copied = _copy_data(sfd, tfd, st.st_size, pause)
+                copied = copy_sparse(sfd, tfd, st.st_size) if sparse else _copy_data(sfd, tfd, st.st_size, pause)
                 after = os.fstat(sfd)
                 # ctime too: a same-size rewrite whose mtime was put back (touch -r, cp -p).
                 if (copied == after.st_size == st.st_size and after.st_mtime_ns == st.st_mtime_ns
@@ -181,12 +188,24 @@ class Mirror:
                 os.ftruncate(tfd, st.st_size)
                 return st.st_size
 
-            copied = self.target.publish_file(parts, st, write, self.source.dir_stat, tst)
+            copied = self.target.publish_file(parts, st, write, self.source.dir_stat, tst, attrs)
             if copied is None:
                 return Outcome(path, Status.CHANGED, "file")
             return Outcome(path, Status.COPIED, "file", copied)
         finally:
             os.close(sfd)
+
+    def _metadata(self, parts: Parts, path: str, st: os.stat_result, tst: os.stat_result,
+                  attrs: Attrs | None) -> Outcome:
+        """The mirror's bytes are the source's (size and mtime match): bring its mode, owner
+        and kept attributes in line without copying the data (a chmod, chown, setfacl or
+        setfattr in the source, heard as IN_ATTRIB). Logged as a copy of 0 bytes."""
+        if (stat.S_IMODE(tst.st_mode) == stat.S_IMODE(st.st_mode) and attrs is None
+                and (not self.keep.owner or same_owner(tst, st))):
+            return Outcome(path, Status.UNCHANGED, "file")  # what a folder keeping nothing pays
+        if self.target.update_metadata(parts, st, attrs, tst):
+            return Outcome(path, Status.COPIED, "file", 0)
+        return Outcome(path, Status.UNCHANGED, "file")
 
     def _symlink(self, parts: Parts, path: str, st: os.stat_result) -> Outcome:
         try:
@@ -199,8 +218,14 @@ class Mirror:
             raise
         tst = self.target.lstat(parts)
         if tst is not None and stat.S_ISLNK(tst.st_mode) and self.target.readlink(parts) == link:
+            if self.keep.owner and not same_owner(tst, st):  # chown -h in the source
+                self.target.chown_link(parts, st)
+                return Outcome(path, Status.COPIED, "symlink", 0)
             return Outcome(path, Status.UNCHANGED, "symlink")
-        self.target.publish_symlink(parts, link, st, self.source.dir_stat)
+        attrs: Attrs | None = None
+        if self.keep.xattrs and self.keep.privileged:  # a symlink cannot carry user.* nor an ACL
+            attrs = read_attrs(at(self.source.dir(parts[:-1]), parts[-1]), self.keep, symlink=True)
+        self.target.publish_symlink(parts, link, st, self.source.dir_stat, attrs)
         return Outcome(path, Status.COPIED, "symlink", len(link))
 
     def rename(self, origin: str, path: str) -> Outcome | None:

@@ -109,8 +109,9 @@ class Pipeline:
         if state is None:
             return None
         f = state.config
-        return (FolderSpec(str(f.source), str(f.target), f.delete, f.durable, state.root_id, self._remote_spec(f),
-                           f.versions_area),
+        return (FolderSpec(source=str(f.source), target=str(f.target), delete=f.delete, durable=f.durable,
+                           root_id=state.root_id, remote=self._remote_spec(f), versions=f.versions_area,
+                           preserve=f.preserve),
                 self.changes.epoch(name))
 
     def _on_error(self, where: str, exc: BaseException) -> None:

@@ -76,6 +76,7 @@ class RemoteSpec(NamedTuple):
     # The remote rsync takes existing and missing paths in one --delete-missing-args pass
     # (3.4.4 and later); older ones get a pass per directory for the missing ones.
     merged_delete: bool = False
+    keep: tuple[str, ...] = ()     # the folder's preserve: names the remote keeps (rsync -X -A -S)
 
 
 class FolderSpec(NamedTuple):
@@ -88,6 +89,7 @@ class FolderSpec(NamedTuple):
     root_id: RootId | None
     remote: RemoteSpec | None = None
     versions: str | None = None    # the versions area (a path on the target's host); None: versions off
+    preserve: tuple[str, ...] = ()  # the folder's preserve: names (config.PRESERVABLE)
 
 
 class WorkItem(NamedTuple):

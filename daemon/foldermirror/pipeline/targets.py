@@ -19,13 +19,13 @@ import stat
 from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple, Protocol
 
+from foldermirror.pipeline.fidelity import NOTHING, Attrs, Keep, apply_attrs, at, on_target, read_attrs, same_owner
 from foldermirror.pipeline.records import Kept
 from foldermirror.pipeline.versions import Keeper
 from foldermirror.tempnames import is_reserved, is_temp_name, temp_name, temp_owner
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 ROOT_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-IS_ROOT = os.geteuid() == 0
 # Directory fds kept within one batch; a batch is short, so a directory renamed meanwhile
 # is caught by the comparison its move event triggers.
 DIR_CACHE_MAX = 128
@@ -44,6 +44,8 @@ class Entry(NamedTuple):
     size: int
     mtime_ns: int
     mode: int
+    uid: int = -1
+    gid: int = -1
 
 
 class Target(Protocol):
@@ -52,9 +54,15 @@ class Target(Protocol):
     def lstat(self, parts: Parts) -> os.stat_result | None: ...
     def readlink(self, parts: Parts) -> str | None: ...
     def publish_file(self, parts: Parts, st: os.stat_result, write: Writer, source_dir: SourceDirStat,
-                     existing: os.stat_result | None = None) -> int | None: ...
-    def publish_symlink(self, parts: Parts, link: str, st: os.stat_result, source_dir: SourceDirStat) -> None: ...
-    def publish_dir(self, parts: Parts, st: os.stat_result, source_dir: SourceDirStat) -> bool: ...
+                     existing: os.stat_result | None = None, attrs: Attrs | None = None) -> int | None: ...
+    def publish_symlink(self, parts: Parts, link: str, st: os.stat_result, source_dir: SourceDirStat,
+                        attrs: Attrs | None = None) -> None: ...
+    def publish_dir(self, parts: Parts, st: os.stat_result, source_dir: SourceDirStat,
+                    attrs: Attrs | None = None) -> bool: ...
+    def update_metadata(self, parts: Parts, st: os.stat_result, attrs: Attrs | None,
+                        existing: os.stat_result) -> bool: ...
+    def attrs(self, parts: Parts, symlink: bool = False) -> Attrs: ...
+    def chown_link(self, parts: Parts, st: os.stat_result) -> None: ...
     def delete(self, parts: Parts) -> int | None: ...
     def rename(self, origin: Parts, parts: Parts, source_dir: SourceDirStat) -> int | None: ...
     def scan(self, parts: Parts) -> dict[str, Entry] | None: ...
@@ -100,12 +108,16 @@ class LocalTarget(DirFds):
     """A target directory on this machine (see the module docstring).
 
     `delete`: an entry of another type in the way may be removed (else EEXIST). `durable`:
-    fsync each file and its directory before it counts as published.
+    fsync each file and its directory before it counts as published. `keep`: what the
+    folder preserves beside bytes, mode and mtime (fidelity.py), as far as this process can.
     """
 
     def __init__(self, root: str, *, delete: bool, durable: bool, instance: str, create: bool = True,
-                 versions: str | None = None) -> None:
+                 keep: Keep = NOTHING, versions: str | None = None) -> None:
         self.root = root
+        # Set once the file system refused extended attributes (ENOTSUP): the files are
+        # mirrored without them; the folder's start-up check said so once.
+        self.attrs_refused = False
         # What this target replaces or deletes is kept there first (see versions.py).
         self.keeper = Keeper(versions, durable) if versions is not None else None
         self.clears_way = delete  # delete: true lets what stands in a path's way go
@@ -119,6 +131,9 @@ class LocalTarget(DirFds):
             os.makedirs(root, exist_ok=True)
             root_fd = os.open(root, ROOT_FLAGS)
         super().__init__(root_fd)
+        # What the folder keeps, less what this file system refuses (said once at start:
+        # checks.note_unkept): neither set nor compared there.
+        self.keep = on_target(root_fd, keep)
         self._made: list[str] = []  # directories made as the parents of others, since the last made_dirs()
 
     def made_dirs(self) -> list[str]:
@@ -172,9 +187,9 @@ class LocalTarget(DirFds):
         except FileExistsError:
             pass
         fd = os.open(name, DIR_FLAGS, dir_fd=parent)
-        os.fchmod(fd, stat.S_IMODE(sst.st_mode))
-        if IS_ROOT:
+        if self.keep.owner:
             _chown(fd, sst)
+        os.fchmod(fd, stat.S_IMODE(sst.st_mode))
         return fd
 
     def _parent(self, parts: Parts, source_dir: SourceDirStat | None) -> int | None:
@@ -217,10 +232,13 @@ class LocalTarget(DirFds):
 
     # -- publishing ----------------------------------------------------------------------
     def publish_file(self, parts: Parts, st: os.stat_result, write: Writer, source_dir: SourceDirStat,
-                     existing: os.stat_result | None = None) -> int | None:
+                     existing: os.stat_result | None = None, attrs: Attrs | None = None) -> int | None:
         """Publish a file with `st`'s mode, owner and times: `write` fills a temp file that is
         renamed over parts only if it returns a size. Returns that size, or None.
-        `existing`: what lstat(parts) found just before (spares a second look)."""
+        `existing`: what lstat(parts) found just before (spares a second look). `attrs`: the
+        source's kept extended attributes and ACLs, set on the temp file before its rename
+        (after the chown, which drops a file capability, and before the fchmod, which then
+        brings an ACL's mask in line with the mode)."""
         dfd = self._dir(parts[:-1], source_dir)
         name = parts[-1]
         tmp = temp_name(self.instance)
@@ -231,8 +249,9 @@ class LocalTarget(DirFds):
             size = write(tfd)
             if size is None:
                 return None
-            if IS_ROOT:
+            if self.keep.owner:
                 _chown(tfd, st)
+            self._set_attrs(tfd, attrs)
             os.fchmod(tfd, stat.S_IMODE(st.st_mode))
             os.utime(tfd, ns=(st.st_atime_ns, st.st_mtime_ns))
             if self.durable:
@@ -248,17 +267,19 @@ class LocalTarget(DirFds):
             if not published:
                 _unlink_quietly(dfd, tmp)
 
-    def publish_symlink(self, parts: Parts, link: str, st: os.stat_result, source_dir: SourceDirStat) -> None:
+    def publish_symlink(self, parts: Parts, link: str, st: os.stat_result, source_dir: SourceDirStat,
+                        attrs: Attrs | None = None) -> None:
         dfd = self._dir(parts[:-1], source_dir)
         tmp = temp_name(self.instance)
         os.symlink(link, tmp, dir_fd=dfd)
         try:
-            os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dfd, follow_symlinks=False)
-            if IS_ROOT:
+            if self.keep.owner:
                 try:
                     os.chown(tmp, st.st_uid, st.st_gid, dir_fd=dfd, follow_symlinks=False)
                 except OSError:
                     pass
+            self._set_attrs(at(dfd, tmp), attrs, symlink=True)
+            os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dfd, follow_symlinks=False)
             self._replace(dfd, tmp, parts[-1], parts, _lstat(dfd, parts[-1]))
         except BaseException:
             _unlink_quietly(dfd, tmp)
@@ -275,17 +296,16 @@ class LocalTarget(DirFds):
         if self.durable:
             os.fsync(dfd)
 
-    def publish_dir(self, parts: Parts, st: os.stat_result, source_dir: SourceDirStat) -> bool:
-        """Make the directory (or give it the source's mode); False when it already matched."""
+    def publish_dir(self, parts: Parts, st: os.stat_result, source_dir: SourceDirStat,
+                    attrs: Attrs | None = None) -> bool:
+        """Make the directory (or give it the source's mode, owner and kept attributes);
+        False when it already matched."""
         dfd = self._dir(parts[:-1], source_dir)
         name = parts[-1]
         mode = stat.S_IMODE(st.st_mode)
         tst = _lstat(dfd, name)
         if tst is not None and stat.S_ISDIR(tst.st_mode):
-            if stat.S_IMODE(tst.st_mode) == mode:
-                return False
-            os.chmod(name, mode, dir_fd=dfd, follow_symlinks=True)
-            return True
+            return self._update(dfd, name, tst, st, attrs)
         if tst is not None:
             self._clear_way(dfd, name, parts)
         try:
@@ -296,15 +316,65 @@ class LocalTarget(DirFds):
             now = os.stat(name, dir_fd=dfd, follow_symlinks=False)
             if not stat.S_ISDIR(now.st_mode):
                 raise
-            if stat.S_IMODE(now.st_mode) == mode:
-                return False
-        os.chmod(name, mode, dir_fd=dfd)
-        if IS_ROOT:
+            return self._update(dfd, name, now, st, attrs)
+        if self.keep.owner:
             try:
                 os.chown(name, st.st_uid, st.st_gid, dir_fd=dfd, follow_symlinks=False)
             except OSError:
                 pass
+        self._set_attrs(at(dfd, name), attrs)  # a default ACL it inherited goes unless the source has it
+        os.chmod(name, mode, dir_fd=dfd)
         return True
+
+    # -- metadata alone ----------------------------------------------------------------------
+    def attrs(self, parts: Parts, symlink: bool = False) -> Attrs:
+        """The kept attributes of the mirror of parts ({} when absent or refused)."""
+        dfd = self._parent(parts, None)
+        if dfd is None or not self.keep.attrs:
+            return {}
+        try:
+            return read_attrs(at(dfd, parts[-1]), self.keep, symlink)
+        except FileNotFoundError:
+            return {}
+
+    def update_metadata(self, parts: Parts, st: os.stat_result, attrs: Attrs | None,
+                        existing: os.stat_result) -> bool:
+        """Give the published file at parts (`existing`: its lstat) `st`'s mode and owner and
+        the kept `attrs`, in place (its bytes and mtime already match); False when it already
+        had them."""
+        return self._update(self._dir(parts[:-1]), parts[-1], existing, st, attrs)
+
+    def chown_link(self, parts: Parts, st: os.stat_result) -> None:
+        """Give the mirrored symlink at parts `st`'s owner, in place (its target already matches)."""
+        os.chown(parts[-1], st.st_uid, st.st_gid, dir_fd=self._dir(parts[:-1]), follow_symlinks=False)
+
+    def _update(self, dfd: int, name: str, tst: os.stat_result, st: os.stat_result, attrs: Attrs | None) -> bool:
+        """Owner, attributes and mode of an existing entry (not a symlink), each only where it
+        differs; True when anything changed. Set on the entry itself, as rsync does: a reader
+        may see the new ACL a moment before the new mode, never a torn file."""
+        mode = stat.S_IMODE(st.st_mode)
+        changed = False
+        where = at(dfd, name)
+        if self.keep.owner and not same_owner(tst, st):
+            os.chown(name, st.st_uid, st.st_gid, dir_fd=dfd, follow_symlinks=False)
+            changed = True
+        if attrs is not None and self.keep.attrs and not self.attrs_refused:
+            have = read_attrs(where, self.keep)
+            if have != attrs:
+                self._set_attrs(where, attrs, have=have)
+                changed = not self.attrs_refused
+        if changed or stat.S_IMODE(tst.st_mode) != mode:
+            # chown drops setuid bits and an ACL write resets the group bits: the mode goes last.
+            os.chmod(name, mode, dir_fd=dfd)
+            changed = True
+        return changed
+
+    def _set_attrs(self, where: int | str, attrs: Attrs | None, symlink: bool = False,
+                   have: Attrs | None = None) -> None:
+        if attrs is None or not self.keep.attrs or self.attrs_refused:
+            return
+        if not apply_attrs(where, attrs, self.keep, symlink, have):
+            self.attrs_refused = True
 
     # -- removing and renaming -------------------------------------------------------------
     def delete(self, parts: Parts) -> int | None:
@@ -401,7 +471,8 @@ def scan_dir(dfd: int) -> dict[str, Entry]:
                 st = entry.stat(follow_symlinks=False)
             except OSError:
                 continue
-            out[entry.name] = Entry(stat.S_IFMT(st.st_mode), st.st_size, st.st_mtime_ns, stat.S_IMODE(st.st_mode))
+            out[entry.name] = Entry(stat.S_IFMT(st.st_mode), st.st_size, st.st_mtime_ns, stat.S_IMODE(st.st_mode),
+                                   st.st_uid, st.st_gid)
     return out
 
 

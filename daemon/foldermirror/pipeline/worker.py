@@ -16,6 +16,7 @@ from typing import Any
 
 from foldermirror import faults
 from foldermirror.pipeline.copier import Mirror, SourceTree
+from foldermirror.pipeline.fidelity import keep_for
 from foldermirror.pipeline.records import BatchResults, FolderSpec, Hello, ItemResult, Outcome, Status, WorkItem
 from foldermirror.pipeline.targets import ROOT_FLAGS, LocalTarget
 
@@ -176,10 +177,11 @@ def open_folder(spec: FolderSpec, path: str) -> Mirror | list[Outcome]:
             os.close(sroot)
             return [Outcome(path, Status.ROOT_CHANGED, error=f"source folder {source} is not the one being watched")]
     try:
-        target = LocalTarget(spec.target, delete=spec.delete, durable=spec.durable, instance=_instance,
+        keep = keep_for(spec.preserve)
+        target = LocalTarget(spec.target, delete=spec.delete, durable=spec.durable, instance=_instance, keep=keep,
                              versions=spec.versions)
     except OSError as exc:
         os.close(sroot)
         return [Outcome(path, Status.FAILED, error=f"target folder {spec.target}: {exc.strerror}",
                         errno=exc.errno or 0)]
-    return Mirror(SourceTree(sroot), target, delete=spec.delete)
+    return Mirror(SourceTree(sroot), target, delete=spec.delete, keep=target.keep)

@@ -216,7 +216,7 @@ def _run(spec: FolderSpec, remote: RemoteSpec, ssh: list[str], names: list[str],
     argv = rsync.argv(mode=mode, source_root=spec.source, host=remote.host, user=remote.user, base=base,
                       remote_root=remote.path, ssh=ssh, rsync_path=shlex.split(remote.rsync_path),
                       delete=spec.delete, dry_run=dry_run, preserve_owner=remote.preserve_owner,
-                      fsync=spec.durable, bwlimit=remote.bwlimit, timeout_s=remote.io_timeout,
+                      keep=remote.keep, fsync=spec.durable, bwlimit=remote.bwlimit, timeout_s=remote.io_timeout,
                       backup_dir=spec.versions if suffix else None, backup_suffix=suffix)
     try:
         done = subprocess.run(argv, input=rsync.files_from(names), capture_output=True, check=False,

@@ -30,6 +30,7 @@ from foldermirror.pipeline.records import RemoteSpec
 from foldermirror.remote import probe, rsync
 from foldermirror.remote.ssh import SshParams, direct_argv, master_argv, session_argv
 from foldermirror.remote.url import Link
+from foldermirror.tempnames import temp_name
 
 # Past this many paths waiting, across the folders whose link is down, the largest backlog
 # is dropped and its folder compared as a whole on reconnect instead. A held path costs
@@ -82,6 +83,7 @@ class LinkStatus:
     rtt_ms: float | None = None
     remote_root: bool = False    # the remote user is root: owners and groups can be kept
     rsync_version: tuple[int, int, int] | None = None
+    rsync_lacks: tuple[str, ...] = ()  # preserve: names the remote rsync was built without
     reconnects: int = 0
     was_up: bool = False
     masters: list[_Master] = field(default_factory=list)
@@ -106,6 +108,8 @@ class Links:
         self._dir: str | None = None
         self._compare_on_up: set[str] = set()
         self._said: dict[str, float] = {}
+        self._refused: dict[str, tuple[str, ...]] = {}  # per folder: preserve: names its remote cannot keep
+        self._unkept_said: dict[str, tuple[str, ...]] = {}  # what was said of each, so it is said once
         self._seq = itertools.count()
 
     # -- configuration ------------------------------------------------------------------
@@ -150,7 +154,10 @@ class Links:
         if status is None:
             return remote_spec(f, self.ssh, ("/nonexistent",))
         merged = status.rsync_version is not None and rsync.merges_delete_pass(status.rsync_version)
-        return remote_spec(f, self.ssh, sockets or ("/nonexistent",), status.remote_root, merged)
+        unkept = set(status.rsync_lacks) | set(self._refused.get(f.name, ()))
+        keep = tuple(n for n in f.preserve if n in rsync.KEEP_FLAGS and n not in unkept)
+        return remote_spec(f, self.ssh, sockets or ("/nonexistent",), status.remote_root and "owner" in f.preserve,
+                           merged, keep)
 
     def view(self, f: FolderConfig) -> LinkView | None:
         """What `status` and the metrics show of the folder's link (None: a local target)."""
@@ -236,6 +243,7 @@ class Links:
                 self.drop_folder(name, problem, "fix the remote side, then reload (systemctl reload foldermirror, "
                                                 "or SIGHUP); the other folders are served")
                 continue
+            self._note_unkept(status, self.folders[name].config)
             self.changes.release(name)
             # The comparison runs first: what changed on either side meanwhile is found,
             # under the mass-delete guard; the held paths join the same queue.
@@ -252,7 +260,48 @@ class Links:
         if proof.problem is None:
             status.rsync_version = proof.rsync_version
             status.remote_root = proof.root_user
+            status.rsync_lacks = proof.rsync_lacks
         return proof.problem
+
+    def _note_unkept(self, status: LinkStatus, f: FolderConfig) -> None:
+        """At link-up: what the folder's preserve: asks for and its remote cannot keep (the
+        remote rsync built without ACLs or xattrs, the remote file system refusing them, owners
+        without a remote root), said once per folder while it stays so; the files are
+        mirrored without it."""
+        remote = f.remote
+        assert remote is not None
+        wanted: list[str] = [n for n in ("xattrs", "acls") if n in f.preserve and n not in status.rsync_lacks]
+        refused: list[str] = []
+        error = ""
+        if wanted:
+            options = self.ssh.for_host(remote.link.host)
+            refused, error = probe.refused_attrs(
+                session_argv(status.params, status.masters[0].socket), remote.link.host, remote.link.user,
+                options.rsync_path, remote.path, wanted, temp_name("probe"), status.params.connect_timeout)
+        self._refused[f.name] = tuple(refused)
+        lacking = [n for n in ("xattrs", "acls") if n in f.preserve and n in status.rsync_lacks]
+        owner = "owner" in f.preserve and not status.remote_root
+        said = (*lacking, *refused, *(("owner",) if owner else ()))
+        if self._unkept_said.get(f.name) == said:
+            return
+        self._unkept_said[f.name] = said
+        if lacking or refused:
+            why = []
+            if lacking:
+                why.append(f"the remote rsync was built without {' and '.join(lacking)}")
+            if refused:
+                why.append(f"the remote file system refuses {' and '.join(refused)}: {error}")
+            self.log.warning("preserve_unsupported", folder=f.name, target=str(remote),
+                             unsupported=[*lacking, *refused], error="; ".join(why) + "; files are mirrored without them",
+                             fix=f"install an rsync with ACL and xattr support on {remote.link.host}, or mirror onto a "
+                                 f"file system that keeps them, or remove {', '.join([*lacking, *refused])} from folder "
+                                 f"{f.name}'s preserve: to keep this quiet")
+        if owner:
+            self.log.info("owner_not_kept", folder=f.name, target=str(remote), user=remote.link.user or "",
+                          reason="only a remote root can give files another owner (rsync -o -g): the remote copies "
+                                 "belong to the remote user",
+                          fix="to keep owners, log in as root on the remote host; otherwise nothing to do, or remove "
+                              "owner from preserve: to keep this quiet")
 
     def _failed(self, link: Link, status: LinkStatus, error: str, now: float) -> None:
         self._close(status)
@@ -356,7 +405,7 @@ def params_for(options: SshOptions, link: Link) -> SshParams:
 
 
 def remote_spec(f: FolderConfig, ssh: SshConfig, sockets: tuple[str, ...], remote_root: bool = False,
-                merged_delete: bool = False) -> RemoteSpec:
+                merged_delete: bool = False, keep: tuple[str, ...] = ()) -> RemoteSpec:
     """What a worker needs to reach the folder's target: through these masters' sockets
     (none: a login of its own, for a one-off command)."""
     remote = f.remote
@@ -365,7 +414,7 @@ def remote_spec(f: FolderConfig, ssh: SshConfig, sockets: tuple[str, ...], remot
     params = params_for(options, remote.link)
     argvs = tuple(tuple(session_argv(params, s)) for s in sockets) or (tuple(direct_argv(params)),)
     return RemoteSpec(remote.link.host, remote.link.user, remote.path, argvs, options.rsync_path,
-                      max(1, round(options.io_timeout)), options.bwlimit, remote_root, merged_delete)
+                      max(1, round(options.io_timeout)), options.bwlimit, remote_root, merged_delete, keep)
 
 
 _SETPRIV = shutil.which("setpriv")

@@ -66,6 +66,22 @@ def dest(host: str, path: str, user: str | None = None) -> str:
     return f"{host}:{path}"
 
 
+# The folder's preserve: names rsync keeps with one flag each (owner is -o -g: preserve_owner).
+KEEP_FLAGS = {"xattrs": "-X", "acls": "-A", "sparse": "-S"}
+# What `rsync --version` lists under "Capabilities:" for the two a build may lack.
+_CAPABILITIES = {"xattrs": "xattrs", "acls": "ACLs"}
+
+
+def lacks(version_text: str) -> list[str]:
+    """The preserve: names an rsync cannot keep, from its `--version` text: its Capabilities
+    list says "no ACLs" / "no xattrs" (or lacks the word) when it was built without them."""
+    before, found, listed = version_text.partition("Capabilities:")
+    if not found:
+        return []  # not said (an unusual build or version): rsync's own errors will tell
+    words = {w.strip() for w in listed.replace("\n", ",").split(",")}
+    return [name for name, word in _CAPABILITIES.items() if word not in words]
+
+
 def argv(
     *,
     mode: Mode,
@@ -80,6 +96,7 @@ def argv(
     delete: bool = True,
     dry_run: bool = False,
     preserve_owner: bool = False,
+    keep: Sequence[str] = (),
     checksum: bool = False,
     fsync: bool = False,
     compress: bool = False,
@@ -98,10 +115,12 @@ def argv(
     one word per item (None: `rsync` on the remote's PATH). delete: the folder's delete
     setting: with it a non-directory may replace a non-empty directory (--force), and COMPARE
     lists what the remote has extra. preserve_owner: -o -g, for a remote user that can keep
-    them (root). fsync needs rsync 3.2.4 on both sides: an older remote rejects it (exit 12,
-    see rejected_option). bwlimit in KiB/s; timeout_s: rsync's I/O timeout. backup_dir: the
-    folder's versions area on the host (absolute): what a TRANSFER or DELETE pass replaces or
-    deletes is moved there first, as PATH + backup_suffix (the layout of pipeline/versions.py).
+    them (root). keep: the folder's preserve: names the remote can keep, as rsync's -X
+    (xattrs), -A (acls) and -S (sparse). fsync needs rsync 3.2.4 on both sides: an older
+    remote rejects it (exit 12, see rejected_option). bwlimit in KiB/s; timeout_s: rsync's I/O
+    timeout. backup_dir: the folder's versions area on the host (absolute): what a TRANSFER or
+    DELETE pass replaces or deletes is moved there first, as PATH + backup_suffix (the layout
+    of pipeline/versions.py).
     """
     mode = Mode(mode)
     if mode is Mode.DELETE and not delete:
@@ -127,6 +146,7 @@ def argv(
     cmd = [rsync, "-lptO"]
     if preserve_owner:
         cmd += ["-o", "-g"]
+    cmd += [flag for name, flag in KEEP_FLAGS.items() if name in keep]
     cmd += [
         "-8",  # names with high-bit bytes printed as they are; control bytes still come as \#ooo
         # The remote path and names go through the protocol, not the remote shell's word
