@@ -187,6 +187,7 @@ def test_describe_prints_the_demo_config_setting_by_setting():
         "  create:              true",
         "  max_delete_fraction: 0.5",
         "  max_delay:           5s",
+        "  preserve:            xattrs, acls, hardlinks, sparse, owner",
     ]
 
 
