@@ -240,10 +240,35 @@ def snapshot(root: Path) -> dict[str, tuple[Any, ...]]:
     return out
 
 
-def tree_diff(src: Path, dst: Path, delete: bool = True, exclude: Callable[[str], bool] = lambda p: False) -> list[str]:
+def link_groups(root: Path, names: set[str]) -> set[frozenset[str]]:
+    """The names among `names` (regular files under root) that share an inode with another,
+    grouped by inode."""
+    by_inode: dict[tuple[int, int], set[str]] = {}
+    for rel in names:
+        try:
+            st = os.lstat(root / rel)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            by_inode.setdefault((st.st_dev, st.st_ino), set()).add(rel)
+    return {frozenset(g) for g in by_inode.values() if len(g) > 1}
+
+
+def tree_diff(src: Path, dst: Path, delete: bool = True, exclude: Callable[[str], bool] = lambda p: False,
+              hardlinks: bool = True) -> list[str]:
+    """What keeps dst from being a mirror of src. `hardlinks` (the folder keeps them, as by
+    default): the names of the source that share an inode share one in the target, and no
+    other names of the target do."""
     a = {k: v for k, v in snapshot(src).items() if v[0] != "special" and not exclude(k)}
     b = snapshot(dst) if dst.exists() else {}
     problems = []
+    if hardlinks:
+        files = {k for k, v in a.items() if v[0] == "file"}
+        want, got = link_groups(src, files), link_groups(dst, files)
+        for g in sorted(want - got, key=sorted):
+            problems.append(f"{', '.join(sorted(g))}: one inode in the source, not in the target")
+        for g in sorted(got - want, key=sorted):
+            problems.append(f"{', '.join(sorted(g))}: one inode in the target, not in the source")
     for rel, want in sorted(a.items()):
         got = b.get(rel)
         if got != want:
@@ -266,12 +291,12 @@ def _short(v: Any) -> str:
 
 
 def wait_mirrored(src: Path, dst: Path, timeout: float = 30, delete: bool = True,
-                  exclude: Callable[[str], bool] = lambda p: False) -> None:
+                  exclude: Callable[[str], bool] = lambda p: False, hardlinks: bool = True) -> None:
     last: list[list[str]] = [[]]
 
     def ok() -> bool:
         try:
-            last[0] = tree_diff(src, dst, delete, exclude)
+            last[0] = tree_diff(src, dst, delete, exclude, hardlinks)
         except FileNotFoundError as exc:  # a temp file vanished mid-walk: look again
             last[0] = [str(exc)]
             return False

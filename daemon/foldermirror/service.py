@@ -65,7 +65,8 @@ class Service:
         self.view.follow(self.changes)
         self.catch_ups = CatchUpTracker(log=self.log, changes=self.changes, folders=self.folders,
                                         lock=self.admission.lock, instance=self.instance,
-                                        folder_stats=self.view.folder_stats, wake=self._wake, once=self.once)
+                                        folder_stats=self.view.folder_stats, wake=self._wake, once=self.once,
+                                        inodes=self.pipeline.inodes)
         self.health = WatchHealth(log=self.log, folders=self.folders, changes=self.changes,
                                   request_catch_up=self.catch_ups.request,
                                   request_walk=self.catch_ups.reconciler.request, locks=self.admission.locks,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from foldermirror.paths import Excluder
 from foldermirror.pipeline.copier import SourceTree
+from foldermirror.pipeline.records import InodeId
 from foldermirror.pipeline.targets import ROOT_FLAGS, Entry, LocalTarget, Target, TargetGone, scan_dir, stale_temps
 from foldermirror.tempnames import LOCK_NAME, is_reserved, is_temp_name
 
@@ -62,10 +63,14 @@ def _open_root(path: str) -> int | None:
         return None
 
 
+# Hard links: told of each source file with other names, as (its inode, its path).
+LinkSeen = Callable[[InodeId, str], None]
+
+
 def diff_tree(source: str, target: str, excluded: Excluder, delete: bool, instance: str,
               sub: str = "", stats: WalkStats | None = None,
               writer_alive: Callable[[int], bool] = lambda pid: True,
-              clean_temps: bool = True) -> Iterator[Difference]:
+              clean_temps: bool = True, links: LinkSeen | None = None) -> Iterator[Difference]:
     """Yield every path under `sub` whose mirror is missing, differs, or (with delete) is extra.
 
     Directories are opened component by component relative to directory fds with
@@ -74,6 +79,8 @@ def diff_tree(source: str, target: str, excluded: Excluder, delete: bool, instan
     its mirror left alone. Temp files are removed on the way when their writer is gone:
     another daemon instance (a crash or a kill) or one of our workers that died; live
     workers' are left alone. With `clean_temps=False` (a dry run) they are only counted.
+    With `links` (the folder keeps hard links) each file with other names is told to it,
+    and a name whose mirror is not the same file as its inode's first name's mirror differs.
     """
     stats = stats if stats is not None else WalkStats()
     if stats.unreadable is None:
@@ -91,15 +98,34 @@ def diff_tree(source: str, target: str, excluded: Excluder, delete: bool, instan
         mirror = None
     tree = SourceTree(sroot)
     try:
-        yield from _walk(tree, mirror, excluded, delete, instance, sub, stats, writer_alive, clean_temps)
+        yield from _walk(tree, mirror, excluded, delete, instance, sub, stats, writer_alive, clean_temps,
+                         None if links is None else _Links(links))
     finally:
         tree.close()
         if mirror is not None:
             mirror.close()
 
 
+class _Links:
+    """Hard links in one walk: each source inode's first mirror seen, (st_dev, st_ino) in the target."""
+
+    def __init__(self, seen: LinkSeen) -> None:
+        self.seen = seen
+        self.first: dict[InodeId, tuple[int, int]] = {}
+
+    def apart(self, path: str, s: Entry, t: Entry | None) -> bool:
+        """Whether `path`'s mirror, `t`, is another file than its inode's other names' mirror."""
+        inode = (s.dev, s.ino)
+        self.seen(inode, path)
+        if t is None or t.ino == 0:
+            return False
+        first = self.first.setdefault(inode, (t.dev, t.ino))
+        return first != (t.dev, t.ino)
+
+
 def _walk(source: SourceTree, target: Target | None, excluded: Excluder, delete: bool, instance: str, sub: str,
-          stats: WalkStats, writer_alive: Callable[[int], bool], clean_temps: bool) -> Iterator[Difference]:
+          stats: WalkStats, writer_alive: Callable[[int], bool], clean_temps: bool,
+          links: _Links | None = None) -> Iterator[Difference]:
     assert stats.unreadable is not None
     stack = [sub]
     while stack:
@@ -124,7 +150,7 @@ def _walk(source: SourceTree, target: Target | None, excluded: Excluder, delete:
         t_entries = scanned if scanned is not None else {}
         try:
             yield from _compare(rel, parts, sfd, target if scanned is not None else None, s_entries, t_entries,
-                                excluded, delete, instance, stats, writer_alive, stack, clean_temps)
+                                excluded, delete, instance, stats, writer_alive, stack, clean_temps, links)
         finally:
             # One directory's fds at a time on each side, however big the tree, and each
             # directory looked up afresh from its root (a rename meanwhile is not followed).
@@ -136,7 +162,7 @@ def _walk(source: SourceTree, target: Target | None, excluded: Excluder, delete:
 def _compare(rel: str, parts: tuple[str, ...], sfd: int | None, target: Target | None,
              s_entries: dict[str, Entry], t_entries: dict[str, Entry], excluded: Excluder, delete: bool,
              instance: str, stats: WalkStats, writer_alive: Callable[[int], bool], stack: list[str],
-             clean_temps: bool) -> Iterator[Difference]:
+             clean_temps: bool, links: _Links | None = None) -> Iterator[Difference]:
     for name, s in s_entries.items():
         path = f"{rel}/{name}" if rel else name
         if name == LOCK_NAME:
@@ -154,7 +180,9 @@ def _compare(rel: str, parts: tuple[str, ...], sfd: int | None, target: Target |
                 yield Difference(path, "missing" if t is None else "differs")
             stack.append(path)
         elif s.kind == stat.S_IFREG:
-            if t is None or t.kind != s.kind or (t.size, t.mtime_ns, t.mode) != (s.size, s.mtime_ns, s.mode):
+            apart = links is not None and s.nlink > 1 and links.apart(path, s, t)
+            if (t is None or t.kind != s.kind or (t.size, t.mtime_ns, t.mode) != (s.size, s.mtime_ns, s.mode)
+                    or apart):
                 stats.differences += 1
                 stats.copies += 1
                 yield Difference(path, "missing" if t is None else "differs")
@@ -197,7 +225,7 @@ def _readlink(dfd: int | None, name: str) -> str | None:
 class Request:
     folder: str
     sub: str
-    reason: str        # startup | overflow | rescan | subtree | reload | watch_restored
+    reason: str        # startup | overflow | rescan | subtree | reload | watch_restored | hardlinks
     ready: bool        # False: let the settle timer run (files may still be written)
     # Only paths the ChangeQueue does not know yet (neither pending nor in flight): a new
     # directory's entries that came without events. The ones it knows are mirrored anyway,

@@ -22,6 +22,7 @@ from foldermirror.folderstate import FolderState
 from foldermirror.logs import Repeats
 from foldermirror.pipeline.changes import ChangeQueue, Item
 from foldermirror.pipeline.folder_stats import FolderStats
+from foldermirror.pipeline.inodes import InodeNames
 from foldermirror.pipeline.pool import Result, WorkerPool
 from foldermirror.pipeline.records import FolderSpec, Outcome, RemoteSpec, Status, WorkItem
 from foldermirror.pipeline.results import Observe, ResultRecorder
@@ -38,8 +39,9 @@ class Pipeline:
         self.log = log
         self.folders = folders
         self.changes = ChangeQueue()
+        self.inodes = InodeNames()  # hard links: fed by the walks and the outcomes, read by the recorder
         self.recorder = ResultRecorder(log=log, changes=self.changes, folders=folders, folder_stats=folder_stats,
-                                       repeats=repeats, wake=wake, once=once)
+                                       repeats=repeats, wake=wake, once=once, inodes=self.inodes)
         self.pool: WorkerPool | None = None
         self._running = False
         self._dispatcher: threading.Thread | None = None
@@ -95,7 +97,7 @@ class Pipeline:
             elif item.epoch != spec[1]:  # seen before the folder's root or config changed
                 dropped.append(Result(item, [Outcome(item.path, Status.STALE)], 0.0))
             else:
-                work.append(WorkItem(len(live), spec[0], item.path, item.origin, item.busy))
+                work.append(WorkItem(len(live), spec[0], item.path, item.origin, item.busy, item.link_to))
                 live.append(item)
         if dropped:
             self.recorder.on_results(dropped, 0)
@@ -107,7 +109,8 @@ class Pipeline:
         if state is None:
             return None
         f = state.config
-        return (FolderSpec(str(f.source), str(f.target), f.delete, f.durable, state.root_id, self._remote_spec(f)),
+        return (FolderSpec(str(f.source), str(f.target), f.delete, f.durable, state.root_id, self._remote_spec(f),
+                           "hardlinks" in f.preserve),
                 self.changes.epoch(name))
 
     def _on_error(self, where: str, exc: BaseException) -> None:
@@ -122,6 +125,7 @@ class Pipeline:
     def forget(self, folder: str) -> None:
         """Drop a folder's pending work; what is in flight for it is now stale."""
         self.changes.forget(folder)
+        self.inodes.forget(folder)
 
     def supervise(self) -> None:
         if self.pool is not None:

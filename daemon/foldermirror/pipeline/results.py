@@ -11,11 +11,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from foldermirror.catchup.compare import Request
+from foldermirror.config import FolderConfig
 from foldermirror.errors import PERMANENT_ERRNOS, error_kind, fix_for
 from foldermirror.folderstate import FolderState
 from foldermirror.logs import Repeats, batch
 from foldermirror.pipeline.changes import ChangeQueue
 from foldermirror.pipeline.folder_stats import FolderStats
+from foldermirror.pipeline.inodes import InodeNames
 from foldermirror.pipeline.pool import Result
 from foldermirror.pipeline.records import Outcome, Status
 from foldermirror.tempnames import LOCK_NAME, is_reserved
@@ -37,7 +39,8 @@ class ResultRecorder:
                  request_walk: Callable[[Request], None] = lambda req: None,
                  root_suspect: Callable[[], None] = lambda: None,
                  link_suspect: Callable[[str, str], None] = lambda folder, error: None,
-                 observe: Observe = lambda folder, outcome, latency_ms: None, once: bool = False) -> None:
+                 observe: Observe = lambda folder, outcome, latency_ms: None, once: bool = False,
+                 inodes: InodeNames | None = None) -> None:
         self.log = log
         self.changes = changes
         self.folders = folders
@@ -49,8 +52,10 @@ class ResultRecorder:
         self.link_suspect = link_suspect  # a worker could not reach a folder's host: look at its link
         self.wake = wake
         self.once = once                  # `sync`: no retries, a changed root is a failure
+        self.inodes = inodes if inodes is not None else InodeNames()  # hard links: the names of each inode
         self._attempts: dict[tuple[str, str], int] = {}
         self._busy: set[tuple[str, str]] = set()  # paths a file_busy line was written for, until mirrored
+        self._unlinked: set[tuple[str, str]] = set()  # hard links: looked at once with no other name known
 
     def on_results(self, results: list[Result], pid: int) -> None:
         # The paths leave flight only once their lines are written: whoever sees the folder
@@ -81,8 +86,13 @@ class ResultRecorder:
         for o in r.outcomes:
             if o.status is Status.ROOT_CHANGED and self.once:
                 o = o._replace(status=Status.FAILED)  # no watcher to wait for it: `sync` fails the path
+            if o.status is Status.HAS_LINKS:  # nothing done yet: sent again with its inode's names
+                self._has_links(f, o)
+                continue
             stats.record(o)
             self.observe(f.name, o, latency_ms)
+            if o.inode is not None and "hardlinks" in f.preserve:
+                self._linked(f, o, checked=item.link_to is not None)
             key = (item.folder, o.path)
             if o.status.mirrored:
                 self._attempts.pop(key, None)
@@ -90,6 +100,8 @@ class ResultRecorder:
                 extra: dict[str, Any] = {"renamed_from": o.renamed_from} if o.renamed_from is not None else {}
                 if item.busy and o.kind == "file":
                     extra["busy"] = True  # published while still being written (see max_delay)
+                if o.linked_to is not None:
+                    extra["linked_to"] = o.linked_to  # a hard link of that name's mirror, no bytes copied
                 self.log.info("file_mirrored", folder=f.name, path=o.path, kind=o.kind, bytes=o.bytes,
                               duration_ms=round(r.duration_ms, 3), latency_ms=latency_ms, worker_pid=pid, **extra)
                 if o.status is Status.RENAMED and o.kind == "dir" and not item.walk:
@@ -132,6 +144,62 @@ class ResultRecorder:
             else:
                 self._attempts.pop(key, None)
                 self.log.debug("file_checked", folder=f.name, path=o.path, status=str(o.status))
+
+    # -- hard links ------------------------------------------------------------------------
+    def _has_links(self, f: FolderConfig, o: Outcome) -> None:
+        """A file with other names, its mirror missing or out of date: send it again with the
+        names of its inode known to be (or about to be) mirrored, itself among them from now
+        on, so that of two new names in one batch the second links to the first.
+
+        An inode never seen (`ln a b` where a was mirrored with one name: inotify tells only
+        of b, since a link-count change reaches no directory watch) has its other names
+        looked for by a comparison of the whole folder (one for a burst of them: queued
+        walks cover one another), which tells the map every multi-linked name and sends b
+        again; b is looked at again after `settle` anyway, and then copied if its other names
+        are still unknown (a bigger tree's walk links it once it gets there: it finds b's
+        mirror apart from a's). An inode seen with no other name has them excluded or
+        outside the folder: it is copied."""
+        assert o.inode is not None
+        key = (f.name, o.path)
+        known = self.inodes.known(f.name, o.inode)
+        others = self.inodes.others(f.name, o.inode, o.path)
+        self._keep(f, o.inode, o.path)
+        self.log.debug("file_has_links", folder=f.name, path=o.path, link_to=list(others))
+        if others or known or key in self._unlinked:
+            self._unlinked.discard(key)
+            self.changes.touch(f.name, o.path, settle=f.settle, ready=True, link_to=others)
+        else:
+            self._unlinked.add(key)
+            self.request_walk(Request(f.name, "", "hardlinks", ready=True))
+            self.changes.touch(f.name, o.path, settle=f.settle, ready=True,
+                               not_before=self.changes.clock() + f.settle)
+
+    def _linked(self, f: FolderConfig, o: Outcome, checked: bool) -> None:
+        """A name of a multi-linked inode is in place (`checked`: against its other names).
+
+        Freshly copied (a new file, or one name rewritten in place), the inode's other
+        mirrored names are another file now: each is made a link of this one. Found in
+        place unchecked, it is sent again with its other names, as a mirror made of copies
+        is another file per name."""
+        assert o.inode is not None
+        self._unlinked.discard((f.name, o.path))
+        if o.renamed_from is not None:
+            self.inodes.drop(f.name, o.inode, o.renamed_from)
+        others = self.inodes.others(f.name, o.inode, o.path)
+        self._keep(f, o.inode, o.path)
+        if o.status is Status.COPIED and o.linked_to is None:
+            for other in others:
+                self.changes.touch(f.name, other, settle=f.settle, ready=True, link_to=(o.path,))
+        elif o.status is Status.UNCHANGED and not checked and others:
+            self.changes.touch(f.name, o.path, settle=f.settle, ready=True, link_to=others)
+
+    def _keep(self, f: FolderConfig, inode: tuple[int, int], path: str) -> None:
+        if not self.inodes.seen(f.name, inode, path) and self.inodes.full(f.name):
+            self.log.warning("hardlinks_map_full", folder=f.name, path=path, names=self.inodes.max_names,
+                             error=f"the daemon keeps the names of at most {self.inodes.max_names:,} multi-linked "
+                                   "files; files with other names not known are mirrored as copies",
+                             fix="nothing to do if copies are acceptable; else mirror fewer multi-linked files in "
+                                 "one daemon (split the folders across daemons) or leave hardlinks out of preserve:")
 
     def _failed(self, state: FolderState, o: Outcome) -> None:
         f = state.config

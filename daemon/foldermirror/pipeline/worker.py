@@ -141,7 +141,7 @@ class _Folders:
             m = self._open[item.folder] = open_folder(item.folder, item.path)
         if isinstance(m, list):  # the roots could not be opened: the same answer for every path
             return [o._replace(path=item.path) for o in m]
-        return m.mirror(item.path, item.origin, item.busy)
+        return m.mirror(item.path, item.origin, item.busy, item.link_to)
 
     def close(self) -> None:
         for m in self._open.values():
@@ -177,4 +177,4 @@ def open_folder(spec: FolderSpec, path: str) -> Mirror | list[Outcome]:
         os.close(sroot)
         return [Outcome(path, Status.FAILED, error=f"target folder {spec.target}: {exc.strerror}",
                         errno=exc.errno or 0)]
-    return Mirror(SourceTree(sroot), target, delete=spec.delete)
+    return Mirror(SourceTree(sroot), target, delete=spec.delete, hardlinks=spec.hardlinks)
