@@ -9,7 +9,18 @@ import os
 
 import pytest
 
-from helpers import fm, link_groups, pair, tree_diff, wait_mirrored, wait_settled, wait_until, write_config
+from helpers import (
+    fm,
+    link_groups,
+    pair,
+    remote_pair,
+    tree_diff,
+    wait_mirrored,
+    wait_settled,
+    wait_until,
+    write_config,
+)
+from sshd import ssh_config_block
 
 
 def same_inode(a, b) -> bool:
@@ -141,3 +152,38 @@ def test_a_burst_of_links_in_one_batch(running):
         os.link(src / f"f{i}", src / f"g{i}")
     wait_mirrored(src, dst)
     wait_until(lambda: os.lstat(dst / "f0").st_nlink == 11, 10)
+
+
+@pytest.mark.timeout(180)
+def test_a_remote_target_keeps_links_live_and_at_catch_up(tmp_path, sshd, daemon_factory):
+    """rsync -H links only names of one pass: the batch carries the other names along."""
+    src, dst, folder = remote_pair(tmp_path, sshd, delete=True)
+    linked_tree(src)
+    config = write_config(tmp_path, [folder], ssh=ssh_config_block(sshd))
+    d = daemon_factory(config)
+    d.wait_ready(60)
+    wait_mirrored(src, dst, 30)
+    # Live: a new link to a file the remote has (alone in its batch), a rewrite in place
+    # through one name, a deletion of one name, a rename of one.
+    (src / "solo").write_bytes(b"one name first")
+    wait_mirrored(src, dst, 30)
+    os.link(src / "solo", src / "d2" / "solo2")
+    wait_mirrored(src, dst, 30)
+    with open(src / "d1" / "a2", "r+b") as f:
+        f.write(b"REWRITTEN")
+    wait_mirrored(src, dst, 30)
+    os.unlink(src / "d1" / "m")
+    wait_mirrored(src, dst, 30)
+    wait_settled(config)
+    os.rename(src / "d2" / "m2", src / "m4")
+    wait_mirrored(src, dst, 30)
+    assert d.stop() == 0
+    # At catch-up: a mirror made of copies is linked.
+    os.unlink(dst / "d2" / "solo2")
+    (dst / "d2" / "solo2").write_bytes((dst / "solo").read_bytes())
+    st = os.lstat(src / "solo")
+    os.utime(dst / "d2" / "solo2", ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert tree_diff(src, dst) != []
+    d2 = daemon_factory(config)
+    d2.wait_ready(60)
+    wait_mirrored(src, dst, 30)

@@ -123,6 +123,38 @@ class _Links:
         return first != (t.dev, t.ino)
 
 
+def source_links(source: str, excluded: Excluder, seen: LinkSeen, sub: str = "") -> None:
+    """Tell `seen` of every file with other names under `sub` of a source (for a remote
+    target, whose comparison is rsync's: the map of names is the source's alone)."""
+    try:
+        sroot = _open_root(source)
+    except PermissionError:
+        return
+    if sroot is None:
+        return
+    tree = SourceTree(sroot)
+    try:
+        stack = [sub]
+        while stack:
+            rel = stack.pop()
+            try:
+                sfd = tree.find(tuple(rel.split("/")) if rel else ())
+                entries = scan_dir(sfd) if sfd is not None else {}
+            except PermissionError:
+                entries = {}
+            tree.forget()
+            for name, s in entries.items():
+                path = f"{rel}/{name}" if rel else name
+                if excluded(path):
+                    continue
+                if s.kind == stat.S_IFDIR:
+                    stack.append(path)
+                elif s.kind == stat.S_IFREG and s.nlink > 1:
+                    seen((s.dev, s.ino), path)
+    finally:
+        tree.close()
+
+
 def _walk(source: SourceTree, target: Target | None, excluded: Excluder, delete: bool, instance: str, sub: str,
           stats: WalkStats, writer_alive: Callable[[int], bool], clean_temps: bool,
           links: _Links | None = None) -> Iterator[Difference]:

@@ -15,7 +15,15 @@ from functools import partial
 from typing import Any
 
 from foldermirror import memory
-from foldermirror.catchup.compare import Reconciler, Request, WalkStats, covers, diff_tree, hold_deletions
+from foldermirror.catchup.compare import (
+    Reconciler,
+    Request,
+    WalkStats,
+    covers,
+    diff_tree,
+    hold_deletions,
+    source_links,
+)
 from foldermirror.config import FolderConfig
 from foldermirror.folderstate import CatchUp, FolderState
 from foldermirror.pipeline.changes import ChangeQueue
@@ -107,8 +115,13 @@ class CatchUpTracker:
             if f.remote is not None:
                 spec = self.remote_spec(f)
                 assert spec is not None
+                if "hardlinks" in f.preserve:
+                    if req.sub == "":
+                        self.inodes.begin_walk(f.name)
+                        rebuilding = True
+                    source_links(str(f.source), state.excluder, partial(self._link_seen, f.name), req.sub)
                 diffs = diff_remote(str(f.source), spec, sub=req.sub, delete=f.delete, excluded=state.excluder,
-                                    stats=stats)
+                                    stats=stats, hardlinks="hardlinks" in f.preserve)
             else:
                 links = None
                 if "hardlinks" in f.preserve:

@@ -80,6 +80,7 @@ def argv(
     delete: bool = True,
     dry_run: bool = False,
     preserve_owner: bool = False,
+    hardlinks: bool = False,
     checksum: bool = False,
     fsync: bool = False,
     compress: bool = False,
@@ -96,7 +97,8 @@ def argv(
     one word per item (None: `rsync` on the remote's PATH). delete: the folder's delete
     setting: with it a non-directory may replace a non-empty directory (--force), and COMPARE
     lists what the remote has extra. preserve_owner: -o -g, for a remote user that can keep
-    them (root). fsync needs rsync 3.2.4 on both sides: an older remote rejects it (exit 12,
+    them (root). hardlinks: -H, names of one inode are one inode on the remote, among the
+    names of one pass (a --files-from list holds the other names it is to keep linked). fsync needs rsync 3.2.4 on both sides: an older remote rejects it (exit 12,
     see rejected_option). bwlimit in KiB/s; timeout_s: rsync's I/O timeout.
     """
     mode = Mode(mode)
@@ -123,6 +125,8 @@ def argv(
     cmd = [rsync, "-lptO"]
     if preserve_owner:
         cmd += ["-o", "-g"]
+    if hardlinks:
+        cmd.append("-H")
     cmd += [
         "-8",  # names with high-bit bytes printed as they are; control bytes still come as \#ooo
         # The remote path and names go through the protocol, not the remote shell's word
