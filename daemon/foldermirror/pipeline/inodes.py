@@ -9,9 +9,12 @@ holds the inode's content, else it copies. So names of a file deleted or replace
 are harmless; they go when a completed comparison of the whole folder replaces the
 folder's names with what it saw.
 
-Memory: about 200 bytes a name where every file has two (see CHANGELOG.md for the
-measurement). Past `max_names` names in all, new ones are not kept: a file whose other
-names are not known is published as a copy (`full()` tells the caller to say so once).
+Memory (tracemalloc, 1,000,000 names of ~30 characters): 148 bytes a name where every
+inode has two names, 158 where each has one; path strings are most of it. Past `max_names`
+names in all folders, a whole-folder walk's rebuild included (so at most ~150 MB at any
+time), new ones are not kept: a file whose other names are not known is published as a
+copy (`full()` tells the caller to say so once), and a rebuild that could not keep every
+name leaves the old map in place.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import threading
 
 from foldermirror.pipeline.records import InodeId
 
-# Names kept in all folders; about 200 MB at the worst (every file with two names).
+# Names kept in all folders, rebuilds included: about 150 MB at the worst.
 NAMES_MAX = 1_000_000
 # Names a link item carries (a file with thousands of names needs only one that checks out).
 CANDIDATES_MAX = 8
@@ -35,13 +38,14 @@ def _key(inode: InodeId) -> int:
 
 
 class _Folder:
-    __slots__ = ("count", "names", "next", "next_count")
+    __slots__ = ("count", "names", "next", "next_count", "next_refused")
 
     def __init__(self) -> None:
         self.names: _Names = {}
         self.count = 0
         self.next: _Names | None = None  # being rebuilt by a whole-folder walk
         self.next_count = 0
+        self.next_refused = False  # the rebuild could not keep every name: the old map stays
 
 
 class InodeNames:
@@ -63,8 +67,9 @@ class InodeNames:
             if f is None:
                 f = self._folders[folder] = _Folder()
             ok = self._put(f, f.names, key, path, live=True)
-            if f.next is not None:
-                ok = self._put(f, f.next, key, path, live=False) and ok
+            if f.next is not None and not self._put(f, f.next, key, path, live=False):
+                f.next_refused = True
+                ok = False
             return ok
 
     def _put(self, f: _Folder, names: _Names, key: int, path: str, *, live: bool) -> bool:
@@ -137,7 +142,7 @@ class InodeNames:
             f = self._folders.get(folder)
             if f is None:
                 f = self._folders[folder] = _Folder()
-            f.next, f.next_count = {}, 0
+            f.next, f.next_count, f.next_refused = {}, 0, False
             self._recount()
 
     def end_walk(self, folder: str, complete: bool) -> None:
@@ -145,9 +150,9 @@ class InodeNames:
             f = self._folders.get(folder)
             if f is None or f.next is None:
                 return
-            if complete:
+            if complete and not f.next_refused:
                 f.names, f.count = f.next, f.next_count
-            f.next, f.next_count = None, 0
+            f.next, f.next_count, f.next_refused = None, 0, False
             self._recount()
             if self._count < self.max_names:
                 self._full.discard(folder)
