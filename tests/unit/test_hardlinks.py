@@ -159,6 +159,11 @@ def test_the_walk_tells_every_multi_linked_name_and_finds_mirrors_apart(tree):
     assert list(diff_tree(str(src), str(dst), Excluder(()), True, "t")) == []  # without links: in place
 
 
+def test_a_walk_for_names_never_stands_in_for_a_catch_up():
+    names, startup = Request("f", "", "hardlinks", ready=True), Request("f", "", "startup", ready=True)
+    assert startup.covers(names) and not names.covers(startup)
+
+
 # -- the queue -----------------------------------------------------------------------------------
 def test_a_link_waits_for_the_name_it_links_to_and_holds_it_while_it_flies():
     q = ChangeQueue(clock=Clock())

@@ -266,8 +266,10 @@ class Request:
 
     def covers(self, other: Request) -> bool:
         """Whether this walk makes `other` redundant."""
+        # A walk for hard links' names ends no catch-up: it never stands in for one that does.
         return (self.folder == other.folder and covers(self.sub, other.sub) and self.ready >= other.ready
-                and (other.only_unknown or not self.only_unknown))
+                and (other.only_unknown or not self.only_unknown)
+                and (self.reason != "hardlinks" or other.reason == "hardlinks"))
 
 
 class Reconciler:
