@@ -169,6 +169,8 @@ def test_a_remote_target_keeps_links_live_and_at_catch_up(tmp_path, sshd, daemon
     wait_mirrored(src, dst, 30)
     os.link(src / "solo", src / "d2" / "solo2")
     wait_mirrored(src, dst, 30)
+    lines = d.wait_for("file_mirrored", 10, path="d2/solo2")
+    assert all(line.get("linked_to") == "solo" and line["bytes"] == 0 for line in lines), lines
     with open(src / "d1" / "a2", "r+b") as f:
         f.write(b"REWRITTEN")
     wait_mirrored(src, dst, 30)
