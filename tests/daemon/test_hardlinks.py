@@ -123,6 +123,8 @@ def test_catch_up_links_what_the_tree_links_and_relinks_a_mirror_made_of_copies(
     (dst / "d2" / "m2").write_bytes((dst / "d1" / "m").read_bytes())
     os.utime(dst / "d2" / "m2", ns=(os.lstat(src / "d1" / "m").st_atime_ns, os.lstat(src / "d1" / "m").st_mtime_ns))
     assert tree_diff(src, dst, hardlinks=False) == [] and tree_diff(src, dst) != []
+    dry = fm("sync", "--dry-run", "--config", str(config))
+    assert dry.returncode == 0 and "d2/m2" in dry.stdout, dry.stdout + dry.stderr
     d2 = daemon_factory(config)
     d2.wait_ready()
     wait_mirrored(src, dst)

@@ -88,7 +88,10 @@ def plan_folder(f: FolderConfig) -> Plan:
         return p
     stats = WalkStats()
     # delete=True to see extras even when they are kept: worth knowing before turning delete on.
-    for diff in diff_tree(source, target, Excluder(f.exclude), True, "dry-run", stats=stats, clean_temps=False):
+    # Hard links: a name whose mirror is another file than its inode's other names' is listed too.
+    links = (lambda inode, path: None) if "hardlinks" in f.preserve else None
+    for diff in diff_tree(source, target, Excluder(f.exclude), True, "dry-run", stats=stats, clean_temps=False,
+                          links=links):
         p.actions.append(_action(f, diff.path, diff.reason))
     p.stale_temps = stats.stale_temps
     p.unreadable = list(stats.unreadable or ())
