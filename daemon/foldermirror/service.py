@@ -78,7 +78,8 @@ class Service:
         self.catch_ups.remote_spec = self.links.spec
         self.pipeline.connect(request_walk=self.catch_ups.reconciler.request, request_catch_up=self.catch_ups.request,
                               root_suspect=self.health.check_roots_soon, link_suspect=self.links.suspect,
-                              remote_spec=self.links.spec, observe=self.view.observe)
+                              remote_spec=self.links.spec, observe=self.view.observe,
+                              walking=lambda: not self.catch_ups.reconciler.idle())
         self.model = ReadModel(config=lambda: self.config, folders=self.folders, folder_stats=self.view.folder_stats,
                                all_stats=self.view.all_stats, changes=self.changes, watching=self.health.watching,
                                watch_problems=self.health.problems, overflows=lambda: self.health.overflows,

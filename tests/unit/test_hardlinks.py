@@ -246,6 +246,10 @@ def test_an_inode_never_seen_has_its_names_looked_for_then_is_copied():
     rig.run("b", Outcome("b", Status.HAS_LINKS, "file", inode=I1))
     assert rig.walks.calls == [(Request("data", "", "hardlinks", ready=True),)]
     assert rig.due() == {"b": None}  # asked again, after settle
+    rig.recorder.walking = lambda: True
+    rig.run("b", Outcome("b", Status.HAS_LINKS, "file", inode=I1))
+    assert rig.due() == {"b": None}  # and again while the comparison runs
+    rig.recorder.walking = lambda: False
     rig.run("b", Outcome("b", Status.HAS_LINKS, "file", inode=I1))
     assert rig.due() == {"b": ()} and len(rig.walks.calls) == 1  # still alone: a copy
 

@@ -51,10 +51,12 @@ class Pipeline:
 
     def connect(self, *, request_walk: Callable[[Request], None], request_catch_up: Callable[[str, str], None],
                 root_suspect: Callable[[], None], link_suspect: Callable[[str, str], None],
-                remote_spec: Callable[[FolderConfig], RemoteSpec | None], observe: Observe) -> None:
+                remote_spec: Callable[[FolderConfig], RemoteSpec | None], observe: Observe,
+                walking: Callable[[], bool] = lambda: False) -> None:
         """The parts made after this one that outcomes lead to: the comparison of a moved
         directory or of every folder (a worker died), the root checks, the operator's view."""
         self.recorder.request_walk = request_walk
+        self.recorder.walking = walking
         self.recorder.root_suspect = root_suspect
         self.recorder.link_suspect = link_suspect
         self._remote_spec = remote_spec

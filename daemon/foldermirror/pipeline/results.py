@@ -47,6 +47,7 @@ class ResultRecorder:
         self.folder_stats = folder_stats
         self.repeats = repeats
         self.request_walk = request_walk  # a directory's contents to compare (the Reconciler's request)
+        self.walking: Callable[[], bool] = lambda: False  # a comparison is queued or running
         self.observe = observe
         self.root_suspect = root_suspect  # a worker found a source root gone or replaced: look at the roots
         self.link_suspect = link_suspect  # a worker could not reach a folder's host: look at its link
@@ -155,24 +156,25 @@ class ResultRecorder:
         of b, since a link-count change reaches no directory watch) has its other names
         looked for by a comparison of the whole folder (one for a burst of them: queued
         walks cover one another), which tells the map every multi-linked name and sends b
-        again; b is looked at again after `settle` anyway, and then copied if its other names
-        are still unknown (a bigger tree's walk links it once it gets there: it finds b's
-        mirror apart from a's). An inode seen with no other name has them excluded or
-        outside the folder: it is copied."""
+        again; b is looked at every `settle` while comparisons run, and then copied if its
+        other names are still unknown. An inode seen with no other name has them excluded
+        or outside the folder: it is copied."""
         assert o.inode is not None
         key = (f.name, o.path)
         known = self.inodes.known(f.name, o.inode)
         others = self.inodes.others(f.name, o.inode, o.path)
         self._keep(f, o.inode, o.path)
         self.log.debug("file_has_links", folder=f.name, path=o.path, link_to=list(others))
-        if others or known or key in self._unlinked:
+        waiting = key in self._unlinked
+        if others or (known and not waiting) or (waiting and not self.walking()):
             self._unlinked.discard(key)
             self.changes.touch(f.name, o.path, settle=f.settle, ready=True, link_to=others)
-        else:
+            return
+        if not waiting:
             self._unlinked.add(key)
             self.request_walk(Request(f.name, "", "hardlinks", ready=True))
-            self.changes.touch(f.name, o.path, settle=f.settle, ready=True,
-                               not_before=self.changes.clock() + f.settle)
+        self.changes.touch(f.name, o.path, settle=f.settle, ready=True,
+                           not_before=self.changes.clock() + max(f.settle, 0.1))
 
     def _linked(self, f: FolderConfig, o: Outcome, checked: bool) -> None:
         """A name of a multi-linked inode is in place (`checked`: against its other names).
