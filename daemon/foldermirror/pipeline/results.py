@@ -26,6 +26,8 @@ RETRY_MAX_DELAY = 300.0
 # A batch that could not reach its host goes back into the queue for at least this long, so
 # a link that fails while its master still looks up is not hammered batch after batch.
 LINK_RETRY_DELAY = 2.0
+# Hard links: inodes whose names are being looked for, kept at most (see _has_links).
+SEEKING_MAX = 10_000
 
 # What else hears of each outcome (the metrics' latency histogram, the debug trace).
 Observe = Callable[[str, Outcome, float], None]
@@ -56,7 +58,8 @@ class ResultRecorder:
         self.inodes = inodes if inodes is not None else InodeNames()  # hard links: the names of each inode
         self._attempts: dict[tuple[str, str], int] = {}
         self._busy: set[tuple[str, str]] = set()  # paths a file_busy line was written for, until mirrored
-        self._unlinked: set[tuple[str, str]] = set()  # hard links: looked at once with no other name known
+        # Hard links: the inodes (by folder) whose other names a comparison is looking for.
+        self._seeking: set[tuple[str, tuple[int, int]]] = set()
 
     def on_results(self, results: list[Result], pid: int) -> None:
         # The paths leave flight only once their lines are written: whoever sees the folder
@@ -156,24 +159,33 @@ class ResultRecorder:
         of b, since a link-count change reaches no directory watch) has its other names
         looked for by a comparison of the whole folder (one for a burst of them: queued
         walks cover one another), which tells the map every multi-linked name and sends b
-        again; b is looked at every `settle` while comparisons run, and then copied if its
-        other names are still unknown. An inode seen with no other name has them excluded
-        or outside the folder: it is copied."""
+        again. Meanwhile b, and every other new name of that inode, is looked at every
+        `settle` while comparisons run, then linked to what they found, or copied if they
+        found no other name. An inode seen with no other name has them excluded or outside
+        the folder: it is copied."""
         assert o.inode is not None
-        key = (f.name, o.path)
+        seek = (f.name, o.inode)
+        seeking = seek in self._seeking
+        if seeking and self.walking():
+            self._later(f, o.path)
+            return
+        self._seeking.discard(seek)
         known = self.inodes.known(f.name, o.inode)
         others = self.inodes.others(f.name, o.inode, o.path)
         self._keep(f, o.inode, o.path)
         self.log.debug("file_has_links", folder=f.name, path=o.path, link_to=list(others))
-        waiting = key in self._unlinked
-        if others or (known and not waiting) or (waiting and not self.walking()):
-            self._unlinked.discard(key)
+        if others or known or seeking:
             self.changes.touch(f.name, o.path, settle=f.settle, ready=True, link_to=others)
             return
-        if not waiting:
-            self._unlinked.add(key)
-            self.request_walk(Request(f.name, "", "hardlinks", ready=True))
-        self.changes.touch(f.name, o.path, settle=f.settle, ready=True,
+        if len(self._seeking) >= SEEKING_MAX:  # paths gone since: forget them rather than grow
+            self._seeking.clear()
+        self._seeking.add(seek)
+        self.request_walk(Request(f.name, "", "hardlinks", ready=True))
+        self._later(f, o.path)
+
+    def _later(self, f: FolderConfig, path: str) -> None:
+        """Ask again in a while, without a link hint (the path comes back HAS_LINKS)."""
+        self.changes.touch(f.name, path, settle=f.settle, ready=True,
                            not_before=self.changes.clock() + max(f.settle, 0.1))
 
     def _linked(self, f: FolderConfig, o: Outcome, checked: bool) -> None:
@@ -184,7 +196,6 @@ class ResultRecorder:
         place unchecked, it is sent again with its other names, as a mirror made of copies
         is another file per name."""
         assert o.inode is not None
-        self._unlinked.discard((f.name, o.path))
         if o.renamed_from is not None:
             self.inodes.drop(f.name, o.inode, o.renamed_from)
         others = self.inodes.others(f.name, o.inode, o.path)
