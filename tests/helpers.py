@@ -285,13 +285,36 @@ def _same(want: tuple[Any, ...], got: tuple[Any, ...] | None, sparse: bool) -> b
     return want[:-1] == got[:-1] and abs(want[-1] - got[-1]) <= SPARSE_TOLERANCE_BLOCKS
 
 
+def link_groups(root: Path, names: set[str]) -> set[frozenset[str]]:
+    """The names among `names` (regular files under root) that share an inode with another,
+    grouped by inode."""
+    by_inode: dict[tuple[int, int], set[str]] = {}
+    for rel in names:
+        try:
+            st = os.lstat(root / rel)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            by_inode.setdefault((st.st_dev, st.st_ino), set()).add(rel)
+    return {frozenset(g) for g in by_inode.values() if len(g) > 1}
+
+
 def tree_diff(src: Path, dst: Path, delete: bool = True, exclude: Callable[[str], bool] = lambda p: False,
-              preserve: Sequence[str] = ()) -> list[str]:
-    """What differs between a source and its mirror (`preserve`: the folder's preserve:, for
-    what else is compared; see snapshot)."""
+              preserve: Sequence[str] = (), hardlinks: bool = True) -> list[str]:
+    """What keeps dst from being a mirror of src. `preserve`: the folder's preserve:, for what
+    else is compared (see snapshot). `hardlinks` (the folder keeps them, as by default): the
+    names of the source that share an inode share one in the target, and no other names of
+    the target do."""
     a = {k: v for k, v in snapshot(src, preserve).items() if v[0] != "special" and not exclude(k)}
     b = snapshot(dst, preserve) if dst.exists() else {}
     problems = []
+    if hardlinks:
+        files = {k for k, v in a.items() if v[0] == "file"}
+        want, got = link_groups(src, files), link_groups(dst, files)
+        for g in sorted(want - got, key=sorted):
+            problems.append(f"{', '.join(sorted(g))}: one inode in the source, not in the target")
+        for g in sorted(got - want, key=sorted):
+            problems.append(f"{', '.join(sorted(g))}: one inode in the target, not in the source")
     for rel, want in sorted(a.items()):
         got = b.get(rel)
         if not _same(want, got, "sparse" in preserve):
@@ -315,12 +338,13 @@ def _short(v: Any) -> str:
 
 
 def wait_mirrored(src: Path, dst: Path, timeout: float = 30, delete: bool = True,
-                  exclude: Callable[[str], bool] = lambda p: False, preserve: Sequence[str] = ()) -> None:
+                  exclude: Callable[[str], bool] = lambda p: False, preserve: Sequence[str] = (),
+                  hardlinks: bool = True) -> None:
     last: list[list[str]] = [[]]
 
     def ok() -> bool:
         try:
-            last[0] = tree_diff(src, dst, delete, exclude, preserve)
+            last[0] = tree_diff(src, dst, delete, exclude, preserve, hardlinks)
         except FileNotFoundError as exc:  # a temp file vanished mid-walk: look again
             last[0] = [str(exc)]
             return False

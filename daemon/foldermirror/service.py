@@ -68,7 +68,8 @@ class Service:
         self.view.follow(self.changes)
         self.catch_ups = CatchUpTracker(log=self.log, changes=self.changes, folders=self.folders,
                                         lock=self.admission.lock, instance=self.instance,
-                                        folder_stats=self.view.folder_stats, wake=self._wake, once=self.once)
+                                        folder_stats=self.view.folder_stats, wake=self._wake, once=self.once,
+                                        inodes=self.pipeline.inodes)
         self.health = WatchHealth(log=self.log, folders=self.folders, changes=self.changes,
                                   request_catch_up=self.catch_ups.request,
                                   request_walk=self.catch_ups.reconciler.request, locks=self.admission.locks,
@@ -81,7 +82,8 @@ class Service:
         self.pruner = Pruner(log=self.log, folders=self.folders, remote_spec=self.links.spec)
         self.pipeline.connect(request_walk=self.catch_ups.reconciler.request, request_catch_up=self.catch_ups.request,
                               root_suspect=self.health.check_roots_soon, link_suspect=self.links.suspect,
-                              remote_spec=self.links.spec, observe=self.view.observe, on_kept=self.pruner.on_kept)
+                              remote_spec=self.links.spec, observe=self.view.observe, on_kept=self.pruner.on_kept,
+                              walking=lambda: not self.catch_ups.reconciler.idle())
         self.model = ReadModel(config=lambda: self.config, folders=self.folders, folder_stats=self.view.folder_stats,
                                all_stats=self.view.all_stats, changes=self.changes, watching=self.health.watching,
                                watch_problems=self.health.problems, overflows=lambda: self.health.overflows,

@@ -65,9 +65,9 @@ def test_one_folder_spec_is_shared_by_every_item_of_a_folder():
     ((_, (x, y, z)),) = rig.pool.batches
     assert x.folder is y.folder and z.folder is not x.folder
     assert x.folder == FolderSpec("/srv/a-src", "/srv/a-dst", delete=True, durable=False, root_id=(1, 11),
-                                   preserve=PRESERVABLE)
+                                   preserve=PRESERVABLE, hardlinks=True)
     assert z.folder == FolderSpec("/srv/b-src", "/srv/b-dst", delete=False, durable=True, root_id=(1, 12),
-                                   preserve=PRESERVABLE)
+                                   preserve=PRESERVABLE, hardlinks=True)
 
 
 def test_origin_and_busy_are_carried_into_the_work_item():

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from foldermirror.paths import Excluder
 from foldermirror.pipeline.copier import SourceTree
 from foldermirror.pipeline.fidelity import NOTHING, Keep, at, keep_for, read_attrs
+from foldermirror.pipeline.records import InodeId
 from foldermirror.pipeline.targets import ROOT_FLAGS, Entry, LocalTarget, Target, TargetGone, scan_dir, stale_temps
 from foldermirror.tempnames import LOCK_NAME, is_reserved, is_temp_name
 
@@ -66,10 +67,15 @@ def _open_root(path: str) -> int | None:
         return None
 
 
+# Hard links: told of each source file with other names, as (its inode, its path).
+LinkSeen = Callable[[InodeId, str], None]
+
+
 def diff_tree(source: str, target: str, excluded: Excluder, delete: bool, instance: str,
               sub: str = "", stats: WalkStats | None = None,
               writer_alive: Callable[[int], bool] = lambda pid: True,
-              clean_temps: bool = True, preserve: tuple[str, ...] = ()) -> Iterator[Difference]:
+              clean_temps: bool = True, preserve: tuple[str, ...] = (),
+              links: LinkSeen | None = None) -> Iterator[Difference]:
     """Yield every path under `sub` whose mirror is missing, differs, or (with delete) is extra.
 
     Directories are opened component by component relative to directory fds with
@@ -80,6 +86,8 @@ def diff_tree(source: str, target: str, excluded: Excluder, delete: bool, instan
     workers' are left alone. With `clean_temps=False` (a dry run) they are only counted.
     `preserve`: the folder's preserve: names; owners, xattrs and ACLs of entries whose type,
     size, mtime and mode match are compared too when it keeps them (and this process can).
+    With `links` (the folder keeps hard links) each file with other names is told to it,
+    and a name whose mirror is not the same file as its inode's first name's mirror differs.
     """
     stats = stats if stats is not None else WalkStats()
     if stats.unreadable is None:
@@ -101,16 +109,66 @@ def diff_tree(source: str, target: str, excluded: Excluder, delete: bool, instan
     if isinstance(mirror, LocalTarget):
         keep = mirror.keep  # less what its file system refuses: never a difference there
     try:
-        yield from _walk(tree, mirror, excluded, delete, instance, sub, stats, writer_alive, clean_temps, keep)
+        yield from _walk(tree, mirror, excluded, delete, instance, sub, stats, writer_alive, clean_temps, keep,
+                         None if links is None else _Links(links))
     finally:
         tree.close()
         if mirror is not None:
             mirror.close()
 
 
+class _Links:
+    """Hard links in one walk: each source inode's first mirror seen, (st_dev, st_ino) in the target."""
+
+    def __init__(self, seen: LinkSeen) -> None:
+        self.seen = seen
+        self.first: dict[InodeId, tuple[int, int]] = {}
+
+    def apart(self, path: str, s: Entry, t: Entry | None) -> bool:
+        """Whether `path`'s mirror, `t`, is another file than its inode's other names' mirror."""
+        inode = (s.dev, s.ino)
+        self.seen(inode, path)
+        if t is None or t.ino == 0:
+            return False
+        first = self.first.setdefault(inode, (t.dev, t.ino))
+        return first != (t.dev, t.ino)
+
+
+def source_links(source: str, excluded: Excluder, seen: LinkSeen, sub: str = "") -> None:
+    """Tell `seen` of every file with other names under `sub` of a source (for a remote
+    target, whose comparison is rsync's: the map of names is the source's alone)."""
+    try:
+        sroot = _open_root(source)
+    except PermissionError:
+        return
+    if sroot is None:
+        return
+    tree = SourceTree(sroot)
+    try:
+        stack = [sub]
+        while stack:
+            rel = stack.pop()
+            try:
+                sfd = tree.find(tuple(rel.split("/")) if rel else ())
+                entries = scan_dir(sfd) if sfd is not None else {}
+            except PermissionError:
+                entries = {}
+            tree.forget()
+            for name, s in entries.items():
+                path = f"{rel}/{name}" if rel else name
+                if excluded(path):
+                    continue
+                if s.kind == stat.S_IFDIR:
+                    stack.append(path)
+                elif s.kind == stat.S_IFREG and s.nlink > 1:
+                    seen((s.dev, s.ino), path)
+    finally:
+        tree.close()
+
+
 def _walk(source: SourceTree, target: Target | None, excluded: Excluder, delete: bool, instance: str, sub: str,
           stats: WalkStats, writer_alive: Callable[[int], bool], clean_temps: bool,
-          keep: Keep = NOTHING) -> Iterator[Difference]:
+          keep: Keep = NOTHING, links: _Links | None = None) -> Iterator[Difference]:
     assert stats.unreadable is not None
     stack = [sub]
     while stack:
@@ -135,7 +193,8 @@ def _walk(source: SourceTree, target: Target | None, excluded: Excluder, delete:
         t_entries = scanned if scanned is not None else {}
         try:
             yield from _compare(rel, parts, sfd, target if scanned is not None else None, s_entries, t_entries,
-                                excluded, delete, instance, stats, writer_alive, stack, clean_temps, keep)
+                                excluded, delete, instance, stats, writer_alive, stack, clean_temps, keep,
+                                links)
         finally:
             # One directory's fds at a time on each side, however big the tree, and each
             # directory looked up afresh from its root (a rename meanwhile is not followed).
@@ -147,7 +206,7 @@ def _walk(source: SourceTree, target: Target | None, excluded: Excluder, delete:
 def _compare(rel: str, parts: tuple[str, ...], sfd: int | None, target: Target | None,
              s_entries: dict[str, Entry], t_entries: dict[str, Entry], excluded: Excluder, delete: bool,
              instance: str, stats: WalkStats, writer_alive: Callable[[int], bool], stack: list[str],
-             clean_temps: bool, keep: Keep = NOTHING) -> Iterator[Difference]:
+             clean_temps: bool, keep: Keep = NOTHING, links: _Links | None = None) -> Iterator[Difference]:
     def metadata_differs(name: str, s: Entry, t: Entry) -> bool:
         if keep.owner and (s.uid, s.gid) != (t.uid, t.gid):
             return True
@@ -178,7 +237,8 @@ def _compare(rel: str, parts: tuple[str, ...], sfd: int | None, target: Target |
                 yield Difference(path, "metadata")
             stack.append(path)
         elif s.kind == stat.S_IFREG:
-            if t is None or t.kind != s.kind or (t.size, t.mtime_ns) != (s.size, s.mtime_ns):
+            apart = links is not None and s.nlink > 1 and links.apart(path, s, t)
+            if t is None or t.kind != s.kind or (t.size, t.mtime_ns) != (s.size, s.mtime_ns) or apart:
                 stats.differences += 1
                 stats.copies += 1
                 stats.copy_bytes += s.size
@@ -262,7 +322,7 @@ def _readlink(dfd: int | None, name: str) -> str | None:
 class Request:
     folder: str
     sub: str
-    reason: str        # startup | overflow | rescan | subtree | reload | watch_restored
+    reason: str        # startup | overflow | rescan | subtree | reload | watch_restored | hardlinks
     ready: bool        # False: let the settle timer run (files may still be written)
     # Only paths the ChangeQueue does not know yet (neither pending nor in flight): a new
     # directory's entries that came without events. The ones it knows are mirrored anyway,
@@ -271,8 +331,10 @@ class Request:
 
     def covers(self, other: Request) -> bool:
         """Whether this walk makes `other` redundant."""
+        # A walk for hard links' names ends no catch-up: it never stands in for one that does.
         return (self.folder == other.folder and covers(self.sub, other.sub) and self.ready >= other.ready
-                and (other.only_unknown or not self.only_unknown))
+                and (other.only_unknown or not self.only_unknown)
+                and (self.reason != "hardlinks" or other.reason == "hardlinks"))
 
 
 class Reconciler:

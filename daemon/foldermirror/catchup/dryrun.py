@@ -100,8 +100,10 @@ def plan_folder(f: FolderConfig) -> Plan:
         return p
     stats = WalkStats()
     # delete=True to see extras even when they are kept: worth knowing before turning delete on.
+    # Hard links: a name whose mirror is another file than its inode's other names' is listed too.
+    links = (lambda inode, path: None) if "hardlinks" in f.preserve else None
     for diff in diff_tree(source, target, Excluder(f.excludes), True, "dry-run", stats=stats, clean_temps=False,
-                          preserve=f.preserve):
+                          preserve=f.preserve, links=links):
         p.actions.append(_action(f, diff.path, diff.reason))
     p.stale_temps = stats.stale_temps
     p.unreadable = list(stats.unreadable or ())

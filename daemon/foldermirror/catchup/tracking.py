@@ -11,15 +11,25 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any, NamedTuple
 
 from foldermirror import memory
-from foldermirror.catchup.compare import Reconciler, Request, WalkStats, covers, diff_tree, hold_deletions
+from foldermirror.catchup.compare import (
+    Reconciler,
+    Request,
+    WalkStats,
+    covers,
+    diff_tree,
+    hold_deletions,
+    source_links,
+)
 from foldermirror.config import FolderConfig
 from foldermirror.folderstate import CatchUp, FolderState
 from foldermirror.pipeline.changes import ChangeQueue
 from foldermirror.pipeline.copier import describe
 from foldermirror.pipeline.folder_stats import FolderStats, Tally
+from foldermirror.pipeline.inodes import InodeNames
 from foldermirror.pipeline.pool import process_alive
 from foldermirror.pipeline.records import RemoteSpec
 from foldermirror.remote.compare import LinkDown, diff_remote
@@ -52,7 +62,7 @@ class CatchUpTracker:
 
     def __init__(self, *, log: Any, changes: ChangeQueue, folders: Mapping[str, FolderState], lock: threading.RLock,
                  instance: str, folder_stats: Callable[[str], FolderStats], wake: Callable[[], None],
-                 once: bool = False) -> None:
+                 once: bool = False, inodes: InodeNames | None = None) -> None:
         self.log = log
         self.changes = changes
         # How a remote folder's target is reached now (the links' supervisor sets it).
@@ -63,9 +73,18 @@ class CatchUpTracker:
         self.folder_stats = folder_stats
         self.wake = wake
         self.once = once  # `sync`: no reload and no next rescan to point people to
+        self.inodes = inodes if inodes is not None else InodeNames()  # hard links: each walk tells it the names
         self.reconciler = Reconciler(self._walk)
         self._release_memory = False
         self._ended: dict[str, CatchUp] = {}  # each folder's last finished catch-up, for totals()
+
+    def _link_seen(self, folder: str, inode: tuple[int, int], path: str) -> None:
+        if not self.inodes.seen(folder, inode, path) and self.inodes.full(folder):
+            self.log.warning("hardlinks_map_full", folder=folder, path=path, names=self.inodes.max_names,
+                             error=f"the daemon keeps the names of at most {self.inodes.max_names:,} multi-linked "
+                                   "files; files with other names not known are mirrored as copies",
+                             fix="nothing to do if copies are acceptable; else mirror fewer multi-linked files in "
+                                 "one daemon (split the folders across daemons) or leave hardlinks out of preserve:")
 
     def _new(self, name: str, reason: str) -> CatchUp:
         return CatchUp(reason, time.monotonic(), self.folder_stats(name).tally())
@@ -107,17 +126,30 @@ class CatchUpTracker:
             with self._lock:
                 if state.catch_up is not None:
                     state.catch_up.walk = stats
+        rebuilding = False  # hard links: this walk replaces the folder's inode names
         extras: list[str] = []
         complete = False  # the walk got to its end
         try:
             if f.remote is not None:
                 spec = self.remote_spec(f)
                 assert spec is not None
+                if "hardlinks" in f.preserve:
+                    if req.sub == "":
+                        self.inodes.begin_walk(f.name)
+                        rebuilding = True
+                    source_links(str(f.source), state.excluder, partial(self._link_seen, f.name), req.sub)
                 diffs = diff_remote(str(f.source), spec, sub=req.sub, delete=f.delete, excluded=state.excluder,
-                                    stats=stats)
+                                    stats=stats, hardlinks="hardlinks" in f.preserve)
             else:
+                links = None
+                if "hardlinks" in f.preserve:
+                    if req.sub == "":
+                        self.inodes.begin_walk(f.name)
+                        rebuilding = True
+                    links = partial(self._link_seen, f.name)
                 diffs = diff_tree(str(f.source), str(f.target), state.excluder, f.delete, self.instance,
-                                  sub=req.sub, stats=stats, writer_alive=process_alive, preserve=f.preserve)
+                                  sub=req.sub, stats=stats, writer_alive=process_alive, preserve=f.preserve,
+                                  links=links)
             for diff in diffs:
                 if diff.reason == "extra":
                     extras.append(diff.path)  # judged once the walk has seen everything
@@ -143,6 +175,8 @@ class CatchUpTracker:
         except Exception as exc:  # noqa: BLE001 - a bug here must not stop later walks
             self.log.error("reconcile_failed", folder=f.name, path=req.sub, error=repr(exc),
                            **self._sync_fix("reconcile_failed"))
+        if rebuilding:
+            self.inodes.end_walk(f.name, complete and not stats.unreadable)
         for rel in stats.unreadable or ():
             self.log.warning("source_unreadable", folder=f.name, path=rel,
                              error="permission denied listing this directory; its files are not mirrored",
@@ -157,7 +191,7 @@ class CatchUpTracker:
             self.log.info("stale_temps_removed", folder=f.name, count=stats.stale_temps)
         self.log.debug("reconcile_walked", folder=f.name, path=req.sub, reason=req.reason,
                        entries=stats.entries, differences=stats.differences)
-        if req.sub == "":
+        if req.sub == "" and req.reason != "hardlinks":  # that one looks for names, for the pipeline
             with self._lock:
                 c = state.catch_up
                 if c is not None:

@@ -8,6 +8,11 @@ once per write. Quiet may never come (a log appended to for ever): `max_delay` a
 first event a path is handed out anyway, marked `busy`. A path in flight is never handed
 out twice: an event for it during flight leaves a pending entry that becomes eligible
 again when the flight is done ("dirty").
+
+A path sent with `link_to` (hard links: the other names of its inode whose mirror it is to
+share) holds those names too while it flies, as a reader: it is not handed out while one
+of them is in flight (its mirror may be being replaced), and they are not handed out while
+it flies (it links to their mirror); two links to one name may fly at once.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ class Item:
     the subtree is compared once the item is done, however the move was replayed.
     `epoch`: the folder's epoch when the item was handed out (see `forget`).
     `busy`: handed out by `max_delay` while the path was still changing.
+    `link_to`: see WorkItem.link_to (hard links).
     """
 
     folder: str
@@ -45,6 +51,7 @@ class Item:
     walk: bool = False
     epoch: int = 0
     busy: bool = False
+    link_to: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -59,6 +66,7 @@ class _Entry:
     walk: bool = False
     queued: bool = False          # sits in the ready deque
     timer: float | None = None    # deadline of its live heap entry
+    link_to: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -86,6 +94,10 @@ class ChangeQueue:
     _serial: set[str] = field(default_factory=set)
     _busy: set[str] = field(default_factory=set)  # serial folders with a batch in flight, until landed()
     _waiting: dict[str, dict[Key, None]] = field(default_factory=dict)
+    # Hard links: names held by the link items in flight (how many each), and the paths
+    # waiting for a name to land, by that name (see the module docstring).
+    _readers: dict[Key, int] = field(default_factory=dict)
+    _after: dict[Key, set[Key]] = field(default_factory=dict)
     # Debug hook, called under the lock with ("event" | "ready" | "dispatched", key); must be cheap.
     tracer: Callable[[str, Key], None] | None = None
     backlog_max: int = BACKLOG_MAX
@@ -98,12 +110,14 @@ class ChangeQueue:
 
     # -- producers -------------------------------------------------------------
     def touch(self, folder: str, path: str, *, settle: float, ready: bool = False,
-              not_before: float | None = None, max_delay: float = 0.0) -> None:
+              not_before: float | None = None, max_delay: float = 0.0,
+              link_to: tuple[str, ...] | None = None) -> None:
         """Record that `path` may differ from its mirror.
 
         `not_before` replaces a retry backoff: a new event passes 0 (retry as soon as the
         path settles: the cause may be fixed), a failure passes its next retry time.
         `max_delay` (0: none) bounds how long a path that never goes quiet waits.
+        `link_to` (hard links) replaces the path's hint; None keeps the one it has.
         """
         with self._cond:
             now = self.clock()
@@ -119,6 +133,8 @@ class ChangeQueue:
             e.ready = e.ready or ready
             if not_before is not None:
                 e.not_before = not_before
+            if link_to is not None:
+                e.link_to = link_to
             self._schedule(key, e, now)
             if self.on_change is not None:
                 self.on_change()
@@ -324,6 +340,10 @@ class ChangeQueue:
             e.queued = False
             if key in self._in_flight:
                 continue
+            wait_for = self._link_blocker(key, e)
+            if wait_for is not None:
+                self._after.setdefault(wait_for, set()).add(key)  # done_all() schedules it again
+                continue
             held = self._held.get(key[0])
             if held is not None:
                 held[key] = None
@@ -347,17 +367,32 @@ class ChangeQueue:
                 else:
                     self._fly(okey)
             busy = natural > now  # due by max_delay, not by its events
+            link_to = tuple(o for o in e.link_to if o != key[1]) if e.link_to is not None else None
+            for other in link_to or ():
+                okey = (key[0], other)
+                self._readers[okey] = self._readers.get(okey, 0) + 1
             self._remove(key)
             self._fly(key)
             self._handed_out[key] = now
             self._max_settle = max(self._max_settle, e.settle)
             items.append(Item(folder=key[0], path=key[1], origin=origin, first_seen=e.first_seen, walk=e.walk,
-                              epoch=self._epochs.get(key[0], 0), busy=busy))
+                              epoch=self._epochs.get(key[0], 0), busy=busy, link_to=link_to))
             if self.tracer is not None:
                 self.tracer("dispatched", key)
         if len(self._ready) <= self.backlog_max // 2:
             self._room.notify_all()
         return items
+
+    def _link_blocker(self, key: Key, e: _Entry) -> Key | None:
+        """A path that must land before `key` may fly: a link item's name in flight, or a link
+        item in flight that holds `key` (see the module docstring)."""
+        if key in self._readers:
+            return key
+        for other in e.link_to or ():
+            okey = (key[0], other)
+            if okey in self._in_flight and okey != key:
+                return okey
+        return None
 
     def done(self, item: Item) -> None:
         """The flight of `item` ended; a change that came meanwhile makes it eligible again."""
@@ -370,11 +405,21 @@ class ChangeQueue:
                 keys = [(item.folder, item.path)]
                 if item.origin is not None:
                     keys.append((item.folder, item.origin))
+                for other in item.link_to or ():
+                    okey = (item.folder, other)
+                    left = self._readers.get(okey, 0) - 1
+                    if left > 0:
+                        self._readers[okey] = left
+                    else:
+                        self._readers.pop(okey, None)
+                        keys.append(okey)  # paths waiting for it
                 for key in keys:
                     self._land(key)
                     e = self._entries.get(key)
                     if e is not None:
                         self._schedule(key, e, now)
+                    if key not in self._readers:
+                        self._reschedule(self._after.pop(key, ()), now)
 
     def prune(self) -> None:
         """Forget when paths no longer hot were handed out (memory a big batch leaves behind)."""

@@ -74,13 +74,16 @@ class SourceTree(DirFds):
 class Mirror:
     """Mirrors paths of one source into one target."""
 
-    def __init__(self, source: SourceTree, target: Target, *, delete: bool, keep: Keep = NOTHING) -> None:
+    def __init__(self, source: SourceTree, target: Target, *, delete: bool, keep: Keep = NOTHING,
+                 hardlinks: bool = False) -> None:
         self.source = source
         self.target = target
         self.delete = delete
         self.keep = keep  # what the folder preserves beside bytes, mode and mtime (fidelity.py)
+        self.hardlinks = hardlinks  # names of one source inode are one inode in the target
 
-    def mirror(self, path: str, origin: str | None, busy: bool = False) -> list[Outcome]:
+    def mirror(self, path: str, origin: str | None, busy: bool = False,
+               link_to: tuple[str, ...] | None = None) -> list[Outcome]:
         """The outcomes of one work item: the rename replayed (if asked and possible), the
         origin re-checked, the path itself, led by the directories made on the way."""
         self.source.trim()
@@ -94,16 +97,17 @@ class Mirror:
             checked = self.sync(origin)
             if checked.status not in (Status.UNCHANGED, Status.GONE):
                 out.append(checked)
-        result = self.sync(path, busy)
+        result = self.sync(path, busy, link_to)
         # Directories made on the way (the parents of a file) are mirrored too: say so first.
         made = [Outcome(p, Status.COPIED, "dir") for p in self.target.made_dirs()]
         if out and out[0].status is Status.RENAMED and result.status is Status.UNCHANGED:
             return made + out
         return made + out + [result]
 
-    def sync(self, path: str, busy: bool = False) -> Outcome:
+    def sync(self, path: str, busy: bool = False, link_to: tuple[str, ...] | None = None) -> Outcome:
         """Mirror one path. `busy`: it has been changing for a while; a file that only grew
-        during its copy is published as it was when the copy began (see _file)."""
+        during its copy is published as it was when the copy began (see _file). `link_to`:
+        see WorkItem (a file with other names, in a folder that keeps hard links)."""
         parts = path.split("/")
         if is_reserved(parts[-1]):  # copied, or deleted with delete: true, it would clobber ours
             st = self.source.lstat(parts)
@@ -113,6 +117,8 @@ class Mirror:
             if st is None:
                 return self._absent(parts, path)
             if stat.S_ISREG(st.st_mode):
+                if self.hardlinks and st.st_nlink > 1:
+                    return self._linked_file(parts, path, st, busy, link_to)
                 return self._file(parts, path, busy)
             if stat.S_ISLNK(st.st_mode):
                 return self._symlink(parts, path, st)
@@ -207,6 +213,53 @@ class Mirror:
             return Outcome(path, Status.COPIED, "file", 0)
         return Outcome(path, Status.UNCHANGED, "file")
 
+    # -- hard links (kept apart from the plain copy: see _file) ---------------------------------
+    def _linked_file(self, parts: Parts, path: str, st: os.stat_result, busy: bool,
+                     link_to: tuple[str, ...] | None) -> Outcome:
+        """A file with other names. Without `link_to`, a mirror in place is UNCHANGED and
+        anything else HAS_LINKS, with nothing done: the daemon knows which names of the inode
+        it mirrored, and sends the item again with them. With them, the first whose mirror
+        holds this inode's content becomes this name's mirror too; when none does (or no link
+        can be made there), a copy is published as for any file."""
+        inode = (st.st_dev, st.st_ino)
+        if link_to is None:
+            tst = self.target.lstat(parts)
+            if tst is not None and _holds(tst, st):
+                return Outcome(path, Status.UNCHANGED, "file", inode=inode)
+            return Outcome(path, Status.HAS_LINKS, "file", inode=inode)
+        linked = self._link(parts, path, st, link_to)
+        if linked is not None:
+            return linked._replace(inode=inode)
+        out = self._file(parts, path, busy)
+        return out._replace(inode=inode) if out.status in (Status.COPIED, Status.UNCHANGED) else out
+
+    def _link(self, parts: Parts, path: str, st: os.stat_result, link_to: tuple[str, ...]) -> Outcome | None:
+        """Make parts' mirror the mirror of one of `link_to`, checked first: that name is
+        still this inode in the source, and its mirror is a regular file with this inode's
+        size, mtime and mode (never a link to content the source no longer has). None when
+        no candidate passes or the target cannot link (then the caller copies)."""
+        tst = self.target.lstat(parts)
+        for other in link_to:
+            oparts = other.split("/")
+            if other == path or is_reserved(oparts[-1]):
+                continue
+            sst = self.source.lstat(oparts)
+            if sst is None or (sst.st_dev, sst.st_ino) != (st.st_dev, st.st_ino):
+                continue
+            ost = self.target.lstat(oparts)
+            if ost is None or not _holds(ost, st):
+                continue
+            if tst is not None and (tst.st_dev, tst.st_ino) == (ost.st_dev, ost.st_ino):
+                return Outcome(path, Status.UNCHANGED, "file")
+            try:
+                self.target.publish_link(oparts, parts, self.source.dir_stat, tst)
+            except OSError as exc:
+                if exc.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.ENOENT):
+                    return None  # a file system without links, a full link count, a mirror gone meanwhile
+                raise
+            return Outcome(path, Status.COPIED, "file", linked_to=other)
+        return None
+
     def _symlink(self, parts: Parts, path: str, st: os.stat_result) -> Outcome:
         try:
             link = os.readlink(parts[-1], dir_fd=self.source.dir(parts[:-1]))
@@ -241,7 +294,9 @@ class Mirror:
             moved = self.target.rename(oparts, parts, self.source.dir_stat)
             if moved is None:
                 return None
-            return Outcome(path, Status.RENAMED, kind(moved), renamed_from=origin)
+            inode = ((sst.st_dev, sst.st_ino) if self.hardlinks and stat.S_ISREG(sst.st_mode) and sst.st_nlink > 1
+                     else None)
+            return Outcome(path, Status.RENAMED, kind(moved), renamed_from=origin, inode=inode)
         except OSError as exc:
             return Outcome(path, Status.FAILED, error=f"rename from {origin}: {describe(exc)}", errno=exc.errno or 0)
 
@@ -251,6 +306,12 @@ def _lstat(dfd: int, name: str) -> os.stat_result | None:
         return os.stat(name, dir_fd=dfd, follow_symlinks=False)
     except FileNotFoundError:
         return None
+
+
+def _holds(tst: os.stat_result, st: os.stat_result) -> bool:
+    """The mirror `tst` holds what the source `st` holds, as the comparison judges it."""
+    return (stat.S_ISREG(tst.st_mode) and tst.st_size == st.st_size and tst.st_mtime_ns == st.st_mtime_ns
+            and stat.S_IMODE(tst.st_mode) == stat.S_IMODE(st.st_mode))
 
 
 def _grew_only(sfd: int, tfd: int, before: os.stat_result, after: os.stat_result, copied: int) -> bool:

@@ -22,6 +22,7 @@ from foldermirror.folderstate import FolderState
 from foldermirror.logs import Repeats
 from foldermirror.pipeline.changes import ChangeQueue, Item
 from foldermirror.pipeline.folder_stats import FolderStats
+from foldermirror.pipeline.inodes import InodeNames
 from foldermirror.pipeline.pool import Result, WorkerPool
 from foldermirror.pipeline.records import FolderSpec, Outcome, RemoteSpec, Status, WorkItem
 from foldermirror.pipeline.results import Observe, OnKept, ResultRecorder
@@ -38,8 +39,9 @@ class Pipeline:
         self.log = log
         self.folders = folders
         self.changes = ChangeQueue()
+        self.inodes = InodeNames()  # hard links: fed by the walks and the outcomes, read by the recorder
         self.recorder = ResultRecorder(log=log, changes=self.changes, folders=folders, folder_stats=folder_stats,
-                                       repeats=repeats, wake=wake, once=once)
+                                       repeats=repeats, wake=wake, once=once, inodes=self.inodes)
         self.pool: WorkerPool | None = None
         self._running = False
         self._dispatcher: threading.Thread | None = None
@@ -50,10 +52,12 @@ class Pipeline:
     def connect(self, *, request_walk: Callable[[Request], None], request_catch_up: Callable[[str, str], None],
                 root_suspect: Callable[[], None], link_suspect: Callable[[str, str], None],
                 remote_spec: Callable[[FolderConfig], RemoteSpec | None], observe: Observe,
-                on_kept: OnKept = lambda folder, kept: None) -> None:
+                on_kept: OnKept = lambda folder, kept: None,
+                walking: Callable[[], bool] = lambda: False) -> None:
         """The parts made after this one that outcomes lead to: the comparison of a moved
         directory or of every folder (a worker died), the root checks, the operator's view."""
         self.recorder.request_walk = request_walk
+        self.recorder.walking = walking
         self.recorder.root_suspect = root_suspect
         self.recorder.link_suspect = link_suspect
         self._remote_spec = remote_spec
@@ -97,7 +101,7 @@ class Pipeline:
             elif item.epoch != spec[1]:  # seen before the folder's root or config changed
                 dropped.append(Result(item, [Outcome(item.path, Status.STALE)], 0.0))
             else:
-                work.append(WorkItem(len(live), spec[0], item.path, item.origin, item.busy))
+                work.append(WorkItem(len(live), spec[0], item.path, item.origin, item.busy, item.link_to))
                 live.append(item)
         if dropped:
             self.recorder.on_results(dropped, 0)
@@ -111,7 +115,7 @@ class Pipeline:
         f = state.config
         return (FolderSpec(source=str(f.source), target=str(f.target), delete=f.delete, durable=f.durable,
                            root_id=state.root_id, remote=self._remote_spec(f), versions=f.versions_area,
-                           preserve=f.preserve),
+                           preserve=f.preserve, hardlinks="hardlinks" in f.preserve),
                 self.changes.epoch(name))
 
     def _on_error(self, where: str, exc: BaseException) -> None:
@@ -126,6 +130,7 @@ class Pipeline:
     def forget(self, folder: str) -> None:
         """Drop a folder's pending work; what is in flight for it is now stale."""
         self.changes.forget(folder)
+        self.inodes.forget(folder)
 
     def supervise(self) -> None:
         if self.pool is not None:

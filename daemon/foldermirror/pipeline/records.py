@@ -11,6 +11,8 @@ from typing import NamedTuple
 
 # (st_dev, st_ino) of a folder root as the daemon last saw it
 RootId = tuple[int, int]
+# (st_dev, st_ino) of a source file: what names of one inode (hard links) share
+InodeId = tuple[int, int]
 
 
 class Status(StrEnum):
@@ -27,6 +29,9 @@ class Status(StrEnum):
     LINK_DOWN = "link_down"        # a remote target could not be reached: nothing is known, try again
     ROOT_CHANGED = "root_changed"  # the source root is gone or replaced: nothing was touched
     STALE = "stale"                # seen before its folder was reloaded or its root changed: dropped
+    # A file with other names (st_nlink > 1) sent without `link_to`: nothing was done; the
+    # recorder sends it again with the names of its inode already mirrored (`inode` says which).
+    HAS_LINKS = "has_links"
 
     @property
     def mirrored(self) -> bool:
@@ -60,6 +65,10 @@ class Outcome(NamedTuple):
     errno: int = 0
     renamed_from: str | None = None
     version_kept: Kept | None = None  # what the target held there before, kept in the versions area
+    # Hard links (a folder that preserves them): the source inode of a file published or
+    # found in place with st_nlink > 1, and of a HAS_LINKS file; None otherwise.
+    inode: InodeId | None = None
+    linked_to: str | None = None   # published as a hard link of this name's mirror, not a copy
 
 
 class RemoteSpec(NamedTuple):
@@ -90,6 +99,7 @@ class FolderSpec(NamedTuple):
     remote: RemoteSpec | None = None
     versions: str | None = None    # the versions area (a path on the target's host); None: versions off
     preserve: tuple[str, ...] = ()  # the folder's preserve: names (config.PRESERVABLE)
+    hardlinks: bool = False        # names of one source inode are one inode in the target
 
 
 class WorkItem(NamedTuple):
@@ -100,6 +110,10 @@ class WorkItem(NamedTuple):
     path: str
     origin: str | None = None
     busy: bool = False             # changing for max_delay already: publish what it was if it only grew
+    # Hard links: None, nobody has looked (a file with other names comes back HAS_LINKS);
+    # a tuple, the other names of its inode already mirrored, tried in turn (each checked
+    # against the source first), () when there are none: publish a copy.
+    link_to: tuple[str, ...] | None = None
 
 
 class ItemResult(NamedTuple):

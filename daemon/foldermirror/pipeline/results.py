@@ -12,11 +12,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from foldermirror.catchup.compare import Request
+from foldermirror.config import FolderConfig
 from foldermirror.errors import PERMANENT_ERRNOS, error_kind, fix_for
 from foldermirror.folderstate import FolderState
 from foldermirror.logs import Repeats, batch
 from foldermirror.pipeline.changes import ChangeQueue
 from foldermirror.pipeline.folder_stats import FolderStats
+from foldermirror.pipeline.inodes import InodeNames
 from foldermirror.pipeline.pool import Result
 from foldermirror.pipeline.records import Kept, Outcome, Status
 from foldermirror.pipeline.versions import NOT_KEPT
@@ -26,6 +28,8 @@ RETRY_MAX_DELAY = 300.0
 # A batch that could not reach its host goes back into the queue for at least this long, so
 # a link that fails while its master still looks up is not hammered batch after batch.
 LINK_RETRY_DELAY = 2.0
+# Hard links: inodes whose names are being looked for, kept at most (see _has_links).
+SEEKING_MAX = 10_000
 
 # What else hears of each outcome (the metrics' latency histogram, the debug trace).
 Observe = Callable[[str, Outcome, float], None]
@@ -42,21 +46,26 @@ class ResultRecorder:
                  root_suspect: Callable[[], None] = lambda: None,
                  link_suspect: Callable[[str, str], None] = lambda folder, error: None,
                  observe: Observe = lambda folder, outcome, latency_ms: None, once: bool = False,
-                 on_kept: OnKept = lambda folder, kept: None) -> None:
+                 on_kept: OnKept = lambda folder, kept: None,
+                 inodes: InodeNames | None = None) -> None:
         self.log = log
         self.changes = changes
         self.folders = folders
         self.folder_stats = folder_stats
         self.repeats = repeats
         self.request_walk = request_walk  # a directory's contents to compare (the Reconciler's request)
+        self.walking: Callable[[], bool] = lambda: False  # a comparison is queued or running
         self.observe = observe
         self.on_kept = on_kept
         self.root_suspect = root_suspect  # a worker found a source root gone or replaced: look at the roots
         self.link_suspect = link_suspect  # a worker could not reach a folder's host: look at its link
         self.wake = wake
         self.once = once                  # `sync`: no retries, a changed root is a failure
+        self.inodes = inodes if inodes is not None else InodeNames()  # hard links: the names of each inode
         self._attempts: dict[tuple[str, str], int] = {}
         self._busy: set[tuple[str, str]] = set()  # paths a file_busy line was written for, until mirrored
+        # Hard links: the inodes (by folder) whose other names a comparison is looking for.
+        self._seeking: set[tuple[str, tuple[int, int]]] = set()
 
     def on_results(self, results: list[Result], pid: int) -> None:
         # The paths leave flight only once their lines are written: whoever sees the folder
@@ -87,8 +96,13 @@ class ResultRecorder:
         for o in r.outcomes:
             if o.status is Status.ROOT_CHANGED and self.once:
                 o = o._replace(status=Status.FAILED)  # no watcher to wait for it: `sync` fails the path
+            if o.status is Status.HAS_LINKS:  # nothing done yet: sent again with its inode's names
+                self._has_links(f, o)
+                continue
             stats.record(o)
             self.observe(f.name, o, latency_ms)
+            if o.inode is not None and "hardlinks" in f.preserve:
+                self._linked(f, o, checked=item.link_to is not None)
             key = (item.folder, o.path)
             kept: dict[str, Any] = {}
             if o.version_kept is not None:
@@ -103,6 +117,8 @@ class ResultRecorder:
                 extra.update(kept)
                 if item.busy and o.kind == "file":
                     extra["busy"] = True  # published while still being written (see max_delay)
+                if o.linked_to is not None:
+                    extra["linked_to"] = o.linked_to  # a hard link of that name's mirror, no bytes copied
                 self.log.info("file_mirrored", folder=f.name, path=o.path, kind=o.kind, bytes=o.bytes,
                               duration_ms=round(r.duration_ms, 3), latency_ms=latency_ms, worker_pid=pid, **extra)
                 if o.status is Status.RENAMED and o.kind == "dir" and not item.walk:
@@ -145,6 +161,71 @@ class ResultRecorder:
             else:
                 self._attempts.pop(key, None)
                 self.log.debug("file_checked", folder=f.name, path=o.path, status=str(o.status))
+
+    # -- hard links ------------------------------------------------------------------------
+    def _has_links(self, f: FolderConfig, o: Outcome) -> None:
+        """A file with other names, its mirror missing or out of date: send it again with the
+        names of its inode known to be (or about to be) mirrored, itself among them from now
+        on, so that of two new names in one batch the second links to the first.
+
+        An inode never seen (`ln a b` where a was mirrored with one name: inotify tells only
+        of b, since a link-count change reaches no directory watch) has its other names
+        looked for by a comparison of the whole folder (one for a burst of them: queued
+        walks cover one another), which tells the map every multi-linked name and sends b
+        again. Meanwhile b, and every other new name of that inode, is looked at every
+        `settle` while comparisons run, then linked to what they found, or copied if they
+        found no other name. An inode seen with no other name has them excluded or outside
+        the folder: it is copied."""
+        assert o.inode is not None
+        seek = (f.name, o.inode)
+        seeking = seek in self._seeking
+        if seeking and self.walking():
+            self._later(f, o.path)
+            return
+        self._seeking.discard(seek)
+        known = self.inodes.known(f.name, o.inode)
+        others = self.inodes.others(f.name, o.inode, o.path)
+        self._keep(f, o.inode, o.path)
+        self.log.debug("file_has_links", folder=f.name, path=o.path, link_to=list(others))
+        if others or known or seeking:
+            self.changes.touch(f.name, o.path, settle=f.settle, ready=True, link_to=others)
+            return
+        if len(self._seeking) >= SEEKING_MAX:  # paths gone since: forget them rather than grow
+            self._seeking.clear()
+        self._seeking.add(seek)
+        self.request_walk(Request(f.name, "", "hardlinks", ready=True))
+        self._later(f, o.path)
+
+    def _later(self, f: FolderConfig, path: str) -> None:
+        """Ask again in a while, without a link hint (the path comes back HAS_LINKS)."""
+        self.changes.touch(f.name, path, settle=f.settle, ready=True,
+                           not_before=self.changes.clock() + max(f.settle, 0.1))
+
+    def _linked(self, f: FolderConfig, o: Outcome, checked: bool) -> None:
+        """A name of a multi-linked inode is in place (`checked`: against its other names).
+
+        Freshly copied (a new file, or one name rewritten in place), the inode's other
+        mirrored names are another file now: each is made a link of this one. Found in
+        place unchecked, it is sent again with its other names, as a mirror made of copies
+        is another file per name."""
+        assert o.inode is not None
+        if o.renamed_from is not None:
+            self.inodes.drop(f.name, o.inode, o.renamed_from)
+        others = self.inodes.others(f.name, o.inode, o.path)
+        self._keep(f, o.inode, o.path)
+        if o.status is Status.COPIED and o.linked_to is None:
+            for other in others:
+                self.changes.touch(f.name, other, settle=f.settle, ready=True, link_to=(o.path,))
+        elif o.status is Status.UNCHANGED and not checked and others:
+            self.changes.touch(f.name, o.path, settle=f.settle, ready=True, link_to=others)
+
+    def _keep(self, f: FolderConfig, inode: tuple[int, int], path: str) -> None:
+        if not self.inodes.seen(f.name, inode, path) and self.inodes.full(f.name):
+            self.log.warning("hardlinks_map_full", folder=f.name, path=path, names=self.inodes.max_names,
+                             error=f"the daemon keeps the names of at most {self.inodes.max_names:,} multi-linked "
+                                   "files; files with other names not known are mirrored as copies",
+                             fix="nothing to do if copies are acceptable; else mirror fewer multi-linked files in "
+                                 "one daemon (split the folders across daemons) or leave hardlinks out of preserve:")
 
     def _failed(self, state: FolderState, o: Outcome) -> None:
         f = state.config

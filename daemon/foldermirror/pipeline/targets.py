@@ -46,6 +46,9 @@ class Entry(NamedTuple):
     mode: int
     uid: int = -1
     gid: int = -1
+    ino: int = 0       # hard links: (dev, ino) and link count (0, 0, 1 where unknown: a remote side)
+    dev: int = 0
+    nlink: int = 1
 
 
 class Target(Protocol):
@@ -63,6 +66,8 @@ class Target(Protocol):
                         existing: os.stat_result) -> bool: ...
     def attrs(self, parts: Parts, symlink: bool = False) -> Attrs: ...
     def chown_link(self, parts: Parts, st: os.stat_result) -> None: ...
+    def publish_link(self, existing: Parts, parts: Parts, source_dir: SourceDirStat,
+                     tst: os.stat_result | None = None) -> None: ...
     def delete(self, parts: Parts) -> int | None: ...
     def rename(self, origin: Parts, parts: Parts, source_dir: SourceDirStat) -> int | None: ...
     def scan(self, parts: Parts) -> dict[str, Entry] | None: ...
@@ -296,6 +301,22 @@ class LocalTarget(DirFds):
         if self.durable:
             os.fsync(dfd)
 
+    def publish_link(self, existing: Parts, parts: Parts, source_dir: SourceDirStat,
+                     tst: os.stat_result | None = None) -> None:
+        """Publish parts as a hard link of the mirror at `existing`: link(2) it to a temp name
+        in parts' directory, then rename that over parts (`tst`: what stands there), so the
+        name shows the old file or the linked one, never neither."""
+        sdir = self._dir(existing[:-1])
+        dfd = self._dir(parts[:-1], source_dir)
+        tmp = temp_name(self.instance)
+        os.link(existing[-1], tmp, src_dir_fd=sdir, dst_dir_fd=dfd, follow_symlinks=False)
+        try:
+            self._replace(dfd, tmp, parts[-1], parts, tst)
+        finally:
+            # rename(2) of one name of an inode over another of the same inode does nothing and
+            # leaves the temp name: it goes either way.
+            _unlink_quietly(dfd, tmp)
+
     def publish_dir(self, parts: Parts, st: os.stat_result, source_dir: SourceDirStat,
                     attrs: Attrs | None = None) -> bool:
         """Make the directory (or give it the source's mode, owner and kept attributes);
@@ -472,7 +493,7 @@ def scan_dir(dfd: int) -> dict[str, Entry]:
             except OSError:
                 continue
             out[entry.name] = Entry(stat.S_IFMT(st.st_mode), st.st_size, st.st_mtime_ns, stat.S_IMODE(st.st_mode),
-                                   st.st_uid, st.st_gid)
+                                   st.st_uid, st.st_gid, st.st_ino, st.st_dev, st.st_nlink)
     return out
 
 

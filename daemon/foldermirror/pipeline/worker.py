@@ -142,7 +142,7 @@ class _Folders:
             m = self._open[item.folder] = open_folder(item.folder, item.path)
         if isinstance(m, list):  # the roots could not be opened: the same answer for every path
             return [o._replace(path=item.path) for o in m]
-        outcomes = m.mirror(item.path, item.origin, item.busy)
+        outcomes = m.mirror(item.path, item.origin, item.busy, item.link_to)
         kept = m.target.kept_versions()
         if kept:  # each path's outcome names the version its old entry left
             outcomes = [o._replace(version_kept=kept[o.path]) if o.path in kept else o for o in outcomes]
@@ -184,4 +184,4 @@ def open_folder(spec: FolderSpec, path: str) -> Mirror | list[Outcome]:
         os.close(sroot)
         return [Outcome(path, Status.FAILED, error=f"target folder {spec.target}: {exc.strerror}",
                         errno=exc.errno or 0)]
-    return Mirror(SourceTree(sroot), target, delete=spec.delete, keep=target.keep)
+    return Mirror(SourceTree(sroot), target, delete=spec.delete, keep=target.keep, hardlinks=spec.hardlinks)

@@ -57,6 +57,7 @@ def mirror_batch(spec: FolderSpec, items: list[WorkItem]) -> list[ItemResult]:
     send: dict[str, WorkItem] = {}
     gone: dict[str, WorkItem] = {}
     renames: list[tuple[str, str]] = []
+    links = _Links()
     for item in items:
         path = item.path
         if any(is_reserved(part) for part in path.split("/")):
@@ -72,6 +73,8 @@ def mirror_batch(spec: FolderSpec, items: list[WorkItem]) -> list[ItemResult]:
                 gone[path] = item
             else:
                 out[item.position] = [Outcome(path, Status.GONE)]
+        elif spec.hardlinks and stat.S_ISREG(st.st_mode) and st.st_nlink > 1 and not links.add(spec, item, st):
+            out[item.position] = [Outcome(path, Status.HAS_LINKS, "file", inode=(st.st_dev, st.st_ino))]
         elif stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode):
             send[path] = item
             if item.origin in gone:
@@ -89,14 +92,18 @@ def mirror_batch(spec: FolderSpec, items: list[WorkItem]) -> list[ItemResult]:
     sent: dict[str, list[Outcome]] = {}
     deleted: dict[str, list[Outcome]] = {}
     listed = rsync.deletion_list(gone, lambda p: _lstat(spec.source, p) is not None) if gone else []
+    # Hard links: rsync -H links only names of one pass, so the other names go along.
+    along = [p for p in links.others if p not in send and p not in gone]
     if remote.merged_delete and listed:
         # One pass: this receiver takes existing and missing paths in one list.
-        both, link_error = _transfer(spec, remote, ssh, [*send, *listed], rsync.Mode.DELETE, present=set(send))
+        both, link_error = _transfer(spec, remote, ssh, [*send, *along, *listed], rsync.Mode.DELETE,
+                                     present={*send, *along})
         sent = {p: o for p, o in both.items() if p in send}
-        deleted = {p: o for p, o in both.items() if p not in send}
+        deleted = {p: o for p, o in both.items() if p not in send and p not in along}
     else:
         if send:
-            sent, link_error = _transfer(spec, remote, ssh, list(send), rsync.Mode.TRANSFER, present=set(send))
+            sent, link_error = _transfer(spec, remote, ssh, [*send, *along], rsync.Mode.TRANSFER,
+                                         present={*send, *along})
         # Before 3.4.4 a receiver refuses a whole list in which a missing path follows an
         # existing one, and the sender lists a path's parents first: so a pass per directory,
         # in which every listed path is missing.
@@ -113,7 +120,7 @@ def mirror_batch(spec: FolderSpec, items: list[WorkItem]) -> list[ItemResult]:
         elif link_error is not None:
             outcomes = [Outcome(item.path, Status.LINK_DOWN, error=link_error)]
         elif item.path in send:
-            outcomes = sent.get(item.path, [Outcome(item.path, Status.UNCHANGED)])
+            outcomes = links.tell(item.path, sent.get(item.path, [Outcome(item.path, Status.UNCHANGED)]))
             if item.origin is not None and (item.origin, item.path) in renamed:
                 st = _lstat(spec.source, item.path)
                 first = Outcome(item.path, Status.RENAMED, kind(st.st_mode) if st else "unknown",
@@ -129,6 +136,41 @@ def mirror_batch(spec: FolderSpec, items: list[WorkItem]) -> list[ItemResult]:
     if deleted and results:  # entries deleted with a listed directory that no item of this batch names
         results[0].outcomes.extend(o for outs in deleted.values() for o in outs)
     return results
+
+
+class _Links:
+    """Hard links in one remote batch: the multi-linked files sent, and their other names."""
+
+    def __init__(self) -> None:
+        self.inodes: dict[str, tuple[int, int]] = {}
+        self.first: dict[str, str] = {}    # path → the first other name that goes along
+        self.others: dict[str, None] = {}  # the other names sent along, in order
+
+    def add(self, spec: FolderSpec, item: WorkItem, st: os.stat_result) -> bool:
+        """A file with other names: False when it has no `link_to` yet (it comes back
+        HAS_LINKS); else its other names still of its inode in the source go along."""
+        if item.link_to is None:
+            return False
+        inode = (st.st_dev, st.st_ino)
+        self.inodes[item.path] = inode
+        for other in item.link_to:
+            ost = _lstat(spec.source, other)
+            if (other != item.path and ost is not None and (ost.st_dev, ost.st_ino) == inode
+                    and not any(is_reserved(part) for part in other.split("/"))):
+                self.first.setdefault(item.path, other)
+                self.others[other] = None
+        return True
+
+    def tell(self, path: str, outcomes: list[Outcome]) -> list[Outcome]:
+        """The file's own outcome with its inode, and linked_to when rsync made it a link."""
+        inode = self.inodes.get(path)
+        if inode is None:
+            return outcomes
+        last = outcomes[-1]
+        if last.path != path or last.status not in (Status.COPIED, Status.UNCHANGED):
+            return outcomes
+        linked = self.first.get(path, last.linked_to) if last.linked_to is not None else None
+        return [*outcomes[:-1], last._replace(inode=inode, linked_to=linked)]
 
 
 def _transfer(spec: FolderSpec, remote: RemoteSpec, ssh: list[str], names: list[str], mode: rsync.Mode,
@@ -177,9 +219,11 @@ def _transfer(spec: FolderSpec, remote: RemoteSpec, ssh: list[str], names: list[
             out[path] = [Outcome(path, Status.DELETED, "dir" if line.kind is rsync.Kind.DIR else "file",
                                  version_kept=_kept(line, suffix))]
         else:
+            # A hard link rsync made (-H) says so by linked_to; of which name, the batch knows.
             out[path] = [Outcome(path, Status.COPIED, str(line.kind),
                                  line.size if line.action is rsync.Action.SENT else 0,
-                                 version_kept=_kept(line, suffix))]
+                                 version_kept=_kept(line, suffix),
+                                 linked_to=path if line.action is rsync.Action.HARDLINK else None)]
     for line in made:  # parents made on the way: reported once, before the first path under them
         first = next((p for p in paths if p.startswith(line.path + "/")), None)
         if first is not None:
@@ -216,7 +260,7 @@ def _run(spec: FolderSpec, remote: RemoteSpec, ssh: list[str], names: list[str],
     argv = rsync.argv(mode=mode, source_root=spec.source, host=remote.host, user=remote.user, base=base,
                       remote_root=remote.path, ssh=ssh, rsync_path=shlex.split(remote.rsync_path),
                       delete=spec.delete, dry_run=dry_run, preserve_owner=remote.preserve_owner,
-                      keep=remote.keep, fsync=spec.durable, bwlimit=remote.bwlimit, timeout_s=remote.io_timeout,
+                      keep=remote.keep, hardlinks=spec.hardlinks, fsync=spec.durable, bwlimit=remote.bwlimit, timeout_s=remote.io_timeout,
                       backup_dir=spec.versions if suffix else None, backup_suffix=suffix)
     try:
         done = subprocess.run(argv, input=rsync.files_from(names), capture_output=True, check=False,

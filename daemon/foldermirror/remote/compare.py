@@ -24,11 +24,11 @@ class LinkDown(Exception):
 
 
 def diff_remote(source: str, remote: RemoteSpec, *, sub: str, delete: bool, excluded: Callable[[str, bool | None], bool],
-                stats: WalkStats) -> Iterator[Difference]:
+                stats: WalkStats, hardlinks: bool = False) -> Iterator[Difference]:
     argv = rsync.argv(mode=rsync.Mode.COMPARE, source_root=source, host=remote.host, user=remote.user,
                       remote_root=remote.path, base=sub, ssh=list(remote.ssh[0]),
                       rsync_path=shlex.split(remote.rsync_path), delete=delete,
-                      preserve_owner=remote.preserve_owner, keep=remote.keep, timeout_s=remote.io_timeout)
+                      preserve_owner=remote.preserve_owner, keep=remote.keep, hardlinks=hardlinks, timeout_s=remote.io_timeout)
     argv.insert(1, "--stats")
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None

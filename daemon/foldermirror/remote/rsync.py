@@ -97,6 +97,7 @@ def argv(
     dry_run: bool = False,
     preserve_owner: bool = False,
     keep: Sequence[str] = (),
+    hardlinks: bool = False,
     checksum: bool = False,
     fsync: bool = False,
     compress: bool = False,
@@ -120,7 +121,8 @@ def argv(
     remote rejects it (exit 12, see rejected_option). bwlimit in KiB/s; timeout_s: rsync's I/O
     timeout. backup_dir: the folder's versions area on the host (absolute): what a TRANSFER or
     DELETE pass replaces or deletes is moved there first, as PATH + backup_suffix (the layout
-    of pipeline/versions.py).
+    of pipeline/versions.py). hardlinks: -H, names of one inode are one inode on the remote,
+    among the names of one pass (a --files-from list holds the other names it is to keep linked).
     """
     mode = Mode(mode)
     if mode is Mode.DELETE and not delete:
@@ -147,6 +149,8 @@ def argv(
     if preserve_owner:
         cmd += ["-o", "-g"]
     cmd += [flag for name, flag in KEEP_FLAGS.items() if name in keep]
+    if hardlinks:
+        cmd.append("-H")
     cmd += [
         "-8",  # names with high-bit bytes printed as they are; control bytes still come as \#ooo
         # The remote path and names go through the protocol, not the remote shell's word
