@@ -9,11 +9,11 @@
 # or the image cannot be had, this fails and says why.
 #
 # Environment: SDVM (default ../shared/sdvm beside the checkout), E2E_TIMEOUT (hard limit on the
-# VM run in seconds, default 1200: a passing run takes 8-12 minutes), E2E_KEEP=1 (keep the run directory with serial.log, journal).
+# VM run in seconds, default 1800: a passing run takes 10-20 minutes, the longer on a busy host), E2E_KEEP=1 (keep the run directory with serial.log, journal).
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)   # the checkout: this is tests/system/
 SDVM=${SDVM:-$ROOT/../shared/sdvm}
-TIMEOUT=${E2E_TIMEOUT:-1200}
+TIMEOUT=${E2E_TIMEOUT:-1800}
 # The guest's sshd and rsync for the remote-target checks (the remote host is the guest itself).
 # Part of the image's cache key: build.sh and run.sh (which calls build.sh) must both see it.
 export SDVM_EXTRA_PACKAGES=openssh-server,rsync
