@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 DAEMON_PATH = str(REPO / "daemon")
 TEMP_MARK = ".foldermirror-"
 LOCK_NAME = ".foldermirror.lock"  # each target's lock file (targetlock.py): not mirrored data
-SYSTEMD_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "INVOCATION_ID")
+SYSTEMD_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "INVOCATION_ID", "JOURNAL_STREAM")
 CONFIG_ENV = "FOLDERMIRROR_CONFIG"  # foldermirror.cli.CONFIG_ENV (test_cli checks they agree)
 IS_ROOT = os.geteuid() == 0
 # uid 0 without the capabilities that bypass permission bits: permission errors bite again
