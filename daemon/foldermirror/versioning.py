@@ -346,12 +346,10 @@ def choose(versions: list[Version], at_ns: int | None) -> dict[str, Version]:
     return out
 
 
-def restore_one(area: str, v: Version, dest_root: str, *, force: bool) -> str:
-    """Write version `v` back to dest_root/v.path atomically (temp + rename, its mode and mtime);
-    returns what was done. Never over a file changed after the version was kept, unless `force`."""
-    src = os.path.join(area, v.name)
-    dest = os.path.join(dest_root, v.path)
-    st = os.lstat(src)
+def _restore_temp(dest: str, v: Version, force: bool) -> str:
+    """The temp path beside `dest` that version `v` is written to before its rename into place,
+    once it is sure it may go there: not over a directory, nor over a file changed after the
+    version was kept (unless `force`). Makes dest's parent directories."""
     try:
         now = os.lstat(dest)
     except FileNotFoundError:
@@ -364,6 +362,16 @@ def restore_one(area: str, v: Version, dest_root: str, *, force: bool) -> str:
     parent = os.path.dirname(dest)
     os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, temp_name("restore"))
+    return tmp
+
+
+def restore_one(area: str, v: Version, dest_root: str, *, force: bool) -> str:
+    """Write version `v` back to dest_root/v.path atomically (temp + rename, its mode and mtime);
+    returns what was done. Never over a file changed after the version was kept, unless `force`."""
+    src = os.path.join(area, v.name)
+    dest = os.path.join(dest_root, v.path)
+    st = os.lstat(src)
+    tmp = _restore_temp(dest, v, force)
     try:
         if stat.S_ISLNK(st.st_mode):
             os.symlink(os.readlink(src), tmp)
@@ -514,18 +522,7 @@ def restore_remote_one(f: Any, ssh_config: Any, v: Version, dest_root: str, *, f
     from foldermirror.remote import rsync as R
 
     dest = os.path.join(dest_root, v.path)
-    try:
-        now = os.lstat(dest)
-    except FileNotFoundError:
-        now = None
-    if now is not None and stat.S_ISDIR(now.st_mode):
-        raise RestoreError(f"{dest} is a directory; restore the files under it, or move it away")
-    if now is not None and now.st_mtime_ns > v.ns and not force:
-        raise RestoreError(f"{dest} was changed after this version was kept ({v.time}); give --force to "
-                           "replace it anyway")
-    parent = os.path.dirname(dest)
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, temp_name("restore"))
+    tmp = _restore_temp(dest, v, force)
     cmd, spec = _remote_rsync(f, ssh_config)
     owner = ["-o", "-g"] if os.geteuid() == 0 else []
     try:
