@@ -90,12 +90,18 @@ def test_a_replayed_rename_keeps_nothing(versioned):
 def test_mass_delete_undone_by_restore(versioned, tmp_path):
     src, dst, d, config = versioned
     before = {}
+    # Made whole outside the source, then moved in: each file is mirrored once, with its final
+    # mode and mtime. Written in place, a copy made before the chmod or utime would be replaced,
+    # and that replace would keep a version of its own.
+    staging = tmp_path / "staging"
     for i in range(30):
-        p = src / f"d{i % 3}" / f"f{i}.bin"
-        p.parent.mkdir(exist_ok=True)
+        p = staging / f"d{i % 3}" / f"f{i}.bin"
+        p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(os.urandom(100 + i))
         os.chmod(p, 0o600 + (i % 2) * 0o40)
         os.utime(p, ns=(1_600_000_000_000_000_000 + i, 1_600_000_000_000_000_000 + i * 1000))
+    for sub in ("d0", "d1", "d2"):
+        os.rename(staging / sub, src / sub)
     wait_mirrored(src, dst)
     for p in src.rglob("*"):
         if p.is_file():
