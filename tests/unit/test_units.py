@@ -226,6 +226,55 @@ def test_prune_forgets_paths_no_longer_hot_and_keeps_hot_ones(q, clock):
     assert q.take(10, timeout=0) == []  # still hot: it waits for quiet
 
 
+def in_order(items) -> list[str]:
+    return [i.path for i in items]
+
+
+def test_a_save_in_a_quiet_directory_goes_before_a_burst_in_another(q, clock):
+    for i in range(500):
+        q.touch("f", f"bulk/d{i % 5}/f{i}", settle=0.25, ready=True)
+    q.touch("f", "docs/report.odt", settle=0.25, ready=True)
+    first = in_order(q.take(8, timeout=0))
+    # the first file of each burst directory came when its directory had nothing else ready
+    assert first[:6] == [f"bulk/d{i}/f{i}" for i in range(5)] + ["docs/report.odt"]
+    rest = in_order(q.take(1000, timeout=0))
+    assert rest == [f"bulk/d{i % 5}/f{i}" for i in range(5, 500) if f"bulk/d{i % 5}/f{i}" not in first], \
+        "the burst itself keeps its order"
+
+
+def test_a_directory_with_work_waiting_does_not_jump_the_queue_again(q, clock):
+    q.touch("f", "a/1", settle=0.25, ready=True)
+    q.touch("f", "b/1", settle=0.25, ready=True)
+    q.touch("f", "a/2", settle=0.25, ready=True)  # a/1 is still waiting: a/2 queues behind b's work
+    q.touch("f", "b/2", settle=0.25, ready=True)
+    assert in_order(q.take(10, timeout=0)) == ["a/1", "b/1", "a/2", "b/2"]
+    q.touch("f", "a/3", settle=0.25, ready=True)  # nothing of a/ waits now: express again
+    q.touch("f", "c/9", settle=0.25, ready=True)
+    q.touch("f", "a/4", settle=0.25, ready=True)
+    assert in_order(q.take(10, timeout=0)) == ["a/3", "c/9", "a/4"]
+
+
+def test_live_changes_go_before_what_a_comparison_found_and_promote_it(q, clock):
+    for i in range(100):
+        q.touch("f", f"old/{i}", settle=0.25, ready=True, bulk=True)
+    q.touch("f", "new/1", settle=0.25, ready=True)
+    q.touch("f", "new/2", settle=0.25, ready=True)
+    q.touch("f", "old/50", settle=0.25, ready=True)  # seen live as well: it leaves the bulk lane
+    assert in_order(q.take(4, timeout=0)) == ["new/1", "old/50", "new/2", "old/0"]
+    rest = in_order(q.take(1000, timeout=0))
+    assert rest == [f"old/{i}" for i in range(1, 100) if i != 50], "handed out once each, in their order"
+
+
+def test_take_more_fills_a_batch_from_every_lane(q, clock):
+    q.touch("r", "bulk/1", settle=0.25, ready=True, bulk=True)
+    q.touch("l", "x/1", settle=0.25, ready=True)
+    q.touch("r", "live/1", settle=0.25, ready=True)
+    q.touch("r", "live/2", settle=0.25, ready=True)
+    assert in_order(q.take_more("r", 10)) == ["live/1", "live/2", "bulk/1"]
+    assert in_order(q.take(10, timeout=0)) == ["x/1"]
+    assert q._dir_ready == {}, "the per-directory counts went back to nothing"
+
+
 # -- comparison ----------------------------------------------------------------------------
 def test_walk_counts_the_files_to_copy_apart_from_other_differences(tmp_path):
     """Catch-up progress counts up to `copies`: files and symlinks, not directories or extras."""

@@ -110,7 +110,7 @@ def diff_tree(source: str, target: str, excluded: Excluder, delete: bool, instan
         keep = mirror.keep  # less what its file system refuses: never a difference there
     try:
         yield from _walk(tree, mirror, excluded, delete, instance, sub, stats, writer_alive, clean_temps, keep,
-                         None if links is None else _Links(links))
+                         None if links is None else _Links(links), source)
     finally:
         tree.close()
         if mirror is not None:
@@ -168,7 +168,7 @@ def source_links(source: str, excluded: Excluder, seen: LinkSeen, sub: str = "")
 
 def _walk(source: SourceTree, target: Target | None, excluded: Excluder, delete: bool, instance: str, sub: str,
           stats: WalkStats, writer_alive: Callable[[int], bool], clean_temps: bool,
-          keep: Keep = NOTHING, links: _Links | None = None) -> Iterator[Difference]:
+          keep: Keep = NOTHING, links: _Links | None = None, source_root: str = "") -> Iterator[Difference]:
     assert stats.unreadable is not None
     stack = [sub]
     while stack:
@@ -194,7 +194,7 @@ def _walk(source: SourceTree, target: Target | None, excluded: Excluder, delete:
         try:
             yield from _compare(rel, parts, sfd, target if scanned is not None else None, s_entries, t_entries,
                                 excluded, delete, instance, stats, writer_alive, stack, clean_temps, keep,
-                                links)
+                                links, source_root)
         finally:
             # One directory's fds at a time on each side, however big the tree, and each
             # directory looked up afresh from its root (a rename meanwhile is not followed).
@@ -206,14 +206,19 @@ def _walk(source: SourceTree, target: Target | None, excluded: Excluder, delete:
 def _compare(rel: str, parts: tuple[str, ...], sfd: int | None, target: Target | None,
              s_entries: dict[str, Entry], t_entries: dict[str, Entry], excluded: Excluder, delete: bool,
              instance: str, stats: WalkStats, writer_alive: Callable[[int], bool], stack: list[str],
-             clean_temps: bool, keep: Keep = NOTHING, links: _Links | None = None) -> Iterator[Difference]:
+             clean_temps: bool, keep: Keep = NOTHING, links: _Links | None = None,
+             source_root: str = "") -> Iterator[Difference]:
     def metadata_differs(name: str, s: Entry, t: Entry) -> bool:
         if keep.owner and (s.uid, s.gid) != (t.uid, t.gid):
             return True
         if not keep.attrs or sfd is None or target is None:
             return False
+        # Read by a path from the root, not through sfd (/proc/self/fd/N/name costs twice the
+        # lookup): this only decides what to look at again, and a rename meanwhile makes
+        # events of its own.
+        where = f"{source_root}/{rel}/{name}" if rel else f"{source_root}/{name}"
         try:
-            return read_attrs(at(sfd, name), keep) != target.attrs((*parts, name))
+            return read_attrs(where if source_root else at(sfd, name), keep) != target.attrs((*parts, name))
         except OSError:
             return True  # gone or unreadable meanwhile: the worker looks again and says why
 

@@ -157,14 +157,14 @@ class CatchUpTracker:
                     continue
                 else:
                     self.changes.wait_for_room()
-                    self.changes.touch(f.name, diff.path, settle=f.settle, ready=req.ready)
+                    self.changes.touch(f.name, diff.path, settle=f.settle, ready=req.ready, bulk=True)
             if extras and req.sub == "" and hold_deletions(stats, f.max_delete_fraction):
                 self._hold_deletions(f, req, stats)
                 stats.differences -= len(extras)
                 extras = []
             for path in extras:
                 self.changes.wait_for_room()
-                self.changes.touch(f.name, path, settle=f.settle, ready=req.ready)
+                self.changes.touch(f.name, path, settle=f.settle, ready=req.ready, bulk=True)
             complete = True
         except LinkDown as exc:
             # Compared again once the link is back (Links asks for it).

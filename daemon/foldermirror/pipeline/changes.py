@@ -13,6 +13,12 @@ A path sent with `link_to` (hard links: the other names of its inode whose mirro
 share) holds those names too while it flies, as a reader: it is not handed out while one
 of them is in flight (its mirror may be being replaced), and they are not handed out while
 it flies (it links to their mirror); two links to one name may fly at once.
+
+Ready paths wait in three lanes, handed out in this order: *express* (a live change in a
+directory with nothing else ready: a person saving a document), *live* (the rest of the
+changes the watcher saw: a burst), *bulk* (what a comparison found: a catch-up). So a save
+does not queue behind a bulk copy of thousands of files, and a catch-up yields to live
+work; within a lane, first come, first out.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 Key = tuple[str, str]  # (folder name, path relative to the folder's source)
+EXPRESS, LIVE, BULK = 0, 1, 2  # the ready lanes, in the order they are handed out
 # Ready items not yet handed out beyond which a walk waits (see wait_for_room): enough
 # to keep every worker busy, few enough that a catch-up of a million files does not
 # hold a million entries (each costs some 400 bytes, and CPython keeps the arenas).
@@ -64,7 +71,8 @@ class _Entry:
     not_before: float = 0.0
     origin: str | None = None
     walk: bool = False
-    queued: bool = False          # sits in the ready deque
+    queued: bool = False          # sits in a ready lane
+    bulk: bool = False            # found by a comparison, not seen by the watcher: the bulk lane
     timer: float | None = None    # deadline of its live heap entry
     link_to: tuple[str, ...] | None = None
 
@@ -74,7 +82,9 @@ class ChangeQueue:
     clock: Callable[[], float] = time.monotonic
     _entries: dict[Key, _Entry] = field(default_factory=dict)
     _in_flight: set[Key] = field(default_factory=set)
-    _ready: deque[Key] = field(default_factory=deque)
+    _lanes: tuple[deque[Key], deque[Key], deque[Key]] = field(default_factory=lambda: (deque(), deque(), deque()))
+    # Per (folder, directory): how many keys the express and live lanes hold (stale ones too).
+    _dir_ready: dict[Key, int] = field(default_factory=dict)
     _timers: list[tuple[float, int, Key]] = field(default_factory=list)
     _seq: itertools.count[int] = field(default_factory=itertools.count)
     _epochs: dict[str, int] = field(default_factory=dict)
@@ -111,13 +121,14 @@ class ChangeQueue:
     # -- producers -------------------------------------------------------------
     def touch(self, folder: str, path: str, *, settle: float, ready: bool = False,
               not_before: float | None = None, max_delay: float = 0.0,
-              link_to: tuple[str, ...] | None = None) -> None:
+              link_to: tuple[str, ...] | None = None, bulk: bool = False) -> None:
         """Record that `path` may differ from its mirror.
 
         `not_before` replaces a retry backoff: a new event passes 0 (retry as soon as the
         path settles: the cause may be fixed), a failure passes its next retry time.
         `max_delay` (0: none) bounds how long a path that never goes quiet waits.
         `link_to` (hard links) replaces the path's hint; None keeps the one it has.
+        `bulk`: found by a comparison (the bulk lane); a change seen live moves it up.
         """
         with self._cond:
             now = self.clock()
@@ -127,7 +138,11 @@ class ChangeQueue:
             e = self._entries.get(key)
             if e is None:
                 e = self._add(key, _Entry(first_seen=now, last_event=now, settle=settle,
-                                          deadline=now + max_delay if max_delay > 0 else math.inf))
+                                          deadline=now + max_delay if max_delay > 0 else math.inf, bulk=bulk))
+            elif e.bulk and not bulk:
+                e.bulk = False
+                if e.queued:  # its place in the bulk lane is left stale (see _next_key)
+                    self._enqueue(key, e)
             e.last_event = now
             e.settle = settle
             e.ready = e.ready or ready
@@ -205,7 +220,35 @@ class ChangeQueue:
                 self._room.wait()
 
     def _backlog(self) -> int:
-        return len(self._ready) + sum(len(w) for w in self._waiting.values())
+        return self._ready_count() + sum(len(w) for w in self._waiting.values())
+
+    def _ready_count(self) -> int:
+        return sum(len(lane) for lane in self._lanes)
+
+    def _enqueue(self, key: Key, e: _Entry) -> None:
+        e.queued = True
+        if e.bulk:
+            self._lanes[BULK].append(key)
+            return
+        where = (key[0], key[1].rpartition("/")[0])
+        n = self._dir_ready.get(where, 0)
+        self._dir_ready[where] = n + 1
+        self._lanes[LIVE if n else EXPRESS].append(key)
+
+    def _next_key(self) -> Key | None:
+        """The next key of the first lane that has one (perhaps stale: the caller checks)."""
+        for lane in self._lanes:
+            if lane:
+                key = lane.popleft()
+                if lane is not self._lanes[BULK]:
+                    where = (key[0], key[1].rpartition("/")[0])
+                    n = self._dir_ready[where] - 1
+                    if n:
+                        self._dir_ready[where] = n
+                    else:
+                        del self._dir_ready[where]
+                return key
+        return None
 
     def _touch_locked(self, key: Key, settle: float, now: float, walk: bool = False) -> None:
         e = self._entries.get(key)
@@ -241,8 +284,7 @@ class ChangeQueue:
             return
         if at <= now:
             if not e.queued:
-                e.queued = True
-                self._ready.append(key)
+                self._enqueue(key, e)
                 self._cond.notify()
                 if self.tracer is not None:
                     self.tracer("ready", key)
@@ -272,8 +314,9 @@ class ChangeQueue:
             while True:
                 now = self.clock()
                 self._promote(now)
-                if self._ready:
-                    limit = max(1, min(max_items, math.ceil(len(self._ready) / max(1, spread))))
+                ready = self._ready_count()
+                if ready:
+                    limit = max(1, min(max_items, math.ceil(ready / max(1, spread))))
                     items = self._pop_ready(limit, now)
                     if items:
                         return items
@@ -290,13 +333,20 @@ class ChangeQueue:
         with self._cond:
             now = self.clock()
             self._promote(now)
-            mine: deque[Key] = deque()
-            others: deque[Key] = deque()
-            for key in self._ready:
-                (mine if key[0] == folder and len(mine) < max_items else others).append(key)
-            self._ready = mine
+            mine: tuple[deque[Key], deque[Key], deque[Key]] = (deque(), deque(), deque())
+            others: tuple[deque[Key], deque[Key], deque[Key]] = (deque(), deque(), deque())
+            taken = 0
+            for lane, m, o in zip(self._lanes, mine, others, strict=True):
+                for key in lane:
+                    if key[0] == folder and taken < max_items:
+                        m.append(key)
+                        taken += 1
+                    else:
+                        o.append(key)
+            self._lanes = mine
             items = self._pop_ready(max_items, now, filling={folder})
-            self._ready.extend(others)  # what _pop_ready put back, then the rest, in order
+            for m, o in zip(mine, others, strict=True):
+                m.extend(o)  # what _pop_ready put back, then the rest, in order
             return items
 
     def landed(self, folder: str) -> None:
@@ -332,8 +382,10 @@ class ChangeQueue:
             self._prune_locked(now)
         items: list[Item] = []
         filling = set() if filling is None else filling  # serial folders whose batch this call makes
-        while self._ready and len(items) < limit:
-            key = self._ready.popleft()
+        while len(items) < limit:
+            key = self._next_key()
+            if key is None:
+                break
             e = self._entries.get(key)
             if e is None or not e.queued:
                 continue
@@ -379,7 +431,7 @@ class ChangeQueue:
                               epoch=self._epochs.get(key[0], 0), busy=busy, link_to=link_to))
             if self.tracer is not None:
                 self.tracer("dispatched", key)
-        if len(self._ready) <= self.backlog_max // 2:
+        if self._ready_count() <= self.backlog_max // 2:
             self._room.notify_all()
         return items
 
