@@ -284,3 +284,41 @@ def test_totals_follow_the_walk_then_the_copies_then_the_finished_catch_up(tmp_p
     rig.catch_ups.finish(rig.clock())
     assert rig.folders["data"].catch_up is None  # ended: its counts are still the folder's totals
     assert rig.catch_ups.totals() == after._replace(files=2, bytes=20)
+
+
+# -- a new directory's walk ------------------------------------------------------------------
+def test_a_new_directorys_walk_compares_only_what_no_worker_looked_at_since_its_watch(tmp_path: Path):
+    from foldermirror.catchup.compare import diff_tree
+    from foldermirror.paths import Excluder
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    (src / "d").mkdir(parents=True)
+    (dst / "d").mkdir(parents=True)
+    for name in ("before", "pending", "handed_out", "untold"):
+        (src / "d" / name).write_bytes(b"new bytes")
+    clock = Clock()
+    q = ChangeQueue(clock=clock)
+    q.touch("f", "d/before", settle=0.25, ready=True)
+    q.done_all(q.take(10, timeout=0))  # handed out before the directory's watch: not proof
+    clock.now += 1.0
+    since = clock.now
+    q.touch("f", "d/pending", settle=0.25, ready=True)
+    q.touch("f", "d/handed_out", settle=0.25, ready=True)
+    [first, second] = q.take(10, timeout=0)
+    q.done_all([second])
+    assert {first.path, second.path} == {"d/pending", "d/handed_out"}
+    q.touch("f", first.path, settle=0.25)  # pending again
+
+    def skip(path: str) -> bool:
+        return q.looked_at_since("f", path, since=since)
+
+    found = {d.path for d in diff_tree(str(src), str(dst), Excluder(()), True, "i", sub="d", skip=skip)}
+    assert found == {"d/before", "d/untold"}
+
+
+def test_a_later_walk_of_a_new_directory_is_not_covered_by_an_earlier_one():
+    early = Request("f", "d", "subtree", ready=False, only_unknown=True, since=1.0)
+    late = Request("f", "d", "subtree", ready=False, only_unknown=True, since=2.0)
+    full = Request("f", "", "rescan", ready=True)
+    assert late.covers(early) and not early.covers(late)
+    assert full.covers(late)

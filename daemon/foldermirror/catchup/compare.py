@@ -75,7 +75,7 @@ def diff_tree(source: str, target: str, excluded: Excluder, delete: bool, instan
               sub: str = "", stats: WalkStats | None = None,
               writer_alive: Callable[[int], bool] = lambda pid: True,
               clean_temps: bool = True, preserve: tuple[str, ...] = (),
-              links: LinkSeen | None = None) -> Iterator[Difference]:
+              links: LinkSeen | None = None, skip: Callable[[str], bool] | None = None) -> Iterator[Difference]:
     """Yield every path under `sub` whose mirror is missing, differs, or (with delete) is extra.
 
     Directories are opened component by component relative to directory fds with
@@ -88,6 +88,7 @@ def diff_tree(source: str, target: str, excluded: Excluder, delete: bool, instan
     size, mtime and mode match are compared too when it keeps them (and this process can).
     With `links` (the folder keeps hard links) each file with other names is told to it,
     and a name whose mirror is not the same file as its inode's first name's mirror differs.
+    `skip`: entries other than directories it says are taken care of are not compared.
     """
     stats = stats if stats is not None else WalkStats()
     if stats.unreadable is None:
@@ -110,7 +111,7 @@ def diff_tree(source: str, target: str, excluded: Excluder, delete: bool, instan
         keep = mirror.keep  # less what its file system refuses: never a difference there
     try:
         yield from _walk(tree, mirror, excluded, delete, instance, sub, stats, writer_alive, clean_temps, keep,
-                         None if links is None else _Links(links), source)
+                         None if links is None else _Links(links), source, skip)
     finally:
         tree.close()
         if mirror is not None:
@@ -168,7 +169,8 @@ def source_links(source: str, excluded: Excluder, seen: LinkSeen, sub: str = "")
 
 def _walk(source: SourceTree, target: Target | None, excluded: Excluder, delete: bool, instance: str, sub: str,
           stats: WalkStats, writer_alive: Callable[[int], bool], clean_temps: bool,
-          keep: Keep = NOTHING, links: _Links | None = None, source_root: str = "") -> Iterator[Difference]:
+          keep: Keep = NOTHING, links: _Links | None = None, source_root: str = "",
+          skip: Callable[[str], bool] | None = None) -> Iterator[Difference]:
     assert stats.unreadable is not None
     stack = [sub]
     while stack:
@@ -194,7 +196,7 @@ def _walk(source: SourceTree, target: Target | None, excluded: Excluder, delete:
         try:
             yield from _compare(rel, parts, sfd, target if scanned is not None else None, s_entries, t_entries,
                                 excluded, delete, instance, stats, writer_alive, stack, clean_temps, keep,
-                                links, source_root)
+                                links, source_root, skip)
         finally:
             # One directory's fds at a time on each side, however big the tree, and each
             # directory looked up afresh from its root (a rename meanwhile is not followed).
@@ -207,7 +209,7 @@ def _compare(rel: str, parts: tuple[str, ...], sfd: int | None, target: Target |
              s_entries: dict[str, Entry], t_entries: dict[str, Entry], excluded: Excluder, delete: bool,
              instance: str, stats: WalkStats, writer_alive: Callable[[int], bool], stack: list[str],
              clean_temps: bool, keep: Keep = NOTHING, links: _Links | None = None,
-             source_root: str = "") -> Iterator[Difference]:
+             source_root: str = "", skip: Callable[[str], bool] | None = None) -> Iterator[Difference]:
     def metadata_differs(name: str, s: Entry, t: Entry) -> bool:
         if keep.owner and (s.uid, s.gid) != (t.uid, t.gid):
             return True
@@ -230,6 +232,8 @@ def _compare(rel: str, parts: tuple[str, ...], sfd: int | None, target: Target |
         if excluded(path, s.kind == stat.S_IFDIR):
             continue  # and, for a directory, all below it: it is not walked
         stats.entries += 1
+        if skip is not None and s.kind != stat.S_IFDIR and skip(path):
+            continue
         t = t_entries.get(name)
         if t is not None:
             stats.target_entries += 1
@@ -331,14 +335,18 @@ class Request:
     ready: bool        # False: let the settle timer run (files may still be written)
     # Only paths the ChangeQueue does not know yet (neither pending nor in flight): a new
     # directory's entries that came without events. The ones it knows are mirrored anyway,
-    # and queuing them again would copy a burst's files twice.
+    # and queuing them again would copy a burst's files twice. Nor are those handed out
+    # since `since` (the ChangeQueue's clock when the directory's watch was in place) even
+    # compared: every change after that came with an event of its own.
     only_unknown: bool = False
+    since: float = 0.0
 
     def covers(self, other: Request) -> bool:
         """Whether this walk makes `other` redundant."""
         # A walk for hard links' names ends no catch-up: it never stands in for one that does.
         return (self.folder == other.folder and covers(self.sub, other.sub) and self.ready >= other.ready
                 and (other.only_unknown or not self.only_unknown)
+                and (not self.only_unknown or self.since >= other.since)
                 and (self.reason != "hardlinks" or other.reason == "hardlinks"))
 
 

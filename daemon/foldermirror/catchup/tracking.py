@@ -147,9 +147,10 @@ class CatchUpTracker:
                         self.inodes.begin_walk(f.name)
                         rebuilding = True
                     links = partial(self._link_seen, f.name)
+                skip = partial(self.changes.looked_at_since, f.name, since=req.since) if req.only_unknown else None
                 diffs = diff_tree(str(f.source), str(f.target), state.excluder, f.delete, self.instance,
                                   sub=req.sub, stats=stats, writer_alive=process_alive, preserve=f.preserve,
-                                  links=links)
+                                  links=links, skip=skip)
             for diff in diffs:
                 if diff.reason == "extra":
                     extras.append(diff.path)  # judged once the walk has seen everything

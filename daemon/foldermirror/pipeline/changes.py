@@ -542,6 +542,13 @@ class ChangeQueue:
         with self._cond:
             return (folder, path) in self._entries or (folder, path) in self._in_flight
 
+    def looked_at_since(self, folder: str, path: str, *, since: float) -> bool:
+        """The path is pending or in flight, or was handed out at `since` or later: a worker
+        looks (or looked) at it after every change before then."""
+        with self._cond:
+            key = (folder, path)
+            return key in self._entries or key in self._in_flight or self._handed_out.get(key, -math.inf) >= since
+
     def settled(self, folder: str) -> bool:
         """Nothing in flight and nothing pending except paths waiting out a retry backoff."""
         with self._cond:

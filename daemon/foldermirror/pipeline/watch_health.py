@@ -301,7 +301,8 @@ class WatchHealth:
 
     # -- the watcher's sink (the observer thread) -------------------------------------------
     def subtree(self, folder: str, path: str) -> None:
-        self.request_walk(Request(folder, path, "subtree", ready=False, only_unknown=True))
+        self.request_walk(Request(folder, path, "subtree", ready=False, only_unknown=True,
+                                  since=self.changes.clock()))
 
     def overflow(self) -> None:
         self.log.warning("overflow_rescan", error="the kernel's inotify queue overflowed and events were lost",
