@@ -365,7 +365,7 @@ def versions_command(config: Config, args: argparse.Namespace) -> int:
         elif found:
             print(f"{'TIME (UTC)':<24}  {'SIZE':>12}  PATH")
             for v in found:
-                print(f"{stamp(v.ns):<24}  {v.size:>12,}  {v.path}")
+                print(f"{stamp(v.ns):<24}  {v.size:>12,}  {v.path}{'/' if v.kind == 'dir' else ''}")
         return EXIT_OK
     at = versioning.parse_time(args.at) if args.at else None
     chosen = versioning.choose(found, at)
@@ -373,17 +373,35 @@ def versions_command(config: Config, args: argparse.Namespace) -> int:
         when = f" kept at or after {args.at}" if args.at else ""
         raise FoldermirrorError(f"folder {f.name}: no version of {args.path}{when} in {area}")
     dest = args.to or str(f.source)
+    plan = versioning.restore_plan(chosen)  # a remote area keeps no directories: files only
     failed = 0
-    for path in sorted(chosen):
-        v = chosen[path]
+    settle = []
+    for v in plan.dirs:
+        try:
+            if versioning.make_dir(v, dest) or args.force:
+                settle.append(v)
+            else:
+                print(f"left {v.path}/ as it is: a directory is there (--force gives it the version's mode and mtime)")
+        except (OSError, FoldermirrorError) as exc:
+            failed += 1
+            print(f"foldermirror: error: {v.path}/: {exc}", file=sys.stderr)
+    for v in plan.files:
         try:
             written = (versioning.restore_remote_one(f, config.ssh, v, dest, force=args.force) if remote
                        else versioning.restore_one(area, v, dest, force=args.force))
         except (OSError, FoldermirrorError) as exc:
             failed += 1
-            print(f"foldermirror: error: {path}: {exc}", file=sys.stderr)
+            print(f"foldermirror: error: {v.path}: {exc}", file=sys.stderr)
             continue
-        print(f"restored {path} (version {stamp(v.ns)}, {v.size:,} bytes) to {written}")
+        print(f"restored {v.path} (version {stamp(v.ns)}, {v.size:,} bytes) to {written}")
+    for v in reversed(settle):
+        try:
+            written = versioning.settle_dir(area, v, dest)
+        except OSError as exc:
+            failed += 1
+            print(f"foldermirror: error: {v.path}/: {exc}", file=sys.stderr)
+            continue
+        print(f"restored {v.path}/ (directory, version {stamp(v.ns)}) to {written}")
     return EXIT_FAILURE if failed else EXIT_OK
 
 
