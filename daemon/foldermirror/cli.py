@@ -128,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     versions = add("versions", "list the versions a folder keeps of a path, newest first",
                    "List the versions kept in a folder's versions area (see versions: in the config) of one "
                    "path, or of every path under a directory (the whole folder by default), newest first: the "
-                   "time each left the mirror (UTC; the stamp restore --at takes), its size and path. Works on "
+                   "time each left the mirror (UTC; the stamp restore --at takes), its size and path (a "
+                   "directory's own version ends in /). Works on "
                    "the area itself (on a remote target's host, over an ssh login of its own): no daemon is "
                    "needed. Exit 0, 1 when the folder keeps no versions or its host cannot be reached, 78 on a "
                    "configuration error.")
@@ -142,7 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
                   "(a temp file renamed into place) with the version's bytes, mode and mtime, into the folder's "
                   "source by default: the running daemon then mirrors it as any change. Without --at, the newest "
                   "version; with --at, the one that was in the mirror at that time. Never over a file changed "
-                  "after the version was kept, unless --force. Exit 0 when every path was restored, 1 when "
+                  "after the version was kept, unless --force. A deleted directory's version makes it again "
+                  "(an empty one too), with its mode and mtime set once the files are in; a directory that is "
+                  "there is left as it is, unless --force. Exit 0 when every path was restored, 1 when "
                   "some was not (each is named), 78 on a configuration error.")
     restore.add_argument("--folder", metavar="NAME", required=True, help="the folder the version belongs to")
     restore.add_argument("path", metavar="PATH", help="a path relative to the folder (a directory: all below it)")
@@ -151,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "`versions` lists it); default: the newest")
     restore.add_argument("--to", metavar="DEST", help="write under this directory instead of the source")
     restore.add_argument("--force", action="store_true",
-                         help="replace a file even if it changed after the version was kept")
+                         help="replace a file even if it changed after the version was kept, and give a "
+                              "directory that is there its version's mode and mtime")
     shipped.add_commands(sub)
     docgen.add_commands(sub)
     return parser

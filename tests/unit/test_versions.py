@@ -250,6 +250,20 @@ def test_a_restore_makes_directories_first_and_settles_them_deepest_first():
     for i, path in enumerate(deepest_first):  # each before every directory above it
         assert not any(path.startswith(above + "/") for above in deepest_first[:i]), deepest_first
 
+
+def test_a_directory_is_made_when_missing_left_when_there_and_never_over_a_file(tmp_path):
+    from foldermirror.versioning import RestoreError, make_dir
+
+    dest = tmp_path / "dest"
+    assert make_dir(Version("a/b", NOW, 0, "dir", "a/b/~x"), str(dest)) is True
+    assert stat.S_IMODE(os.lstat(dest / "a" / "b").st_mode) == 0o700   # private until settled
+    os.chmod(dest / "a" / "b", 0o751)
+    assert make_dir(Version("a/b", NOW, 0, "dir", "a/b/~x"), str(dest)) is False
+    assert stat.S_IMODE(os.lstat(dest / "a" / "b").st_mode) == 0o751   # left as it is
+    (dest / "f").write_bytes(b"x")
+    with pytest.raises(RestoreError, match="not a directory"):
+        make_dir(Version("f", NOW, 0, "dir", "f/~x"), str(dest))
+
 def test_listing_choose_and_parse_time(tmp_path):
     area = tmp_path / "area"
     (area / "x").mkdir(parents=True)
