@@ -277,6 +277,11 @@ def test_listing_choose_and_parse_time(tmp_path):
     assert choose(found, None)["x/f"].ns == NOW + 2 * DAY_NS
     assert choose(found, NOW + S)["x/f"].ns == NOW + DAY_NS   # in the mirror then: the next one kept
     assert choose(found, NOW + 3 * DAY_NS) == {}
+    (area / "x" / dir_version_name(NOW + DAY_NS)).touch()   # x itself, deleted with the second version of f
+    in_x = listing(str(area), "x")
+    assert [(v.path, v.kind) for v in in_x if v.kind == "dir"] == [("x", "dir")]
+    assert {p: v.ns for p, v in choose(in_x, NOW + S).items()} == {"x": NOW + DAY_NS, "x/f": NOW + DAY_NS}
+    assert [v.path for v in listing(str(area), "x/f")] == ["x/f"] * 3      # a file's listing has no directory
     assert parse_time(stamp(NOW)) == NOW
     assert parse_time("2027-01-15T08:00:00Z") == NOW - 123_456_000
     assert parse_time("2027-01-15T09:00:00+01:00") == NOW - 123_456_000
