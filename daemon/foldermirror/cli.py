@@ -128,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     versions = add("versions", "list the versions a folder keeps of a path, newest first",
                    "List the versions kept in a folder's versions area (see versions: in the config) of one "
                    "path, or of every path under a directory (the whole folder by default), newest first: the "
-                   "time each left the mirror (UTC; the stamp restore --at takes), its size and path. Works on "
+                   "time each left the mirror (UTC; the stamp restore --at takes), its size and path (a "
+                   "directory's own version ends in /). Works on "
                    "the area itself (on a remote target's host, over an ssh login of its own): no daemon is "
                    "needed. Exit 0, 1 when the folder keeps no versions or its host cannot be reached, 78 on a "
                    "configuration error.")
@@ -142,7 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
                   "(a temp file renamed into place) with the version's bytes, mode and mtime, into the folder's "
                   "source by default: the running daemon then mirrors it as any change. Without --at, the newest "
                   "version; with --at, the one that was in the mirror at that time. Never over a file changed "
-                  "after the version was kept, unless --force. Exit 0 when every path was restored, 1 when "
+                  "after the version was kept, unless --force. A deleted directory's version makes it again "
+                  "(an empty one too), with its mode and mtime set once the files are in; a directory that is "
+                  "there is left as it is, unless --force. Exit 0 when every path was restored, 1 when "
                   "some was not (each is named), 78 on a configuration error.")
     restore.add_argument("--folder", metavar="NAME", required=True, help="the folder the version belongs to")
     restore.add_argument("path", metavar="PATH", help="a path relative to the folder (a directory: all below it)")
@@ -151,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "`versions` lists it); default: the newest")
     restore.add_argument("--to", metavar="DEST", help="write under this directory instead of the source")
     restore.add_argument("--force", action="store_true",
-                         help="replace a file even if it changed after the version was kept")
+                         help="replace a file even if it changed after the version was kept, and give a "
+                              "directory that is there its version's mode and mtime")
     shipped.add_commands(sub)
     docgen.add_commands(sub)
     return parser
@@ -365,7 +369,7 @@ def versions_command(config: Config, args: argparse.Namespace) -> int:
         elif found:
             print(f"{'TIME (UTC)':<24}  {'SIZE':>12}  PATH")
             for v in found:
-                print(f"{stamp(v.ns):<24}  {v.size:>12,}  {v.path}")
+                print(f"{stamp(v.ns):<24}  {v.size:>12,}  {v.path}{'/' if v.kind == 'dir' else ''}")
         return EXIT_OK
     at = versioning.parse_time(args.at) if args.at else None
     chosen = versioning.choose(found, at)
@@ -373,17 +377,35 @@ def versions_command(config: Config, args: argparse.Namespace) -> int:
         when = f" kept at or after {args.at}" if args.at else ""
         raise FoldermirrorError(f"folder {f.name}: no version of {args.path}{when} in {area}")
     dest = args.to or str(f.source)
+    plan = versioning.restore_plan(chosen)  # a remote area keeps no directories: files only
     failed = 0
-    for path in sorted(chosen):
-        v = chosen[path]
+    settle = []
+    for v in plan.dirs:
+        try:
+            if versioning.make_dir(v, dest) or args.force:
+                settle.append(v)
+            else:
+                print(f"left {v.path}/ as it is: a directory is there (--force gives it the version's mode and mtime)")
+        except (OSError, FoldermirrorError) as exc:
+            failed += 1
+            print(f"foldermirror: error: {v.path}/: {exc}", file=sys.stderr)
+    for v in plan.files:
         try:
             written = (versioning.restore_remote_one(f, config.ssh, v, dest, force=args.force) if remote
                        else versioning.restore_one(area, v, dest, force=args.force))
         except (OSError, FoldermirrorError) as exc:
             failed += 1
-            print(f"foldermirror: error: {path}: {exc}", file=sys.stderr)
+            print(f"foldermirror: error: {v.path}: {exc}", file=sys.stderr)
             continue
-        print(f"restored {path} (version {stamp(v.ns)}, {v.size:,} bytes) to {written}")
+        print(f"restored {v.path} (version {stamp(v.ns)}, {v.size:,} bytes) to {written}")
+    for v in reversed(settle):
+        try:
+            written = versioning.settle_dir(area, v, dest)
+        except OSError as exc:
+            failed += 1
+            print(f"foldermirror: error: {v.path}/: {exc}", file=sys.stderr)
+            continue
+        print(f"restored {v.path}/ (directory, version {stamp(v.ns)}) to {written}")
     return EXIT_FAILURE if failed else EXIT_OK
 
 

@@ -12,13 +12,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from foldermirror.config import VersionsConfig
 from foldermirror.errors import FoldermirrorError
 from foldermirror.folderstate import FolderState
 from foldermirror.pipeline.records import Kept
-from foldermirror.pipeline.versions import Version, split_version, walk
+from foldermirror.pipeline.versions import Version, split_entry, split_version, walk
 from foldermirror.tempnames import temp_name
 
 HOUR_NS = 3600 * 10**9
@@ -88,8 +88,8 @@ class VersionCounts:
 
     def kept(self, kept: Kept, ns: int) -> None:
         with self._lock:
-            self._since_last.add(kept.files, kept.bytes, ns)
-            self._since_this.add(kept.files, kept.bytes, ns)
+            self._since_last.add(kept.files + kept.dirs, kept.bytes, ns)
+            self._since_this.add(kept.files + kept.dirs, kept.bytes, ns)
 
     def pass_started(self) -> None:
         with self._lock:
@@ -146,10 +146,10 @@ class _Pass:
             if entry.is_dir(follow_symlinks=False):
                 self.stack.append(f"{rel}/{entry.name}" if rel else entry.name)
                 continue
-            parsed = split_version(entry.name)
-            if parsed is None or parsed[1] >= self.now_ns:  # not ours, or kept since the pass began
+            parsed = split_entry(rel, entry.name)
+            if parsed is None or parsed.ns >= self.now_ns:  # not ours, or kept since the pass began
                 continue
-            groups.setdefault(parsed[0], []).append((parsed[1], entry))
+            groups.setdefault(parsed.path, []).append((parsed.ns, entry))
         for versions in groups.values():
             doomed = to_prune(self.policy, (t for t, _ in versions), self.now_ns)
             for t, entry in versions:
@@ -344,6 +344,58 @@ def choose(versions: list[Version], at_ns: int | None) -> dict[str, Version]:
         else:
             out[v.path] = v
     return out
+
+
+class RestorePlan(NamedTuple):
+    """What a restore does, in this order: make the directories that are missing (shallowest
+    first), write the files and symlinks, then give the directories made their owner, mode
+    and mtime (deepest first, `reversed(dirs)`)."""
+
+    dirs: list[Version]    # directories' versions, shallowest first
+    files: list[Version]   # files' and symlinks', by path
+
+
+def restore_plan(chosen: Mapping[str, Version]) -> RestorePlan:
+    """The chosen versions (`choose`) in the order a restore takes them."""
+    dirs = sorted((v for v in chosen.values() if v.kind == "dir"), key=lambda v: (v.path.count("/"), v.path))
+    files = sorted((v for v in chosen.values() if v.kind != "dir"), key=lambda v: v.path)
+    return RestorePlan(dirs, files)
+
+
+def make_dir(v: Version, dest_root: str) -> bool:
+    """Make dest_root/v.path for a directory's version, private until `settle_dir` (the files
+    under it go in first); False when a directory is there already, which is left as it is.
+    Never over anything else."""
+    dest = os.path.join(dest_root, v.path)
+    try:
+        now = os.lstat(dest)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        os.mkdir(dest, 0o700)
+        return True
+    if not stat.S_ISDIR(now.st_mode):
+        raise RestoreError(f"{dest} is not a directory; move it away to restore the directory")
+    return False
+
+
+def settle_dir(area: str, v: Version, dest_root: str) -> str:
+    """Give the directory dest_root/v.path its version's owner (as root), mode and mtime; returns
+    its path. Called deepest first, once the files are in: each file renamed into a directory
+    changes its mtime, and a parent's mode may bar the way to its children."""
+    st = os.lstat(os.path.join(area, v.name))
+    dest = os.path.join(dest_root, v.path)
+    fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if os.geteuid() == 0:
+            try:
+                os.fchown(fd, st.st_uid, st.st_gid)
+            except OSError:
+                pass
+        os.fchmod(fd, stat.S_IMODE(st.st_mode))
+        os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+    finally:
+        os.close(fd)
+    return dest
 
 
 def _restore_temp(dest: str, v: Version, force: bool) -> str:

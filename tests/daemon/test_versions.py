@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -87,9 +88,24 @@ def test_a_replayed_rename_keeps_nothing(versioned):
     assert not [p for p in area.rglob("*") if p.is_file()], list(area.rglob("*"))
 
 
+def tree_state(root: Path) -> dict[str, tuple[object, ...]]:
+    """What a restore must bring back, by path: files' bytes, mode and mtime; directories' mode."""
+    out: dict[str, tuple[object, ...]] = {}
+    for p in root.rglob("*"):
+        st = p.lstat()
+        rel = str(p.relative_to(root))
+        if p.is_dir():
+            out[rel] = ("dir", st.st_mode)
+        elif p.is_file():
+            out[rel] = ("file", p.read_bytes(), st.st_mode, st.st_mtime_ns)
+    return out
+
+
+DIR_MODES = {"d0": 0o755, "d0/deep": 0o750, "d0/deep/er": 0o711, "d1": 0o750, "d2": 0o700, "d2/empty": 0o755}
+
+
 def test_mass_delete_undone_by_restore(versioned, tmp_path):
     src, dst, d, config = versioned
-    before = {}
     # Made whole outside the source, then moved in: each file is mirrored once, with its final
     # mode and mtime. Written in place, a copy made before the chmod or utime would be replaced,
     # and that replace would keep a version of its own.
@@ -100,13 +116,15 @@ def test_mass_delete_undone_by_restore(versioned, tmp_path):
         p.write_bytes(os.urandom(100 + i))
         os.chmod(p, 0o600 + (i % 2) * 0o40)
         os.utime(p, ns=(1_600_000_000_000_000_000 + i, 1_600_000_000_000_000_000 + i * 1000))
+    for i, (rel, mode) in enumerate(sorted(DIR_MODES.items(), key=lambda kv: -kv[0].count("/"))):
+        (staging / rel).mkdir(parents=True, exist_ok=True)
+        os.chmod(staging / rel, mode)
+        os.utime(staging / rel, ns=(1_600_000_000_000_000_000, 1_600_000_000_000_000_000 + i * 10**9))
     for sub in ("d0", "d1", "d2"):
         os.rename(staging / sub, src / sub)
     wait_mirrored(src, dst)
-    for p in src.rglob("*"):
-        if p.is_file():
-            st = p.stat()
-            before[str(p.relative_to(src))] = (p.read_bytes(), st.st_mode, st.st_mtime_ns)
+    before = tree_state(src)
+    assert sum(v[0] == "dir" for v in before.values()) == len(DIR_MODES)
     for sub in ("d0", "d1", "d2"):
         shutil.rmtree(src / sub)
     wait_mirrored(src, dst)
@@ -114,15 +132,39 @@ def test_mass_delete_undone_by_restore(versioned, tmp_path):
     listed = fm("versions", "-c", str(config), "--folder", "data", "--json", ".")
     assert listed.returncode == 0, listed.stderr
     rows = [json.loads(line) for line in listed.stdout.splitlines()]
-    assert sorted(r["path"] for r in rows) == sorted(before)
+    # A set: two workers deleting nested paths at once (a directory, and the tree holding it) may
+    # each keep what they found; the restore takes the newest.
+    assert {(r["path"], r["kind"]) for r in rows} == {(k, v[0]) for k, v in before.items()}, rows
+    dir_rows: dict[str, dict[str, str]] = {}
+    for r in rows:  # newest first
+        if r["kind"] == "dir":
+            dir_rows.setdefault(r["path"], r)
+    area = area_of(dst)
+    kept_mode = {p: stat.S_IMODE((area / r["version"]).lstat().st_mode) for p, r in dir_rows.items()}
+    assert kept_mode == DIR_MODES  # as the mirror had them
+
     restored = fm("restore", "-c", str(config), "--folder", "data", ".")
     assert restored.returncode == 0, restored.stderr
-    after = {}
-    for p in src.rglob("*"):
-        if p.is_file():
-            st = p.stat()
-            after[str(p.relative_to(src))] = (p.read_bytes(), st.st_mode, st.st_mtime_ns)
-    assert after == before
+    assert restored.stdout.count("(directory, version ") == len(DIR_MODES), restored.stdout
+    # Deepest first: each directory's line comes before its parent's.
+    order = [line.split()[1].rstrip("/") for line in restored.stdout.splitlines() if "(directory, " in line]
+    assert all(order.index(p) < order.index(p.rpartition("/")[0]) for p in order if "/" in p), order
+    assert tree_state(src) == before
+    for rel, r in dir_rows.items():
+        # The mtime its version carries, set once the files were in (each one renamed in changed it).
+        assert (src / rel).lstat().st_mtime_ns == (area / r["version"]).lstat().st_mtime_ns, rel
+    wait_mirrored(src, dst)
+
+    # A directory that is there is left as it is; --force gives it its version's mode and mtime.
+    os.chmod(src / "d1", 0o711)
+    again = fm("restore", "-c", str(config), "--folder", "data", "d1")
+    assert again.returncode == 0 and "left d1/ as it is" in again.stdout, again
+    assert stat.S_IMODE((src / "d1").lstat().st_mode) == 0o711
+    forced = fm("restore", "-c", str(config), "--folder", "data", "d1", "--force")
+    assert forced.returncode == 0 and "restored d1/ (directory" in forced.stdout, forced
+    st = (src / "d1").lstat()
+    assert (stat.S_IMODE(st.st_mode), st.st_mtime_ns) == (
+        0o750, (area / dir_rows["d1"]["version"]).lstat().st_mtime_ns)
     wait_mirrored(src, dst)
 
 
@@ -264,6 +306,7 @@ def test_a_remote_target_keeps_versions_through_rsync_backup(tmp_path, sshd, dae
     os.chmod(src / "sub" / "a.txt", 0o640)
     os.utime(src / "sub" / "a.txt", ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))
     (src / "gone.txt").write_bytes(b"deleted later")
+    (src / "gone.d").mkdir()  # rsync's --backup-dir keeps no directory: no version of it (README)
     (src / "mover.txt").write_bytes(b"moves over")
     (src / "landed.txt").write_bytes(b"moved onto")
     config = write_config(tmp_path, [folder], ssh=ssh_config_block(sshd))
@@ -276,13 +319,14 @@ def test_a_remote_target_keeps_versions_through_rsync_backup(tmp_path, sshd, dae
     assert len(versions_of(area, "old/x.txt")) == 1
     (src / "sub" / "a.txt").write_bytes(b"two")
     (src / "gone.txt").unlink()
+    (src / "gone.d").rmdir()
     os.replace(src / "mover.txt", src / "landed.txt")  # replayed as mv over ssh: what it lands on is kept
     wait_mirrored(src, dst, 30)
     d.wait_for("file_mirrored", 10, path="landed.txt", renamed_from="mover.txt")
     assert [c for _, c in versions_of(area, "landed.txt")] == [b"moved onto"]
     assert [c for _, c in versions_of(area, "sub/a.txt")] == [b"one"]
     assert [c for _, c in versions_of(area, "gone.txt")] == [b"deleted later"]
-    assert not (dst / "remote-versions").exists()
+    assert not (dst / "remote-versions").exists() and not (area / "gone.d").exists()
     replaced = d.wait_for("file_mirrored", path="sub/a.txt", count=2)[-1]
     deleted = d.wait_for("file_deleted", path="gone.txt")[0]
     for rec, path in ((replaced, "sub/a.txt"), (deleted, "gone.txt")):

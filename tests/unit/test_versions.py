@@ -11,8 +11,29 @@ import pytest
 from foldermirror.config import VersionsConfig
 from foldermirror.pipeline.records import Kept
 from foldermirror.pipeline.targets import LocalTarget
-from foldermirror.pipeline.versions import NOT_KEPT, parse_stamp, split_version, stamp, version_name, walk
-from foldermirror.versioning import DAY_NS, HOUR_NS, Pruner, VersionCounts, choose, listing, parse_time, to_prune
+from foldermirror.pipeline.versions import (
+    NOT_KEPT,
+    AreaName,
+    Version,
+    dir_version_name,
+    parse_stamp,
+    split_entry,
+    split_version,
+    stamp,
+    version_name,
+    walk,
+)
+from foldermirror.versioning import (
+    DAY_NS,
+    HOUR_NS,
+    Pruner,
+    VersionCounts,
+    choose,
+    listing,
+    parse_time,
+    restore_plan,
+    to_prune,
+)
 
 NOW = 1_800_000_000 * 10**9 + 123_456_000  # a fixed "now": retention is driven by it, never by the clock
 S = 10**9
@@ -33,6 +54,17 @@ def test_a_version_name_keeps_the_path_name_and_splits_on_the_last_tilde():
     assert split_version("notes~") is None and split_version("~20270115T080000.123456Z") is None
     assert split_version("plain.txt") is None
 
+
+
+def test_an_area_name_says_which_path_it_is_a_version_of_and_whether_a_directory():
+    name = version_name("b.txt", NOW)
+    assert split_entry("a", name) == AreaName("a/b.txt", NOW, False)
+    assert split_entry("", name) == AreaName("b.txt", NOW, False)
+    assert dir_version_name(NOW) == "~20270115T080000.123456Z"
+    assert split_entry("a/d", dir_version_name(NOW)) == AreaName("a/d", NOW, True)   # the directory a/d itself
+    assert split_entry("", dir_version_name(NOW)) is None       # the folder's root is never deleted
+    assert split_entry("a", version_name("~x", NOW)) == AreaName("a/~x", NOW, False)  # a file named ~x
+    assert split_entry("a", "plain") is None and split_entry("a", "~") is None
 
 def policy(keep: str = "age", max_age: float = 30 * 86400.0, count: int = 5) -> VersionsConfig:
     return VersionsConfig(keep=keep, max_age=max_age, count=count)
@@ -119,8 +151,8 @@ def test_the_keeper_links_before_replace_and_delete_and_reports_each_path(tmp_pa
     assert stat.S_IMODE(os.stat(tmp_path / "area" / "d").st_mode) == 0o700
     assert t.delete(["d"]) == stat.S_IFDIR
     kept = t.kept_versions()
-    assert kept == {"d": Kept("d", 1, 3)}
-    assert sorted(v.path for v in walk(area)) == ["d/f", "d/f"]
+    assert kept == {"d": Kept("d", 1, 3, dirs=1)}
+    assert sorted((v.path, v.kind) for v in walk(area)) == [("d", "dir"), ("d/f", "file"), ("d/f", "file")]
     t.close()
 
 
@@ -183,6 +215,55 @@ def test_a_directory_kept_in_part_leaves_nothing_behind(tmp_path, monkeypatch):
     t.close()
 
 
+
+def test_a_deleted_tree_keeps_each_directory_with_its_mode_and_mtime(tmp_path):
+    dst = tmp_path / "dst"
+    (dst / "t" / "empty").mkdir(parents=True)
+    (dst / "t" / "sub").mkdir()
+    (dst / "t" / "sub" / "f").write_bytes(b"12345")
+    modes = {"t": 0o750, "t/empty": 0o700, "t/sub": 0o755}
+    for i, (rel, mode) in enumerate(modes.items()):
+        os.chmod(dst / rel, mode)
+        os.utime(dst / rel, ns=(NOW, NOW + i * S))
+    t, area = target_with_versions(tmp_path)
+    assert t.delete(["t"]) == stat.S_IFDIR
+    assert t.kept_versions() == {"t": Kept("t", 1, 5, dirs=3)}
+    dirs = {v.path: v for v in walk(area) if v.kind == "dir"}
+    assert sorted(dirs) == sorted(modes)
+    for i, (rel, mode) in enumerate(modes.items()):
+        st = os.lstat(os.path.join(area, dirs[rel].name))
+        assert (stat.S_IMODE(st.st_mode), st.st_mtime_ns, st.st_size) == (mode, NOW + i * S, 0), rel
+        assert dirs[rel].name == f"{rel}/{dir_version_name(dirs[rel].ns)}"
+    assert len({v.ns for v in walk(area)}) == 1   # one time for the whole tree
+    t.close()
+
+
+def test_a_restore_makes_directories_first_and_settles_them_deepest_first():
+    def v(path: str, kind: str) -> Version:
+        return Version(path, NOW, 0, kind, path)
+    chosen = {p: v(p, k) for p, k in [("a/b/c", "dir"), ("a", "dir"), ("a/b/f", "file"), ("a-b", "dir"),
+                                       ("a/b", "dir"), ("z", "symlink"), ("a/e", "dir")]}
+    plan = restore_plan(chosen)
+    assert [d.path for d in plan.dirs] == ["a", "a-b", "a/b", "a/e", "a/b/c"]
+    assert [f.path for f in plan.files] == ["a/b/f", "z"]
+    deepest_first = [d.path for d in reversed(plan.dirs)]
+    for i, path in enumerate(deepest_first):  # each before every directory above it
+        assert not any(path.startswith(above + "/") for above in deepest_first[:i]), deepest_first
+
+
+def test_a_directory_is_made_when_missing_left_when_there_and_never_over_a_file(tmp_path):
+    from foldermirror.versioning import RestoreError, make_dir
+
+    dest = tmp_path / "dest"
+    assert make_dir(Version("a/b", NOW, 0, "dir", "a/b/~x"), str(dest)) is True
+    assert stat.S_IMODE(os.lstat(dest / "a" / "b").st_mode) == 0o700   # private until settled
+    os.chmod(dest / "a" / "b", 0o751)
+    assert make_dir(Version("a/b", NOW, 0, "dir", "a/b/~x"), str(dest)) is False
+    assert stat.S_IMODE(os.lstat(dest / "a" / "b").st_mode) == 0o751   # left as it is
+    (dest / "f").write_bytes(b"x")
+    with pytest.raises(RestoreError, match="not a directory"):
+        make_dir(Version("f", NOW, 0, "dir", "f/~x"), str(dest))
+
 def test_listing_choose_and_parse_time(tmp_path):
     area = tmp_path / "area"
     (area / "x").mkdir(parents=True)
@@ -196,6 +277,11 @@ def test_listing_choose_and_parse_time(tmp_path):
     assert choose(found, None)["x/f"].ns == NOW + 2 * DAY_NS
     assert choose(found, NOW + S)["x/f"].ns == NOW + DAY_NS   # in the mirror then: the next one kept
     assert choose(found, NOW + 3 * DAY_NS) == {}
+    (area / "x" / dir_version_name(NOW + DAY_NS)).touch()   # x itself, deleted with the second version of f
+    in_x = listing(str(area), "x")
+    assert [(v.path, v.kind) for v in in_x if v.kind == "dir"] == [("x", "dir")]
+    assert {p: v.ns for p, v in choose(in_x, NOW + S).items()} == {"x": NOW + DAY_NS, "x/f": NOW + DAY_NS}
+    assert [v.path for v in listing(str(area), "x/f")] == ["x/f"] * 3      # a file's listing has no directory
     assert parse_time(stamp(NOW)) == NOW
     assert parse_time("2027-01-15T08:00:00Z") == NOW - 123_456_000
     assert parse_time("2027-01-15T09:00:00+01:00") == NOW - 123_456_000
@@ -244,3 +330,23 @@ def test_the_pruner_works_a_budget_at_a_time_and_says_once_what_it_pruned(tmp_pa
     v = p.view("data")
     assert (v.count, v.bytes, v.counted) == (20, 100, True)
     assert p.deadline() == p.interval  # idle until the next pass
+
+
+
+def test_the_pruner_prunes_directory_versions_by_the_same_policy(tmp_path):
+    area = tmp_path / "area"
+    (area / "d" / "e").mkdir(parents=True)
+    for i in range(3):
+        (area / "d" / dir_version_name(NOW - i * DAY_NS)).touch()
+    (area / "d" / "e" / dir_version_name(NOW - 40 * DAY_NS)).touch()   # past max_age: the last entry of e
+    (area / dir_version_name(NOW - 40 * DAY_NS)).touch()                # not a version (the root's): left
+    folders = {"data": _State(_Folder(str(area), policy("count", max_age=30 * 86400.0, count=2)))}
+    log = _Log()
+    p = Pruner(log=log, folders=folders, wall_ns=lambda: NOW + S)
+    p.tick(0.0)
+    while p.active():
+        p.tick(0.0)
+    assert sorted(v.ns for v in walk(str(area)) if v.path == "d") == [NOW - DAY_NS, NOW]
+    assert not (area / "d" / "e").exists()   # emptied by its pass
+    assert (area / dir_version_name(NOW - 40 * DAY_NS)).exists()
+    assert log.lines[0][1]["versions"] == 2 and p.view("data").count == 2

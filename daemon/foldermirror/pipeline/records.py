@@ -52,6 +52,7 @@ class Kept(NamedTuple):
     path: str                      # relative to the versions area: PATH~STAMP, or a directory's PATH
     files: int                     # 1, or the files kept of a deleted directory
     bytes: int
+    dirs: int = 0                  # a deleted directory: the directories kept, itself included
 
 
 class Outcome(NamedTuple):

@@ -107,8 +107,10 @@ class ResultRecorder:
             kept: dict[str, Any] = {}
             if o.version_kept is not None:
                 kept["version_kept"] = o.version_kept.path
-                if o.version_kept.files != 1:
+                if o.version_kept.dirs or o.version_kept.files != 1:  # a directory's: what it held
                     kept["versions_kept"] = o.version_kept.files
+                if o.version_kept.dirs:
+                    kept["dirs_kept"] = o.version_kept.dirs
                 self.on_kept(f.name, o.version_kept)
             if o.status.mirrored:
                 self._attempts.pop(key, None)

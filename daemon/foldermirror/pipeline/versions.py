@@ -4,8 +4,11 @@ Standard library only (workers use the Keeper). Layout, the same for local and r
 targets: the version of PATH replaced (or deleted) at a UTC time is the file
 `AREA/PATH~YYYYmmddTHHMMSS.ffffffZ`. Directories in the area are the path's directories;
 every other entry is a version, named by the last `~` (a name with `~` in it stays
-readable: `a~b~20261201T101010.000000Z` is a version of `a~b`). rsync's
-`--backup-dir=AREA --suffix=~STAMP` writes the same layout on a remote host.
+readable: `a~b~20261201T101010.000000Z` is a version of `a~b`). A directory deleted from
+the mirror is kept as well, as the empty file `AREA/PATH/~STAMP` (nothing before the `~`:
+the version of the area directory's own path) with the directory's mode, owner and mtime,
+so a restore can make it again, empty or not. rsync's `--backup-dir=AREA --suffix=~STAMP`
+writes the same layout on a remote host, for files only (it keeps no directory).
 
 Keeping costs no copy: the target's entry is link(2)ed into the area, then replaced
 (rename over it) or deleted as without versions. If the link cannot be made, the
@@ -61,6 +64,11 @@ def version_suffix(ns: int) -> str:
     return f"{SEP}{stamp(ns)}"
 
 
+def dir_version_name(ns: int) -> str:
+    """The name of a directory's version, inside the area directory of its own path."""
+    return version_name("", ns)
+
+
 def split_version(name: str) -> tuple[str, int] | None:
     """(the path's own name, its time) of a version's file name; None for another name."""
     base, sep, text = name.rpartition(SEP)
@@ -70,13 +78,34 @@ def split_version(name: str) -> tuple[str, int] | None:
     return None if ns is None else (base, ns)
 
 
+class AreaName(NamedTuple):
+    """What the name of an entry in the area says it is a version of."""
+
+    path: str          # the path in the folder
+    ns: int            # when it left the mirror
+    is_dir: bool       # the version of a directory itself (`~STAMP`)
+
+
+def split_entry(rel: str, name: str) -> AreaName | None:
+    """What the entry `name` (not a directory) of the area directory `rel` is a version of;
+    None when it is not a version. The area's root holds no directory version: the folder's
+    root is never deleted."""
+    base, sep, text = name.rpartition(SEP)
+    ns = parse_stamp(text) if sep else None
+    if ns is None:
+        return None
+    if not base:
+        return AreaName(rel, ns, True) if rel else None
+    return AreaName(f"{rel}/{base}" if rel else base, ns, False)
+
+
 class Version(NamedTuple):
     """One kept version, as the listing and the pruning see it."""
 
     path: str          # the path in the folder it is a version of
     ns: int            # when it left the mirror (ns since the epoch, UTC)
     size: int
-    kind: str          # file or symlink
+    kind: str          # file, symlink or dir
     name: str          # its path relative to the area
 
     @property
@@ -119,17 +148,16 @@ def _versions_in(area: str, rel: str) -> list[Version]:
 
 
 def _version(entry: os.DirEntry[str], rel: str) -> Version | None:
-    parsed = split_version(entry.name)
+    parsed = split_entry(rel, entry.name)
     if parsed is None:
         return None
     try:
         st = entry.stat(follow_symlinks=False)
     except OSError:
         return None
-    base, ns = parsed
-    path = f"{rel}/{base}" if rel else base
+    kind = "dir" if parsed.is_dir else "symlink" if stat.S_ISLNK(st.st_mode) else "file"
     name = f"{rel}/{entry.name}" if rel else entry.name
-    return Version(path, ns, st.st_size, "symlink" if stat.S_ISLNK(st.st_mode) else "file", name)
+    return Version(parsed.path, parsed.ns, st.st_size, kind, name)
 
 
 class Keeper:
@@ -160,8 +188,9 @@ class Keeper:
     def keep(self, dfd: int, name: str, parts: Sequence[str], st: os.stat_result) -> None:
         """Link the entry `name` of directory fd `dfd` (the target's `parts`) into the area.
 
-        A directory: every file below it, all with one time. Raises OSError (NOT_KEPT first)
-        when a version cannot be made; then nothing of it is left in the area.
+        A directory: every file and directory below it and itself, all with one time. Raises
+        OSError (NOT_KEPT first) when a version cannot be made; then nothing of it is left in
+        the area.
         """
         ns = time.time_ns()
         path = "/".join(parts)
@@ -169,13 +198,12 @@ class Keeper:
             if stat.S_ISDIR(st.st_mode):
                 made: list[tuple[int, str]] = []
                 try:
-                    files, size = self._keep_tree(dfd, name, tuple(parts), ns, made)
+                    tree = self._keep_tree(dfd, name, tuple(parts), st, ns, made)
                 except BaseException:
                     for afd, vname in made:
                         _unlink_quietly(afd, vname)
                     raise
-                if files:
-                    self.kept[path] = Kept(path, files, size)
+                self.kept[path] = tree
             else:
                 self._keep_one(dfd, name, tuple(parts), ns)
                 self.kept[path] = Kept(f"{path}{SEP}{stamp(ns)}", 1, st.st_size)
@@ -202,25 +230,50 @@ class Keeper:
             return vname
         raise OSError(errno.EEXIST, f"{NOT_KEPT}: {_ATTEMPTS} versions of {'/'.join(parts)} in one instant")
 
-    def _keep_tree(self, dfd: int, name: str, parts: tuple[str, ...], ns: int,
-                   made: list[tuple[int, str]]) -> tuple[int, int]:
+    def _keep_tree(self, dfd: int, name: str, parts: tuple[str, ...], st: os.stat_result, ns: int,
+                   made: list[tuple[int, str]]) -> Kept:
+        """The directory `name` (as `st`) and everything below it; what was kept, by count."""
         fd = os.open(name, _DIR_FLAGS, dir_fd=dfd)
-        files = size = 0
+        files = size = dirs = 0
         try:
             with os.scandir(fd) as it:
                 entries = list(it)
             for entry in entries:
-                st = entry.stat(follow_symlinks=False)
+                est = entry.stat(follow_symlinks=False)
                 child = (*parts, entry.name)
-                if stat.S_ISDIR(st.st_mode):
-                    n, b = self._keep_tree(fd, entry.name, child, ns, made)
-                    files, size = files + n, size + b
+                if stat.S_ISDIR(est.st_mode):
+                    below = self._keep_tree(fd, entry.name, child, est, ns, made)
+                    files, size, dirs = files + below.files, size + below.bytes, dirs + below.dirs
                 else:
                     self._keep_one(fd, entry.name, child, ns, made)
-                    files, size = files + 1, size + st.st_size
+                    files, size = files + 1, size + est.st_size
         finally:
             os.close(fd)
-        return files, size
+        self._keep_dir(parts, st, ns, made)
+        return Kept("/".join(parts), files, size, dirs + 1)
+
+    def _keep_dir(self, parts: tuple[str, ...], st: os.stat_result, ns: int, made: list[tuple[int, str]]) -> None:
+        """The version of a directory itself: an empty file in its own area directory, with the
+        directory's mode, owner (where this process may give it) and mtime."""
+        afd = self._dir(parts)
+        for attempt in range(_ATTEMPTS):
+            vname = dir_version_name(ns + attempt * 1000)
+            try:
+                fd = os.open(vname, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                             dir_fd=afd)
+            except FileExistsError:
+                continue
+            made.append((afd, vname))
+            try:
+                _carry(fd, st)
+                if self.durable:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            if self.durable:
+                os.fsync(afd)
+            return
+        raise OSError(errno.EEXIST, f"{NOT_KEPT}: {_ATTEMPTS} versions of {'/'.join(parts)} in one instant")
 
     def _dir(self, parts: tuple[str, ...]) -> int:
         if self._root is None:
@@ -251,6 +304,16 @@ class Keeper:
                           "is not a directory") from None
         self._dirs[parts] = fd
         return fd
+
+
+def _carry(fd: int, st: os.stat_result) -> None:
+    """Give the open file `fd` the owner, mode and mtime of `st` (the owner only where allowed)."""
+    try:
+        os.fchown(fd, st.st_uid, st.st_gid)
+    except OSError:
+        pass  # not root: the entry stays the service user's, as the mirror's own directories are then
+    os.fchmod(fd, stat.S_IMODE(st.st_mode))  # after the chown, which drops setuid and setgid bits
+    os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def _unlink_quietly(dfd: int, name: str) -> None:
