@@ -702,7 +702,12 @@ def scenario_scale(base: Path, trash: Trash, files: int, dirs: int, burst: int) 
         fd = os.open(src / rel, os.O_WRONLY | os.O_TRUNC)
         os.write(fd, payload)
         os.close(fd)
+    seen_before = len(d.events)
     out["burst_s"] = d.wait(lambda s: all(s.copies.get(p, 0) > first.get(p, 0) for p in chosen), 1800) - t0
+    with d.cond:
+        during = d.events[seen_before:]
+    out["burst_overflows"] = sum(1 for e in during if e.get("event") == "overflow_rescan")
+    out["burst_walks"] = sum(1 for e in during if e.get("event") == "sync_finished")
     d.stop()
     out["missing"] = _compare_count(src, dst)
     out["rsync_dry_run_s"] = timed(["rsync", "-a", "--dry-run", f"{src}/", f"{dst}/"])

@@ -33,6 +33,7 @@ from helpers import (
     LOCK_NAME,
     TEMP_MARK,
     descendants,
+    never_within,
     pair,
     setpriv_or_skip,
     snapshot,
@@ -122,6 +123,37 @@ def test_inotify_overflow_is_noticed_and_reconciled(tmp_path, daemon_factory):
     # The watches below the root were rebuilt: a new file in a folder made during the
     # overflow comes through an event (no rescan is configured).
     still_mirroring(d, src, dst, sub="made-during-the-overflow")
+
+
+@pytest.mark.slow  # 40 s on 2 cores
+@pytest.mark.timeout(300)
+def test_an_overflow_in_a_tree_of_more_directories_than_the_queue_holds_is_over_after_one_comparison(
+        tmp_path, daemon_factory):
+    # watchdog's own answer to an overflow removes every watch and adds it again; each removal
+    # queues an event, so with more directories than the kernel's queue holds (16,384 by
+    # default) that answer overflowed the queue again, for ever, and every overflow was a
+    # comparison of every folder.
+    src, dst, spec = pair(tmp_path, delete=True)
+    dirs = [src / f"d{i // 100:03}" / f"s{i % 100:02}" for i in range(20_000)]
+    for sub in dirs:
+        sub.mkdir(parents=True)
+    d = daemon_factory(write_config(tmp_path, [spec], rescan_interval=0))
+    d.wait_for("sync_finished", reason="startup", timeout=180)
+    os.kill(d.proc.pid, signal.SIGSTOP)  # the writer outruns a stopped daemon every time
+    try:
+        for sub in dirs:
+            fd = os.open(sub / "f", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            os.write(fd, b"x")
+            os.close(fd)
+    finally:
+        os.kill(d.proc.pid, signal.SIGCONT)
+    d.wait_for("overflow_rescan", timeout=60)
+    d.wait_for("sync_finished", reason="overflow", timeout=180)
+    wait_mirrored(src, dst, timeout=120)
+    overflows = len(d.events("overflow_rescan"))
+    never_within(lambda: len(d.events("overflow_rescan")) > overflows, 5,
+                 lambda: f"{len(d.events('overflow_rescan'))} overflows and counting:\n{d.tail()}")
+    still_mirroring(d, src, dst, sub="d123/s45")  # the watches are there: events still come
 
 
 # -- 2. periodic rescan ----------------------------------------------------------------

@@ -33,13 +33,13 @@ from watchdog.events import (
     FileSystemEvent,
     FileSystemEventHandler,
 )
-from watchdog.observers import Observer
 from watchdog.observers.api import ObservedWatch
 
 from foldermirror import faults
 from foldermirror.config import FolderConfig
 from foldermirror.paths import Excluder, relative
 from foldermirror.pipeline.changes import ChangeQueue
+from foldermirror.pipeline.observer import make_observer
 from foldermirror.pipeline.target_health import path_identity
 from foldermirror.tempnames import LOCK_NAME, is_reserved
 
@@ -255,7 +255,7 @@ class Watcher:
             return [err for f in folders if (err := self._add(f)) is not None]
 
     def _start_observer(self) -> None:
-        self._observer = Observer()
+        self._observer = make_observer()
         self._observer.start()
         # An observer thread killed by an exception says nothing: this one
         # tells the sink, whose main loop then restarts it, instead of polling alive().
