@@ -112,8 +112,6 @@ class Service:
         if not self.admission.admit(cfg.folders):
             raise StartupError(self.admission.nothing_served([f.name for f in cfg.folders]))
         self.links.configure(cfg.ssh)  # before the catch-ups: a remote folder waits for its link
-        if not self.once:
-            self._check_watch_limit()
         # The Pool (and its fork server) comes before any watcher thread.
         self.pipeline.start(workers=cfg.workers, instance=self.instance)
         if not self.once:
@@ -130,6 +128,9 @@ class Service:
             # Watches are in place: changes from here on are seen, and the catch-up covers the rest.
             self.log.info("daemon_ready", folders=len(self.folders), unusable=sorted(self.admission.unusable))
             self.notifier.ready(self._status_text())
+            # Counting the directories is a walk of every tree (a second or more at a million
+            # files): after READY, beside the catch-up's own walk, not before the watches.
+            self._check_watch_limit()
         self._next_rescan = time.monotonic() + self._rescan_every
         try:
             if self.once:

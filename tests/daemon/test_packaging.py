@@ -407,7 +407,7 @@ def test_faults_are_announced_and_refused_under_systemd(tmp_path, daemon_factory
     asked = {"FOLDERMIRROR_FAULTS": "max_user_watches:5"}
 
     under_systemd = daemon_factory(cfg, env={**asked, **invocation})
-    under_systemd.wait_ready()
+    under_systemd.wait_for("sync_finished", reason="startup")  # the watch limit was looked at before
     refused, = under_systemd.events("faults_refused")
     assert refused["level"] == "error" and refused["value"] == "max_user_watches:5", refused
     assert "FOLDERMIRROR_FAULTS_UNDER_SYSTEMD=1" in refused["fix"], refused
