@@ -5,6 +5,8 @@
     python3 -m tests.bench --only burst,latency --runs 5 --json bench.json
     python3 -m tests.bench --only remote         # the remote_* scenarios (ssh:// targets)
     python3 -m tests.bench --only overwrite_versions   # 20,000 overwrites, versions off then on
+    python3 -m tests.bench --only latency_load   # a save every 100 ms during a burst and a catch-up
+    python3 -m tests.bench --only scale --runs 1 --dir /dev/shm/x   # a million files (--scale-files N)
 
 The remote scenarios mirror to an ssh:// target on a throwaway OpenSSH server on 127.0.0.1
 (tests/sshd.py), beside `rsync -a` over the same ssh and lsyncd's default.rsyncssh (delay 0):
