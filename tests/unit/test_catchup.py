@@ -322,3 +322,19 @@ def test_a_later_walk_of_a_new_directory_is_not_covered_by_an_earlier_one():
     full = Request("f", "", "rescan", ready=True)
     assert late.covers(early) and not early.covers(late)
     assert full.covers(late)
+
+
+def test_what_an_overflows_comparison_finds_is_live_work_and_a_catch_ups_is_bulk(tmp_path: Path):
+    rig = Rig(tmp_path)
+    (rig.config.source / "old").write_bytes(b"x")
+    rig.catch_ups.request("data", "startup")
+    rig.run_walks()
+    assert rig.changes._entries[("data", "old")].bulk  # behind live changes
+    rig.mirror(rig.changes.take(10, timeout=0))
+    (rig.folders["data"].config.target / "old").write_bytes(b"x")
+    os.utime(rig.config.target / "old", ns=(os.stat(rig.config.source / "old").st_mtime_ns,) * 2)
+    (rig.config.source / "saved").write_bytes(b"y")  # its events were lost to an overflow
+    rig.catch_ups.request("data", "overflow")
+    rig.run_walks()
+    assert ("data", "old") not in rig.changes._entries, "in sync: not found again"
+    assert not rig.changes._entries[("data", "saved")].bulk  # stands in for its lost events

@@ -129,6 +129,9 @@ class CatchUpTracker:
         rebuilding = False  # hard links: this walk replaces the folder's inode names
         extras: list[str] = []
         complete = False  # the walk got to its end
+        # What an overflow's comparison finds stands in for events the kernel dropped: live
+        # changes (a save among them), not a catch-up's bulk.
+        bulk = req.reason != "overflow"
         try:
             if f.remote is not None:
                 spec = self.remote_spec(f)
@@ -158,14 +161,14 @@ class CatchUpTracker:
                     continue
                 else:
                     self.changes.wait_for_room()
-                    self.changes.touch(f.name, diff.path, settle=f.settle, ready=req.ready, bulk=True)
+                    self.changes.touch(f.name, diff.path, settle=f.settle, ready=req.ready, bulk=bulk)
             if extras and req.sub == "" and hold_deletions(stats, f.max_delete_fraction):
                 self._hold_deletions(f, req, stats)
                 stats.differences -= len(extras)
                 extras = []
             for path in extras:
                 self.changes.wait_for_room()
-                self.changes.touch(f.name, path, settle=f.settle, ready=req.ready, bulk=True)
+                self.changes.touch(f.name, path, settle=f.settle, ready=req.ready, bulk=bulk)
             complete = True
         except LinkDown as exc:
             # Compared again once the link is back (Links asks for it).
