@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import warnings
 from typing import Any
 
 from watchdog.observers import Observer
@@ -67,11 +68,16 @@ if InotifyWatchGroup is not None:
 
         def _add_missing(self, root: bytes) -> None:
             """A watch for each directory under `root` (itself included) that has none; os.walk
-            follows no symlink. (Adding one that exists would queue nothing, but watchdog warns.)"""
+            follows no symlink. A directory renamed meanwhile has one under its old path:
+            adding it again gets that watch (inotify knows inodes) under the new path, and
+            watchdog's warning about it is silenced below (stderr carries the JSON lines)."""
             watched = self._active_callbacks_by_path
             for top, _, _ in os.walk(root):
                 if top not in watched:
                     self._add_callback(top)
+
+    warnings.filterwarnings("ignore", message="Callback with id .* already exists for watch",
+                            category=RuntimeWarning)
 
     class _Emitter(InotifyEmitter):
         def on_thread_start(self) -> None:
