@@ -386,16 +386,29 @@ def settle_dir(area: str, v: Version, dest_root: str) -> str:
     dest = os.path.join(dest_root, v.path)
     fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        if os.geteuid() == 0:
-            try:
-                os.fchown(fd, st.st_uid, st.st_gid)
-            except OSError:
-                pass
-        os.fchmod(fd, stat.S_IMODE(st.st_mode))
-        os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+        _give(fd, st)
     finally:
         os.close(fd)
     return dest
+
+
+def _give(fd: int, st: os.stat_result) -> None:
+    """The open entry `fd` takes `st`'s owner (as root), mode and mtime."""
+    if os.geteuid() == 0:
+        try:
+            os.fchown(fd, st.st_uid, st.st_gid)
+        except OSError:
+            pass
+    os.fchmod(fd, stat.S_IMODE(st.st_mode))
+    os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _discard(tmp: str) -> None:
+    """A restore's temp file, after it failed (gone already is fine)."""
+    try:
+        os.unlink(tmp)
+    except OSError:
+        pass
 
 
 def _restore_temp(dest: str, v: Version, force: bool) -> str:
@@ -433,20 +446,11 @@ def restore_one(area: str, v: Version, dest_root: str, *, force: bool) -> str:
                 fd = fout.fileno()
                 os.fchmod(fd, 0o600)
                 _copy(fin.fileno(), fd, st.st_size)
-                if os.geteuid() == 0:
-                    try:
-                        os.fchown(fd, st.st_uid, st.st_gid)
-                    except OSError:
-                        pass
-                os.fchmod(fd, stat.S_IMODE(st.st_mode))
-                os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+                _give(fd, st)
                 os.fsync(fd)
         os.rename(tmp, dest)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _discard(tmp)
         raise
     return dest
 
@@ -586,9 +590,6 @@ def restore_remote_one(f: Any, ssh_config: Any, v: Version, dest_root: str, *, f
                                f"{run.stderr.decode(errors='replace').strip()}")
         os.rename(tmp, dest)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _discard(tmp)
         raise
     return dest
