@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from foldermirror.paths import Excluder
 from foldermirror.pipeline.copier import SourceTree
-from foldermirror.pipeline.fidelity import NOTHING, Keep, at, keep_for, read_attrs
+from foldermirror.pipeline.fidelity import Keep, keep_for, read_attrs
 from foldermirror.pipeline.records import InodeId
 from foldermirror.pipeline.targets import ROOT_FLAGS, Entry, LocalTarget, Target, TargetGone, scan_dir, stale_temps
 from foldermirror.tempnames import LOCK_NAME, is_reserved, is_temp_name
@@ -169,8 +169,8 @@ def source_links(source: str, excluded: Excluder, seen: LinkSeen, sub: str = "")
 
 def _walk(source: SourceTree, target: Target | None, excluded: Excluder, delete: bool, instance: str, sub: str,
           stats: WalkStats, writer_alive: Callable[[int], bool], clean_temps: bool,
-          keep: Keep = NOTHING, links: _Links | None = None, source_root: str = "",
-          skip: Callable[[str], bool] | None = None) -> Iterator[Difference]:
+          keep: Keep, links: _Links | None, source_root: str,
+          skip: Callable[[str], bool] | None) -> Iterator[Difference]:
     assert stats.unreadable is not None
     stack = [sub]
     while stack:
@@ -208,8 +208,8 @@ def _walk(source: SourceTree, target: Target | None, excluded: Excluder, delete:
 def _compare(rel: str, parts: tuple[str, ...], sfd: int | None, target: Target | None,
              s_entries: dict[str, Entry], t_entries: dict[str, Entry], excluded: Excluder, delete: bool,
              instance: str, stats: WalkStats, writer_alive: Callable[[int], bool], stack: list[str],
-             clean_temps: bool, keep: Keep = NOTHING, links: _Links | None = None,
-             source_root: str = "", skip: Callable[[str], bool] | None = None) -> Iterator[Difference]:
+             clean_temps: bool, keep: Keep, links: _Links | None, source_root: str,
+             skip: Callable[[str], bool] | None) -> Iterator[Difference]:
     def metadata_differs(name: str, s: Entry, t: Entry) -> bool:
         if keep.owner and (s.uid, s.gid) != (t.uid, t.gid):
             return True
@@ -220,7 +220,7 @@ def _compare(rel: str, parts: tuple[str, ...], sfd: int | None, target: Target |
         # events of its own.
         where = f"{source_root}/{rel}/{name}" if rel else f"{source_root}/{name}"
         try:
-            return read_attrs(where if source_root else at(sfd, name), keep) != target.attrs((*parts, name))
+            return read_attrs(where, keep) != target.attrs((*parts, name))
         except OSError:
             return True  # gone or unreadable meanwhile: the worker looks again and says why
 
