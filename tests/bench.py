@@ -5,6 +5,7 @@
     python3 -m tests.bench --only burst,latency --runs 5 --json bench.json
     python3 -m tests.bench --only remote         # the remote_* scenarios (ssh:// targets)
     python3 -m tests.bench --only overwrite_versions   # 20,000 overwrites, versions off then on
+    python3 -m tests.bench --only loglines --baseline ../old   # µs per file_mirrored JSON line, against another checkout
     python3 -m tests.bench --only latency_load   # a save every 100 ms during a burst and a catch-up
     python3 -m tests.bench --only scale --runs 1 --dir /dev/shm/x   # a million files (--scale-files N)
 
@@ -190,6 +191,11 @@ class Trash:
             if p.exists():
                 self.n += 1
                 os.rename(p, self.dir / f"{self.n}")
+        usage = shutil.disk_usage(self.dir)
+        if usage.free < usage.total * 0.3:  # a tmpfs fills up in one --baseline run: delete now, not at the end
+            print(f"bench: {usage.free / 2**30:.1f} GiB free on {self.dir}: emptying the trash now", flush=True)
+            for entry in os.scandir(self.dir):
+                shutil.rmtree(entry.path, ignore_errors=True)
 
 
 # -- inotify on the target, to time "visible" without a polling floor (a 1 ms poll is a 1 ms floor) ---
@@ -1282,6 +1288,35 @@ def scenario_records(base: Path, trash: Trash, items: int) -> dict[str, Any]:
             "results_named_bytes": nr_b / items, "results_plain_bytes": pr_b / items}
 
 
+_LOGLINES_CHILD = r"""
+import io, sys, time
+from foldermirror import logs
+out = io.StringIO()
+logs.configure_logging("info", "json", out)
+log, n, best = logs.get_logger(), int(sys.argv[1]), float("inf")
+for _ in range(5):
+    t0 = time.perf_counter()
+    for _ in range(n // 32):  # as the recorder writes them: one batch per worker message
+        with logs.batch():
+            for _ in range(32):
+                log.info("file_mirrored", folder="photos", path="2026/12/dir07/IMG_004211.jpg", kind="file",
+                         bytes=4096, duration_ms=0.214, latency_ms=12.532, worker_pid=4242)
+    best = min(best, (time.perf_counter() - t0) / (n // 32 * 32) * 1e6)
+    out.seek(0)
+    out.truncate()
+print(best)
+"""
+
+
+def scenario_loglines(base: Path, trash: Trash, lines: int) -> dict[str, Any]:
+    """The main process's cost of one file_mirrored JSON line (the best of 5 rounds), in a
+    child with the checkout's (or the baseline's) daemon on its path."""
+    env = {**os.environ, "PYTHONPATH": _DAEMON_PATH[0]}
+    out = subprocess.run([sys.executable, "-c", _LOGLINES_CHILD, str(lines)], env=env, check=True,
+                         capture_output=True, text=True).stdout
+    return {"us_per_line": float(out.split()[-1])}
+
+
 def _tag_tree(root: Path) -> None:
     """A user.* attribute on every file and directory of a tree (what a tagged photo library has)."""
     for dirpath, dirnames, filenames in os.walk(root):
@@ -1413,6 +1448,7 @@ def main(argv: list[str] | None = None) -> int:
         "events": dict(files=2000 if q else 20000, folders=50),
         "overwrite_versions": dict(files=2000 if q else 20000, folders=50),
         "records": dict(items=64),
+        "loglines": dict(lines=3200 if q else 32000),
         "scale": dict(files=args.scale_files or (20000 if q else 1000000), burst=2000 if q else 20000,
                       dirs=(args.scale_files or (20000 if q else 1000000)) // 10),
         "preserve": dict(files=1000 if q else 10000, folders=20, sparse_mib=64 if q else 1024),
@@ -1426,6 +1462,7 @@ def main(argv: list[str] | None = None) -> int:
            "overwrite_versions": scenario_overwrite_versions, "bigfile": scenario_bigfile, "latency": scenario_latency,
            "latency_load": scenario_latency_load, "scale": scenario_scale,
            "catchup": scenario_catchup, "idle": scenario_idle, "records": scenario_records,
+           "loglines": scenario_loglines,
            "preserve": scenario_preserve,
            "remote_shell": scenario_remote_shell, "remote_latency": scenario_remote_latency,
            "remote_burst": scenario_remote_burst, "remote_catchup": scenario_remote_catchup,

@@ -4,6 +4,7 @@ format, the config keys. Against a real daemon: daemon/test_operator.py.
 
 from __future__ import annotations
 
+import datetime
 import io
 import json
 import os
@@ -93,6 +94,20 @@ def test_json_lines_start_with_event_level_and_timestamp():
     line = out.getvalue()
     assert list(json.loads(line))[:3] == ["event", "level", "timestamp"], line
     assert line.startswith('{"event": "source_missing", "level": "warning", "timestamp": '), line
+
+
+def test_a_json_lines_time_is_utc_to_the_microsecond_and_its_values_are_json():
+    out = io.StringIO()
+    logs.configure_logging("info", "json", out)
+    before = datetime.datetime.now(datetime.UTC)
+    logs.get_logger().info("file_mirrored", path="caf\u00e9\n\udcff", ratio=1.5, size=None, pair=(1, 2), obj=object())
+    after = datetime.datetime.now(datetime.UTC)
+    line = json.loads(out.getvalue())
+    stamp = line["timestamp"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", stamp), stamp
+    assert before <= datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")) <= after, (before, stamp, after)
+    assert (line["path"], line["ratio"], line["size"], line["pair"]) == ("caf\u00e9\n\udcff", 1.5, None, [1, 2])
+    assert line["obj"].startswith("<object object at "), "what JSON cannot hold is written as its repr"
 
 
 def test_under_systemd_each_line_carries_its_journald_priority(tmp_path, monkeypatch):

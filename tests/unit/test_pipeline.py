@@ -25,9 +25,11 @@ class FakePool:
 
     def __init__(self) -> None:
         self.batches: list[tuple[list[Item], list[WorkItem]]] = []
+        self.bulk: list[bool] = []
 
-    def submit(self, items: list[Item], work: list[WorkItem]) -> None:
+    def submit(self, items: list[Item], work: list[WorkItem], bulk: bool = False) -> None:
         self.batches.append((items, work))
+        self.bulk.append(bulk)
 
 
 class Rig:
@@ -57,6 +59,16 @@ def test_live_items_become_work_items_numbered_in_batch_order():
     assert sent == items
     assert [(w.position, w.path) for w in work] == [(i, item.path) for i, item in enumerate(items)]
     assert rig.log.lines == []
+    assert rig.pool.bulk == [False]
+
+
+def test_a_batch_of_bulk_items_only_goes_to_the_pool_as_bulk():
+    rig = Rig()
+    bulk = [dataclasses.replace(i, bulk=True) for i in in_flight(rig.changes, "a", "x", "y")]
+    rig.pipeline.submit(bulk)
+    (live,) = in_flight(rig.changes, "b", "z")
+    rig.pipeline.submit([live, *[dataclasses.replace(i, path=i.path + "2") for i in bulk]])
+    assert rig.pool.bulk == [True, False], "one live item makes the batch live"
 
 
 def test_one_folder_spec_is_shared_by_every_item_of_a_folder():

@@ -265,6 +265,19 @@ def test_live_changes_go_before_what_a_comparison_found_and_promote_it(q, clock)
     assert rest == [f"old/{i}" for i in range(1, 100) if i != 50], "handed out once each, in their order"
 
 
+def test_bulk_work_goes_in_big_batches_and_live_work_in_small_ones(q, clock):
+    for i in range(1000):
+        q.touch("f", f"old/{i}", settle=0.25, ready=True, bulk=True)
+    q.touch("f", "new/1", settle=0.25, ready=True)
+    batch = q.take(64, timeout=0, bulk_max=256)
+    assert len(batch) == 64 and batch[0].path == "new/1", "live work waits: the small batch, live first"
+    assert [i.bulk for i in batch] == [False] + [True] * 63
+    batch = q.take(64, timeout=0, bulk_max=256)
+    assert len(batch) == 256 and all(i.bulk for i in batch), "only bulk work is ready: a big batch of it"
+    assert len(q.take(64, timeout=0, bulk_max=256, spread=2)) == 256, "680 left: shared by two takers"
+    assert len(q.take(64, timeout=0)) == 64, "without bulk_max every batch is small"
+
+
 def test_take_more_fills_a_batch_from_every_lane(q, clock):
     q.touch("r", "bulk/1", settle=0.25, ready=True, bulk=True)
     q.touch("l", "x/1", settle=0.25, ready=True)
@@ -327,6 +340,57 @@ def test_directories_made_for_a_file_are_reported_before_it(tmp_path):
 
 # -- pool ----------------------------------------------------------------------------------------
 @pytest.mark.timeout(60)
+def test_bulk_batches_wait_while_one_is_queued_and_live_ones_do_not(tmp_path, monkeypatch):
+    """A live batch goes past a bulk batch that waits for a worker; a second bulk batch waits
+    until a worker has said it started the first."""
+    from foldermirror.pipeline import pool as pool_module
+    from foldermirror.pipeline.changes import Item
+    from foldermirror.pipeline.pool import WorkerPool
+    from foldermirror.pipeline.records import FolderSpec, WorkItem
+
+    # stop() ends multiprocessing's helpers as at the daemon's exit, once per process: the
+    # pool of a later test in this process would leave its semaphores to the tracker.
+    monkeypatch.setattr(pool_module, "_stop_helpers", lambda timeout: None)
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    (src / "a.txt").write_text("a")
+    gate = threading.Event()
+    handled: list[str] = []
+
+    def on_results(results, pid):
+        handled.append(results[0].item.path)
+        if len(handled) == 1:
+            gate.wait(30)  # the collector holds here: no bulk batch is seen starting meanwhile
+
+    pool = WorkerPool(2, on_results=on_results, on_worker_lost=lambda pids, n: None, instance="t")
+    spec = FolderSpec(str(src), str(dst), False, False, None)
+
+    def submit(bulk: bool, done: threading.Event | None = None) -> None:
+        pool.submit([Item(folder="f", path="a.txt", origin=None, first_seen=0.0, bulk=bulk)],
+                    [WorkItem(0, spec, "a.txt")], bulk=bulk)
+        if done is not None:
+            done.set()
+
+    try:
+        submit(False)
+        wait_until(lambda: handled, 30, lambda: "the first live batch was never reported")
+        submit(True)  # queued: the collector that would see it start is held
+        second = threading.Event()
+        threading.Thread(target=submit, args=(True, second), daemon=True).start()
+        submit(False)
+        assert pool._bulk_queued == 1, "a live batch is sent past a queued bulk one"
+        assert not second.wait(0.5), "a second bulk batch waits while the first is queued"
+        gate.set()
+        assert second.wait(30), "the second bulk batch goes once the first has started"
+        wait_until(lambda: not pool._tasks and len(handled) == 4, 30,
+                   lambda: f"tasks still registered: {len(pool._tasks)}, handled {handled}")
+        assert pool._bulk_queued == 0
+    finally:
+        gate.set()
+        pool.stop(5.0)
+
+
 def test_a_result_handler_that_raises_is_reported_and_frees_its_slot(tmp_path):
     """A bug in the result handler is logged (on_error), and its batch leaves the registry:
     left there, a few such batches would block every later submit."""

@@ -49,6 +49,7 @@ class Item:
     `epoch`: the folder's epoch when the item was handed out (see `forget`).
     `busy`: handed out by `max_delay` while the path was still changing.
     `link_to`: see WorkItem.link_to (hard links).
+    `bulk`: handed out from the bulk lane (a comparison found it), in a batch of bulk items only.
     """
 
     folder: str
@@ -59,6 +60,7 @@ class Item:
     epoch: int = 0
     busy: bool = False
     link_to: tuple[str, ...] | None = None
+    bulk: bool = False
 
 
 @dataclass
@@ -303,9 +305,11 @@ class ChangeQueue:
             self._schedule(key, e, now)
 
     # -- consumer --------------------------------------------------------------
-    def take(self, max_items: int, timeout: float | None, spread: int = 1) -> list[Item]:
+    def take(self, max_items: int, timeout: float | None, spread: int = 1, bulk_max: int | None = None) -> list[Item]:
         """Up to `max_items` ready items (fewer, so that `spread` takers share a burst).
 
+        With `bulk_max`, a batch taken while only the bulk lane holds items may have up to
+        that many (all of them bulk): a catch-up's batches are big, a live change's small.
         Blocks up to `timeout` seconds (None: until there are items); returns [] on
         timeout or after close().
         """
@@ -316,7 +320,10 @@ class ChangeQueue:
                 self._promote(now)
                 ready = self._ready_count()
                 if ready:
-                    limit = max(1, min(max_items, math.ceil(ready / max(1, spread))))
+                    most = max_items
+                    if bulk_max is not None and not (self._lanes[EXPRESS] or self._lanes[LIVE]):
+                        most = bulk_max
+                    limit = max(1, min(most, math.ceil(ready / max(1, spread))))
                     items = self._pop_ready(limit, now)
                     if items:
                         return items
@@ -428,7 +435,7 @@ class ChangeQueue:
             self._handed_out[key] = now
             self._max_settle = max(self._max_settle, e.settle)
             items.append(Item(folder=key[0], path=key[1], origin=origin, first_seen=e.first_seen, walk=e.walk,
-                              epoch=self._epochs.get(key[0], 0), busy=busy, link_to=link_to))
+                              epoch=self._epochs.get(key[0], 0), busy=busy, link_to=link_to, bulk=e.bulk))
             if self.tracer is not None:
                 self.tracer("dispatched", key)
         if self._ready_count() <= self.backlog_max // 2:

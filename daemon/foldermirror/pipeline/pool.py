@@ -50,6 +50,8 @@ class _Task:
     items: list[Item]
     work: list[WorkItem]           # work[i] is items[i]
     generation: int
+    bulk: bool = False
+    started: bool = False  # a bulk task's worker said it began (run_batch's `announce`)
     reported: set[int] = field(default_factory=set)
 
 
@@ -100,6 +102,12 @@ class WorkerPool:
         # A few batches queued behind each running one: workers stay fed while the main
         # process is busy (a catch-up walk, logging a burst of results).
         self._max_tasks = size * 4
+        # Bulk batches (big, see Pipeline) wait while this many of them are queued and not yet
+        # started: the next worker to be free finds one, and a live batch sent meanwhile queues
+        # behind at most this many (the pool's task queue is first come, first served), shared
+        # by all the workers: about half a bulk batch each.
+        self._max_bulk_queued = max(1, size // 2)
+        self._bulk_queued = 0  # bulk tasks sent that no worker has started yet
         self._stopping = False
         self.restarts = 0
         # Before the first generation: its collector pokes it on the workers' first hello.
@@ -166,6 +174,10 @@ class WorkerPool:
             task = self._tasks.get(msg.task_id)
             if task is None:
                 return
+            if task.bulk and not task.started:
+                task.started = True
+                self._bulk_queued -= 1
+                self._lock.notify_all()
             for r in msg.results:
                 if r.position not in task.reported:  # else a duplicate from a retired generation
                     task.reported.add(r.position)
@@ -181,20 +193,24 @@ class WorkerPool:
                     self._lock.notify_all()
 
     # -- submission ------------------------------------------------------------
-    def submit(self, items: list[Item], work: list[WorkItem]) -> None:
+    def submit(self, items: list[Item], work: list[WorkItem], bulk: bool = False) -> None:
         """Hand a batch to the workers (work[i] is items[i], with position i); blocks while
-        enough work is already in flight."""
+        enough work is already in flight, a `bulk` one also while enough bulk batches wait
+        for a worker."""
         with self._lock:
-            while len(self._tasks) >= self._max_tasks and not self._stopping:
+            while (len(self._tasks) >= self._max_tasks
+                   or (bulk and self._bulk_queued >= self._max_bulk_queued)) and not self._stopping:
                 self._lock.wait(0.5)
-            task = _Task(self._next_task, items, work, self._gen.number)
+            task = _Task(self._next_task, items, work, self._gen.number, bulk=bulk)
+            if bulk:
+                self._bulk_queued += 1
             self._next_task += 1
             self._tasks[task.task_id] = task
             self._send(task, work)
 
     def _send(self, task: _Task, work: list[WorkItem]) -> None:
         task.generation = self._gen.number
-        self._gen.pool.apply_async(worker.run_batch, (self._gen.number, task.task_id, work),
+        self._gen.pool.apply_async(worker.run_batch, (self._gen.number, task.task_id, work, task.bulk),
                                    error_callback=lambda exc, t=task: self._failed_task(t, exc))
 
     def _unreported(self, task: _Task) -> list[WorkItem]:

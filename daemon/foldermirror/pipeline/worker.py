@@ -79,14 +79,17 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def run_batch(generation: int, task_id: int, items: list[WorkItem]) -> None:
+def run_batch(generation: int, task_id: int, items: list[WorkItem], announce: bool = False) -> None:
     """Mirror each item and report BatchResults messages of ItemResults.
 
     Results go out in groups (every RESULTS_FLUSH_ITEMS items or 5 ms, and at the end):
     one queue message per small file would cost more than its copy. A worker that dies
     takes its unsent results with it; those items are resubmitted and find nothing to do.
+    With `announce`, an empty message says first that the batch has started.
     """
     pid = os.getpid()
+    if announce:
+        _results.put(BatchResults(generation, task_id, [], pid))
     remote = [item for item in items if item.folder.remote is not None]
     if remote:
         _results.put(BatchResults(generation, task_id, _remote_batches(remote), pid))
