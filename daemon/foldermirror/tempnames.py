@@ -42,6 +42,15 @@ def is_reserved(name: str) -> bool:
     return name == LOCK_NAME or is_temp_name(name)
 
 
+def remove_own(name: str, dir_fd: int | None = None) -> None:
+    """Remove an entry the daemon itself just made (a temp file, a version's link) after a
+    failure; one already gone is fine, and nothing here may hide the failure itself."""
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except OSError:
+        pass
+
+
 def temp_owner(name: str) -> tuple[str, int]:
     """(daemon instance, worker pid) of a temp file; ("", 0) for a name not of that form."""
     parts = name[len(TEMP_PREFIX):-len(TEMP_SUFFIX)].split("-")

@@ -19,7 +19,7 @@ from foldermirror.errors import FoldermirrorError
 from foldermirror.folderstate import FolderState
 from foldermirror.pipeline.records import Kept
 from foldermirror.pipeline.versions import Version, split_entry, split_version, walk
-from foldermirror.tempnames import temp_name
+from foldermirror.tempnames import remove_own, temp_name
 
 HOUR_NS = 3600 * 10**9
 DAY_NS = 24 * HOUR_NS
@@ -403,14 +403,6 @@ def _give(fd: int, st: os.stat_result) -> None:
     os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
-def _discard(tmp: str) -> None:
-    """A restore's temp file, after it failed (gone already is fine)."""
-    try:
-        os.unlink(tmp)
-    except OSError:
-        pass
-
-
 def _restore_temp(dest: str, v: Version, force: bool) -> str:
     """The temp path beside `dest` that version `v` is written to before its rename into place,
     once it is sure it may go there: not over a directory, nor over a file changed after the
@@ -450,7 +442,7 @@ def restore_one(area: str, v: Version, dest_root: str, *, force: bool) -> str:
                 os.fsync(fd)
         os.rename(tmp, dest)
     except BaseException:
-        _discard(tmp)
+        remove_own(tmp)
         raise
     return dest
 
@@ -590,6 +582,6 @@ def restore_remote_one(f: Any, ssh_config: Any, v: Version, dest_root: str, *, f
                                f"{run.stderr.decode(errors='replace').strip()}")
         os.rename(tmp, dest)
     except BaseException:
-        _discard(tmp)
+        remove_own(tmp)
         raise
     return dest

@@ -22,7 +22,7 @@ from typing import NamedTuple, Protocol
 from foldermirror.pipeline.fidelity import NOTHING, Attrs, Keep, apply_attrs, at, on_target, read_attrs, same_owner
 from foldermirror.pipeline.records import Kept
 from foldermirror.pipeline.versions import Keeper
-from foldermirror.tempnames import is_reserved, is_temp_name, temp_name, temp_owner
+from foldermirror.tempnames import is_reserved, is_temp_name, remove_own, temp_name, temp_owner
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 ROOT_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
@@ -270,7 +270,7 @@ class LocalTarget(DirFds):
             if tfd >= 0:
                 os.close(tfd)
             if not published:
-                _unlink_quietly(dfd, tmp)
+                remove_own(tmp, dfd)
 
     def publish_symlink(self, parts: Parts, link: str, st: os.stat_result, source_dir: SourceDirStat,
                         attrs: Attrs | None = None) -> None:
@@ -287,7 +287,7 @@ class LocalTarget(DirFds):
             os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dfd, follow_symlinks=False)
             self._replace(dfd, tmp, parts[-1], parts, _lstat(dfd, parts[-1]))
         except BaseException:
-            _unlink_quietly(dfd, tmp)
+            remove_own(tmp, dfd)
             raise
 
     def _replace(self, dfd: int, tmp: str, name: str, parts: Parts, tst: os.stat_result | None) -> None:
@@ -315,7 +315,7 @@ class LocalTarget(DirFds):
         finally:
             # rename(2) of one name of an inode over another of the same inode does nothing and
             # leaves the temp name: it goes either way.
-            _unlink_quietly(dfd, tmp)
+            remove_own(tmp, dfd)
 
     def publish_dir(self, parts: Parts, st: os.stat_result, source_dir: SourceDirStat,
                     attrs: Attrs | None = None) -> bool:
@@ -513,13 +513,6 @@ def _lstat(dfd: int, name: str) -> os.stat_result | None:
         return os.stat(name, dir_fd=dfd, follow_symlinks=False)
     except FileNotFoundError:
         return None
-
-
-def _unlink_quietly(dfd: int, name: str) -> None:
-    try:
-        os.unlink(name, dir_fd=dfd)
-    except OSError:
-        pass
 
 
 def _chown(fd: int, st: os.stat_result) -> None:

@@ -27,6 +27,7 @@ from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 from foldermirror.pipeline.records import Kept
+from foldermirror.tempnames import remove_own
 
 SEP = "~"
 # What a failure to keep a version says first (results.py gives it a fix naming the area).
@@ -201,7 +202,7 @@ class Keeper:
                     tree = self._keep_tree(dfd, name, tuple(parts), st, ns, made)
                 except BaseException:
                     for afd, vname in made:
-                        _unlink_quietly(afd, vname)
+                        remove_own(vname, afd)
                     raise
                 self.kept[path] = tree
             else:
@@ -314,10 +315,3 @@ def _carry(fd: int, st: os.stat_result) -> None:
         pass  # not root: the entry stays the service user's, as the mirror's own directories are then
     os.fchmod(fd, stat.S_IMODE(st.st_mode))  # after the chown, which drops setuid and setgid bits
     os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
-
-
-def _unlink_quietly(dfd: int, name: str) -> None:
-    try:
-        os.unlink(name, dir_fd=dfd)
-    except OSError:
-        pass
