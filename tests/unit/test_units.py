@@ -379,13 +379,13 @@ def test_bulk_batches_wait_while_one_is_queued_and_live_ones_do_not(tmp_path, mo
         second = threading.Event()
         threading.Thread(target=submit, args=(True, second), daemon=True).start()
         submit(False)
-        assert pool._bulk_queued == 1, "a live batch is sent past a queued bulk one"
+        assert pool.bulk_waiting() == 1, "a live batch is sent past a queued bulk one"
         assert not second.wait(0.5), "a second bulk batch waits while the first is queued"
         gate.set()
         assert second.wait(30), "the second bulk batch goes once the first has started"
         wait_until(lambda: not pool._tasks and len(handled) == 4, 30,
                    lambda: f"tasks still registered: {len(pool._tasks)}, handled {handled}")
-        assert pool._bulk_queued == 0
+        assert pool.bulk_waiting() == 0
     finally:
         gate.set()
         pool.stop(5.0)

@@ -107,7 +107,6 @@ class WorkerPool:
         # behind at most this many (the pool's task queue is first come, first served), shared
         # by all the workers: about half a bulk batch each.
         self._max_bulk_queued = max(1, size // 2)
-        self._bulk_queued = 0  # bulk tasks sent that no worker has started yet
         self._stopping = False
         self.restarts = 0
         # Before the first generation: its collector pokes it on the workers' first hello.
@@ -176,7 +175,6 @@ class WorkerPool:
                 return
             if task.bulk and not task.started:
                 task.started = True
-                self._bulk_queued -= 1
                 self._lock.notify_all()
             for r in msg.results:
                 if r.position not in task.reported:  # else a duplicate from a retired generation
@@ -199,14 +197,17 @@ class WorkerPool:
         for a worker."""
         with self._lock:
             while (len(self._tasks) >= self._max_tasks
-                   or (bulk and self._bulk_queued >= self._max_bulk_queued)) and not self._stopping:
+                   or (bulk and self.bulk_waiting() >= self._max_bulk_queued)) and not self._stopping:
                 self._lock.wait(0.5)
             task = _Task(self._next_task, items, work, self._gen.number, bulk=bulk)
-            if bulk:
-                self._bulk_queued += 1
             self._next_task += 1
             self._tasks[task.task_id] = task
             self._send(task, work)
+
+    def bulk_waiting(self) -> int:
+        """Bulk batches sent that no worker has said it started (a few at most: one pass)."""
+        with self._lock:  # an RLock: submit() asks while holding it
+            return sum(1 for t in self._tasks.values() if t.bulk and not t.started)
 
     def _send(self, task: _Task, work: list[WorkItem]) -> None:
         task.generation = self._gen.number
