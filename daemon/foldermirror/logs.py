@@ -94,15 +94,14 @@ class _Stamp:
         return f"{prefix}.{ns // 1000:06d}Z"
 
 
-def _lead(stamp: Callable[[], str]) -> Callable[[Any, str, MutableMapping[str, Any]], MutableMapping[str, Any]]:
-    """A processor that adds level and timestamp and puts event, level and timestamp first:
-    a reader (or `cut`) sees what a line is before its data."""
+_stamp = _Stamp()
 
-    def lead(logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-        return {"event": event.pop("event", ""), "level": event.pop("level", method),
-                "timestamp": event.pop("timestamp", None) or stamp(), **event}
 
-    return lead
+def _lead(logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Adds level and timestamp and puts event, level and timestamp first: a reader (or `cut`)
+    sees what a line is before its data."""
+    return {"event": event.pop("event", ""), "level": event.pop("level", method),
+            "timestamp": event.pop("timestamp", None) or _stamp(), **event}
 
 
 # syslog priorities, as journald reads them from a `<N>` prefix on a stream line
@@ -200,7 +199,7 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
     # and the time and orders the keys (structlog's add_log_level and TimeStamper, then a
     # reordering, cost twice as much).
     stamping = ([structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso", utc=True)]
-                if use_console else [_lead(_Stamp())])
+                if use_console else [_lead])
     structlog.configure(
         processors=[*stamping, _advise, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
