@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs tests/system/systemd_e2e.sh inside a qemu VM whose PID 1 is a real systemd 252 (Debian 12), via
-# ../shared/sdvm (see its README). On the host: builds the wheelhouse (this package and its
+# sdvm, a VM harness kept outside this repository ($SDVM below). On the host: builds the wheelhouse (this package and its
 # dependencies) under /var/tmp, hands README.md, systemd/ and config/ to the guest, and prints the
 # guest's PASS/FAIL lines. Exit 0 only when every check passed.
 #

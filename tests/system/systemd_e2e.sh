@@ -1,6 +1,7 @@
 #!/bin/bash
 # The service end to end under a real systemd: runs as root INSIDE the sdvm guest (Debian 12,
-# systemd 252 as PID 1; see ../shared/sdvm/README.md). tests/system/run_systemd_e2e.sh builds the
+# systemd 252 as PID 1; sdvm is the VM harness outside this repository that
+# tests/system/run_systemd_e2e.sh finds at $SDVM). That script builds the
 # wheelhouse and hands this checkout's README.md, systemd/ and config/ over as $SDVM_DIR/extra.
 #
 # It installs foldermirror by running the shell blocks of README.md's "Run as a service" section
