@@ -391,6 +391,47 @@ def test_bulk_batches_wait_while_one_is_queued_and_live_ones_do_not(tmp_path, mo
         pool.stop(5.0)
 
 
+@pytest.mark.timeout(60)
+def test_the_pools_worker_handler_sleeps_while_a_result_waits_to_be_read(monkeypatch):
+    """The Pool's worker handler thread only wakes for a worker exiting, the cache emptying
+    or the end: a task's return value waiting for the result handler thread must not keep
+    it looping (each loop polls every worker, holding the lock the main process needs)."""
+    import multiprocessing
+    import multiprocessing.pool
+
+    from foldermirror.pipeline import pool as pool_module
+
+    loops: list[int] = []
+    maintain = multiprocessing.pool.Pool._maintain_pool
+    pool_class = pool_module._pool_class(lambda: None)
+    # The handler thread runs Pool._handle_workers of the base class, whatever the subclass.
+    monkeypatch.setattr(multiprocessing.pool.Pool, "_maintain_pool",
+                        staticmethod(lambda *a: (loops.append(1), maintain(*a))[1]))
+    release, first = threading.Event(), threading.Event()
+
+    def on_result(pid: int) -> None:  # on the Pool's result handler thread: the next result waits
+        first.set()
+        release.wait(30)
+
+    pool = pool_class(1, context=multiprocessing.get_context("forkserver"))
+    try:
+        done = [pool.apply_async(os.getpid, callback=on_result) for _ in range(2)]
+        assert first.wait(30), "the first task never ended"
+        reader = pool._outqueue._reader
+        wait_until(lambda: reader.poll(0), 30, lambda: "the second task's result never reached the Pool's pipe")
+        before = len(loops)
+        first.clear()
+        assert not first.wait(0.3)  # a window in which the second result waits unread
+        assert reader.poll(0), "the second result was read meanwhile: the window shows nothing"
+        assert len(loops) - before <= 1, f"the worker handler looped {len(loops) - before} times in 0.3 s"
+        release.set()
+        assert all(r.get(30) for r in done)
+    finally:
+        release.set()
+        pool.close()
+        pool.join()
+
+
 def test_a_result_handler_that_raises_is_reported_and_frees_its_slot(tmp_path):
     """A bug in the result handler is logged (on_error), and its batch leaves the registry:
     left there, a few such batches would block every later submit."""

@@ -17,13 +17,13 @@ import multiprocessing.util
 import os
 import queue
 import select
+import selectors
 import signal
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing import forkserver, resource_tracker
-from multiprocessing.connection import wait
 from typing import Any, NamedTuple
 
 from foldermirror.pipeline import worker
@@ -133,10 +133,15 @@ class WorkerPool:
         return gen
 
     def _collect(self, gen: _Generation) -> None:
+        # One selector for the generation's life: multiprocessing.connection.wait() builds
+        # a new one per call, which cost more than handling the message it waited for.
+        ready = selectors.DefaultSelector()
+        ready.register(gen.results._reader, selectors.EVENT_READ)
+        ready.register(gen.wake[0], selectors.EVENT_READ)
         try:
             while True:
                 try:
-                    msg = self._next_message(gen)
+                    msg = self._next_message(gen, ready)
                 except queue.Empty:
                     return
                 except (EOFError, OSError, ValueError):
@@ -148,16 +153,17 @@ class WorkerPool:
                 except Exception as exc:  # noqa: BLE001 - the collector must outlive a bad message
                     self._report_error("result collector", exc)
         finally:
+            ready.close()
             os.close(gen.wake[0])
 
-    def _next_message(self, gen: _Generation) -> Hello | BatchResults | None:
+    def _next_message(self, gen: _Generation, ready: selectors.BaseSelector) -> Hello | BatchResults | None:
         """The next message; None when woken by retirement. Raises queue.Empty once a
         retired generation has been quiet for RETIRED_DRAIN (its late results were taken)."""
         if gen.retired:
             msg: Hello | BatchResults = gen.results.get(timeout=RETIRED_DRAIN)
             return msg
         # Blocks without a timeout: an idle daemon must not wake up to poll.
-        if gen.results._reader not in wait([gen.results._reader, gen.wake[0]]):
+        if all(key.fileobj is not gen.results._reader for key, _ in ready.select()):
             return None
         msg = gen.results.get()
         return msg
@@ -333,6 +339,16 @@ def _pool_class(on_spawn: Callable[[], None]) -> type[multiprocessing.pool.Pool]
         def Process(ctx: Any, *args: Any, **kwds: Any) -> Any:  # noqa: N802 - the base class's name
             on_spawn()
             return ctx.Process(*args, **kwds)
+
+        def _get_sentinels(self) -> list[Any]:
+            # What wakes the Pool's worker handler thread besides a worker exiting. The base
+            # class adds the Pool's own result pipe, which its result handler thread reads:
+            # from a task's end until that thread has read its return value the pipe stays
+            # readable, and the worker handler loops (a poll of every worker and a new
+            # selector each time), holding the interpreter's lock the main process needs.
+            # The change notifier (the cache emptied, the pool terminated) and the workers'
+            # own sentinels are all it needs to replace a dead worker and to stop.
+            return [self._change_notifier._reader]  # type: ignore[attr-defined]
 
     return CountingPool
 
