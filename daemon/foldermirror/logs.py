@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import partialmethod
 from typing import Any, TextIO
 
 import structlog
@@ -150,12 +149,26 @@ class _LineWriter:
     def msg(self, message: str) -> None:
         self._line("info", message)
 
+    # Methods, not partialmethod(_line, …): that builds a new partial on every line.
+    def debug(self, message: str) -> None:
+        self._line("debug", message)
+
+    def info(self, message: str) -> None:
+        self._line("info", message)
+
+    def warning(self, message: str) -> None:
+        self._line("warning", message)
+
+    def error(self, message: str) -> None:
+        self._line("error", message)
+
+    def critical(self, message: str) -> None:
+        self._line("critical", message)
+
     log = msg
-    debug = partialmethod(_line, "debug")
-    info = partialmethod(_line, "info")
-    warn = warning = partialmethod(_line, "warning")
-    error = exception = partialmethod(_line, "error")
-    critical = fatal = partialmethod(_line, "critical")
+    warn = warning
+    exception = error
+    fatal = critical
 
     @contextmanager
     def batch(self) -> Iterator[None]:
