@@ -71,6 +71,7 @@ class Daemon:
     def __init__(self, config: Path) -> None:
         self.mirrored: set[str] = set()
         self.copies: dict[str, int] = {}
+        self.copy_bytes: dict[str, list[int]] = {}  # per path, the bytes of each file_mirrored line
         self.events: list[dict[str, Any]] = []
         self.cond = threading.Condition()
         self.proc = subprocess.Popen(
@@ -93,6 +94,7 @@ class Daemon:
                 if ev == "file_mirrored" and rec.get("kind") != "dir":
                     self.mirrored.add(rec["path"])
                     self.copies[rec["path"]] = self.copies.get(rec["path"], 0) + 1
+                    self.copy_bytes.setdefault(rec["path"], []).append(rec.get("bytes", 0))
                 else:
                     self.events.append(rec)
                 self.cond.notify_all()
@@ -800,11 +802,13 @@ def remote_config(base: Path, src: Path, dst: Path, **opts: Any) -> Path:
 
 
 @contextlib.contextmanager
-def ssh_master(server: SshServer, name: str = "bench-m") -> Iterator[list[str]]:
+def ssh_master(server: SshServer, name: str = "bench-m", options: tuple[str, ...] = ()) -> Iterator[list[str]]:
     """An `ssh -N -M` master to `server`, as the daemon keeps one per host; yields the ssh
-    options of a client that goes through it (no login of its own)."""
+    options of a client that goes through it (no login of its own). `options`: -o NAME=VALUE
+    for the master's connection (the cipher, say)."""
     sock = server.socket_path(name)
-    master = subprocess.Popen(server.ssh_argv("-N", "-M", "-S", str(sock), "-o", "ControlPersist=no"),
+    extra = [word for option in options for word in ("-o", option)]
+    master = subprocess.Popen(server.ssh_argv(*extra, "-N", "-M", "-S", str(sock), "-o", "ControlPersist=no"),
                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     through = ["-S", str(sock), "-o", "ControlMaster=no"]
     try:
@@ -820,14 +824,15 @@ def ssh_master(server: SshServer, name: str = "bench-m") -> Iterator[list[str]]:
         master.wait()
 
 
-def rsync_over_ssh(src: Path, dst: Path, *, master: bool) -> float:
+def rsync_over_ssh(src: Path, dst: Path, *, master: bool, options: tuple[str, ...] = ()) -> float:
     """Seconds of one `rsync -a src/ host:dst/` over the bench's sshd: with `master`, through an
     ssh master opened beforehand (the transfer alone, as the daemon's batches go through its
-    master), else logging in itself (what a daemon starting from nothing pays too)."""
+    master; `options` for its connection), else logging in itself (what a daemon starting from
+    nothing pays too)."""
     server = Remote.get()
     if not master:
         return timed(["rsync", "-a", "-e", server.rsh(), f"{src}/", f"{server.destination}:{dst}/"])
-    with ssh_master(server) as through:
+    with ssh_master(server, options=options) as through:
         return timed(["rsync", "-a", "-e", server.rsh(*through), f"{src}/", f"{server.destination}:{dst}/"])
 
 
@@ -1200,16 +1205,38 @@ def scenario_remote_bigfile(base: Path, trash: Trash, size_mib: int) -> dict[str
     src.mkdir()
     d = Daemon(remote_config(base, src, dst))
     d.wait(lambda s: s.has("sync_finished", reason="startup"), 60)
+    t_open = time.monotonic()
     t_closed = _write_big(src / "big.bin", size_mib)
     t_done = _wait_size(dst / "big.bin", size, 1800)
-    d.wait(lambda s: "big.bin" in s.mirrored, 60)
-    copies = d.copies.get("big.bin", 0)
+    d.wait(lambda s: size in s.copy_bytes.get("big.bin", []), 60)
+    sent = d.copy_bytes["big.bin"]
     d.stop()
+    # A write that lasts longer than max_delay (5 s) gets a copy of what the file had by
+    # then (a busy copy), and the copy after close waits for it to end.
     out: dict[str, Any] = {"daemon_MBps": size / (t_done - t_closed) / 1e6, "close_to_done_s": t_done - t_closed,
-                           "copies": copies}
+                           "copies": len(sent), "busy_copies": sum(1 for n in sent if n < size),
+                           "writer_s": t_closed - t_open}
     rs_dst = base / "rbig-rsync"
     out["rsync_MBps"] = size / rsync_over_ssh(src, rs_dst, master=True) / 1e6
+    trash.put(rs_dst)
+    # rsync with the ciphers the daemon offers its masters (AES-GCM first on a CPU with AES
+    # instructions, remote/ssh.py): the same transfer engine, the same cipher.
+    from foldermirror.remote.ssh import AES_FIRST
+    rs_dst = base / "rbig-rsync-aes"
+    out["rsync_aes_MBps"] = size / rsync_over_ssh(src, rs_dst, master=True, options=(f"Ciphers={AES_FIRST}",)) / 1e6
     trash.put(src, dst, rs_dst)
+    # The same with max_delay: 0 (no copy before close, whatever the writer's pace): the
+    # transfer alone.
+    src, dst = base / "rbig-src0", base / "rbig-dst0"
+    src.mkdir()
+    d = Daemon(remote_config(base, src, dst, max_delay="0s"))
+    d.wait(lambda s: s.has("sync_finished", reason="startup"), 60)
+    t_closed = _write_big(src / "big.bin", size_mib)
+    t_done = _wait_size(dst / "big.bin", size, 1800)
+    d.wait(lambda s: size in s.copy_bytes.get("big.bin", []), 60)
+    d.stop()
+    out["no_busy_MBps"] = size / (t_done - t_closed) / 1e6
+    trash.put(src, dst)
     out["lsyncd_MBps"] = out["lsyncd_close_to_done_s"] = out["lsyncd_rsyncs"] = None
     if Remote.lsyncd():
         src, dst = base / "rbig-lsyncd-src", base / "rbig-lsyncd-dst"
@@ -1226,6 +1253,8 @@ def scenario_remote_bigfile(base: Path, trash: Trash, size_mib: int) -> dict[str
             lsy.stop()
         trash.put(src, dst)
     out["ratio_vs_rsync"] = _ratio(out["daemon_MBps"], out["rsync_MBps"])
+    out["no_busy_ratio_vs_rsync"] = _ratio(out["no_busy_MBps"], out["rsync_MBps"])
+    out["no_busy_ratio_vs_rsync_aes"] = _ratio(out["no_busy_MBps"], out["rsync_aes_MBps"])
     out["lsyncd_ratio_vs_rsync"] = _ratio(out["lsyncd_MBps"], out["rsync_MBps"])
     return out
 

@@ -10,6 +10,7 @@ queue, under the mass-delete guard), and the held paths flow.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import random
@@ -28,7 +29,7 @@ from foldermirror.folderstate import FolderState
 from foldermirror.pipeline.changes import ChangeQueue
 from foldermirror.pipeline.records import RemoteSpec
 from foldermirror.remote import probe, rsync
-from foldermirror.remote.ssh import SshParams, direct_argv, master_argv, session_argv
+from foldermirror.remote.ssh import SshParams, cpu_has_aes, direct_argv, master_argv, session_argv
 from foldermirror.remote.url import Link
 from foldermirror.tempnames import temp_name
 
@@ -398,10 +399,16 @@ class Links:
         return self._dir
 
 
+@functools.cache
+def _cpu_has_aes() -> bool:  # which ciphers ssh is offered first (remote/ssh.py); read once
+    return cpu_has_aes()
+
+
 def params_for(options: SshOptions, link: Link) -> SshParams:
     assert options.known_hosts is not None  # the config refuses a remote target without it
     return SshParams(link, str(options.known_hosts), str(options.identity_file) if options.identity_file else None,
-                     options.connect_timeout, options.keepalive, options.compress, options.options)
+                     options.connect_timeout, options.keepalive, options.compress, options.options,
+                     aes_first=_cpu_has_aes())
 
 
 def remote_spec(f: FolderConfig, ssh: SshConfig, sockets: tuple[str, ...], remote_root: bool = False,

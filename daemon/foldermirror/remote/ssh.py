@@ -15,6 +15,13 @@ from foldermirror.remote.url import Link
 
 KEEPALIVE_COUNT = 3  # unanswered keepalives before ssh gives the connection up
 
+# OpenSSH's default ciphers with AES-GCM first. ssh prefers chacha20-poly1305, the faster one
+# on a CPU without AES instructions; with them AES-GCM costs each end less CPU per byte, and
+# a big file over loopback went about a quarter faster. The same set as the default, so any
+# server that takes the default takes this (every OpenSSH since 6.5 knows the names).
+AES_FIRST = ("aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,"
+             "aes128-ctr,aes192-ctr,aes256-ctr")
+
 
 class SshParams(NamedTuple):
     """What ssh needs to know of one link, from the config's ssh block (and its host's keys)."""
@@ -26,6 +33,7 @@ class SshParams(NamedTuple):
     keepalive: float
     compress: bool
     options: tuple[str, ...]
+    aes_first: bool = False  # the CPU has AES instructions (see cpu_has_aes)
 
 
 def _common(p: SshParams) -> list[str]:
@@ -40,6 +48,8 @@ def _common(p: SshParams) -> list[str]:
         out += ["-o", "Compression=yes"]
     for option in p.options:
         out += ["-o", option]
+    if p.aes_first and not any(o.partition("=")[0].strip().lower() == "ciphers" for o in p.options):
+        out += ["-o", f"Ciphers={AES_FIRST}"]
     if p.link.port:
         out += ["-p", str(p.link.port)]
     if p.link.user:
@@ -61,3 +71,16 @@ def session_argv(p: SshParams, socket: str) -> list[str]:
 def direct_argv(p: SshParams) -> list[str]:
     """ssh logging in on its own, for one-off commands outside the daemon (`sync --dry-run`)."""
     return ["ssh", "-o", "ControlMaster=no", "-o", "ControlPath=none", *_common(p)]
+
+
+def cpu_has_aes(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether the CPU has AES instructions: `aes` among x86's flags or arm64's features."""
+    try:
+        with open(cpuinfo, encoding="ascii", errors="replace") as f:
+            for line in f:
+                name, _, value = line.partition(":")
+                if name.strip() in ("flags", "Features"):
+                    return "aes" in value.split()
+    except OSError:
+        pass
+    return False
