@@ -1221,6 +1221,7 @@ def scenario_remote_bigfile(base: Path, trash: Trash, size_mib: int) -> dict[str
     trash.put(rs_dst)
     # rsync with the ciphers the daemon offers its masters (AES-GCM first on a CPU with AES
     # instructions, remote/ssh.py): the same transfer engine, the same cipher.
+    sys.path.insert(0, str(REPO / "daemon"))
     from foldermirror.remote.ssh import AES_FIRST
     rs_dst = base / "rbig-rsync-aes"
     out["rsync_aes_MBps"] = size / rsync_over_ssh(src, rs_dst, master=True, options=(f"Ciphers={AES_FIRST}",)) / 1e6
