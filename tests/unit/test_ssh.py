@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
-from foldermirror.remote.ssh import AES_FIRST, SshParams, cpu_has_aes, direct_argv, master_argv, session_argv
+from foldermirror.remote.ssh import (
+    AES_FIRST,
+    SshParams,
+    ciphers_in_effect,
+    cpu_has_aes,
+    direct_argv,
+    master_argv,
+    session_argv,
+    wants_aes_first,
+)
 from foldermirror.remote.url import Link
+
+needs_ssh = pytest.mark.skipif(shutil.which("ssh") is None, reason="no ssh client (.ci/run installs one)")
 
 
 def params(*, aes_first: bool, options: tuple[str, ...] = ()) -> SshParams:
@@ -58,3 +70,21 @@ def test_cpu_has_aes_reads_the_flags_of_proc_cpuinfo(tmp_path: Path, text: str, 
 
 def test_cpu_has_aes_is_false_when_cpuinfo_cannot_be_read(tmp_path: Path):
     assert cpu_has_aes(str(tmp_path / "missing")) is False
+
+
+@needs_ssh
+def test_ssh_s_own_cipher_set_is_the_one_reordered():
+    """`ssh -G` of a plain link names OpenSSH's default set (this machine's ssh_config sets
+    no Ciphers): the same set AES_FIRST orders, so the daemon offers it."""
+    assert ciphers_in_effect(params(aes_first=False)) == frozenset(AES_FIRST.split(","))
+    assert wants_aes_first(params(aes_first=False), has_aes=True)
+    assert not wants_aes_first(params(aes_first=False), has_aes=False)
+
+
+@needs_ssh
+def test_a_cipher_list_set_for_ssh_is_left_as_it_is():
+    """A Ciphers= that narrows the set (here in ssh.options; an ssh_config's reads the same
+    through `ssh -G`) is never widened again by the daemon's order."""
+    narrowed = params(aes_first=False, options=("Ciphers=aes256-gcm@openssh.com",))
+    assert ciphers_in_effect(narrowed) == frozenset({"aes256-gcm@openssh.com"})
+    assert not wants_aes_first(narrowed, has_aes=True)

@@ -29,7 +29,7 @@ from foldermirror.folderstate import FolderState
 from foldermirror.pipeline.changes import ChangeQueue
 from foldermirror.pipeline.records import RemoteSpec
 from foldermirror.remote import probe, rsync
-from foldermirror.remote.ssh import SshParams, cpu_has_aes, direct_argv, master_argv, session_argv
+from foldermirror.remote.ssh import SshParams, cpu_has_aes, direct_argv, master_argv, session_argv, wants_aes_first
 from foldermirror.remote.url import Link
 from foldermirror.tempnames import temp_name
 
@@ -399,16 +399,21 @@ class Links:
         return self._dir
 
 
+@functools.lru_cache(maxsize=1024)  # an `ssh -G` per link and settings, not per batch or reload
+def _aes_first(params: SshParams) -> bool:
+    return wants_aes_first(params, _cpu_has_aes())
+
+
 @functools.cache
-def _cpu_has_aes() -> bool:  # which ciphers ssh is offered first (remote/ssh.py); read once
+def _cpu_has_aes() -> bool:
     return cpu_has_aes()
 
 
 def params_for(options: SshOptions, link: Link) -> SshParams:
     assert options.known_hosts is not None  # the config refuses a remote target without it
-    return SshParams(link, str(options.known_hosts), str(options.identity_file) if options.identity_file else None,
-                     options.connect_timeout, options.keepalive, options.compress, options.options,
-                     aes_first=_cpu_has_aes())
+    params = SshParams(link, str(options.known_hosts), str(options.identity_file) if options.identity_file else None,
+                       options.connect_timeout, options.keepalive, options.compress, options.options)
+    return params._replace(aes_first=_aes_first(params))
 
 
 def remote_spec(f: FolderConfig, ssh: SshConfig, sockets: tuple[str, ...], remote_root: bool = False,
