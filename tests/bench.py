@@ -42,7 +42,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # `python3 tests/bench.py` as well as `python3 -m tests.bench`
@@ -1196,26 +1196,41 @@ def _write_big(path: Path, size_mib: int) -> float:
     return time.monotonic()
 
 
+class _BigCopy(NamedTuple):
+    writer_s: float      # open → close of the big file
+    close_to_done_s: float
+    sent: list[int]      # the bytes of each file_mirrored line of it, in order
+
+
+def _daemon_big_copy(base: Path, src: Path, dst: Path, size_mib: int, **opts: Any) -> _BigCopy:
+    """The daemon (folder settings `opts`) mirroring one big file written into src to dst on
+    the bench's sshd, until a file_mirrored line of it says every byte."""
+    size = size_mib << 20
+    src.mkdir()
+    d = Daemon(remote_config(base, src, dst, **opts))
+    try:
+        d.wait(lambda s: s.has("sync_finished", reason="startup"), 60)
+        t_open = time.monotonic()
+        t_closed = _write_big(src / "big.bin", size_mib)
+        t_done = _wait_size(dst / "big.bin", size, 1800)
+        d.wait(lambda s: size in s.copy_bytes.get("big.bin", []), 60)
+    finally:
+        d.stop()
+    return _BigCopy(t_closed - t_open, t_done - t_closed, d.copy_bytes["big.bin"])
+
+
 def scenario_remote_bigfile(base: Path, trash: Trash, size_mib: int) -> dict[str, Any]:
     """One big file written into the watched source: close → complete on the remote (its name
     there with every byte: rsync renames it into place), as MB/s, beside `rsync -a` of the same
     file over the same ssh through a master opened beforehand (as the daemon's is)."""
     size = size_mib << 20
     src, dst = base / "rbig-src", base / "rbig-dst"
-    src.mkdir()
-    d = Daemon(remote_config(base, src, dst))
-    d.wait(lambda s: s.has("sync_finished", reason="startup"), 60)
-    t_open = time.monotonic()
-    t_closed = _write_big(src / "big.bin", size_mib)
-    t_done = _wait_size(dst / "big.bin", size, 1800)
-    d.wait(lambda s: size in s.copy_bytes.get("big.bin", []), 60)
-    sent = d.copy_bytes["big.bin"]
-    d.stop()
     # A write that lasts longer than max_delay (5 s) gets a copy of what the file had by
     # then (a busy copy), and the copy after close waits for it to end.
-    out: dict[str, Any] = {"daemon_MBps": size / (t_done - t_closed) / 1e6, "close_to_done_s": t_done - t_closed,
-                           "copies": len(sent), "busy_copies": sum(1 for n in sent if n < size),
-                           "writer_s": t_closed - t_open}
+    copy = _daemon_big_copy(base, src, dst, size_mib)
+    out: dict[str, Any] = {"daemon_MBps": size / copy.close_to_done_s / 1e6, "close_to_done_s": copy.close_to_done_s,
+                           "copies": len(copy.sent), "busy_copies": sum(1 for n in copy.sent if n < size),
+                           "writer_s": copy.writer_s}
     rs_dst = base / "rbig-rsync"
     out["rsync_MBps"] = size / rsync_over_ssh(src, rs_dst, master=True) / 1e6
     trash.put(rs_dst)
@@ -1229,14 +1244,7 @@ def scenario_remote_bigfile(base: Path, trash: Trash, size_mib: int) -> dict[str
     # The same with max_delay: 0 (no copy before close, whatever the writer's pace): the
     # transfer alone.
     src, dst = base / "rbig-src0", base / "rbig-dst0"
-    src.mkdir()
-    d = Daemon(remote_config(base, src, dst, max_delay="0s"))
-    d.wait(lambda s: s.has("sync_finished", reason="startup"), 60)
-    t_closed = _write_big(src / "big.bin", size_mib)
-    t_done = _wait_size(dst / "big.bin", size, 1800)
-    d.wait(lambda s: size in s.copy_bytes.get("big.bin", []), 60)
-    d.stop()
-    out["no_busy_MBps"] = size / (t_done - t_closed) / 1e6
+    out["no_busy_MBps"] = size / _daemon_big_copy(base, src, dst, size_mib, max_delay="0s").close_to_done_s / 1e6
     trash.put(src, dst)
     out["lsyncd_MBps"] = out["lsyncd_close_to_done_s"] = out["lsyncd_rsyncs"] = None
     if Remote.lsyncd():

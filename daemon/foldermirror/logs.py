@@ -146,9 +146,6 @@ class _LineWriter:
             self._stream.write(line)
             self._stream.flush()
 
-    def msg(self, message: str) -> None:
-        self._line("info", message)
-
     # Methods, not partialmethod(_line, …): that builds a new partial on every line.
     def debug(self, message: str) -> None:
         self._line("debug", message)
@@ -165,7 +162,7 @@ class _LineWriter:
     def critical(self, message: str) -> None:
         self._line("critical", message)
 
-    log = msg
+    log = msg = info
     warn = warning
     exception = error
     fatal = critical
