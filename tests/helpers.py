@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import site
 import stat
 import subprocess
 import sys
@@ -29,6 +30,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parent.parent
 DAEMON_PATH = str(REPO / "daemon")
+# For a probe run with `python -S` (no site: no .pth file imports anything first): the
+# site-packages folders go on its path all the same, their .pth files unread, so that a
+# third-party import shows up in sys.modules instead of failing as missing.
+SITE_PACKAGES = [*site.getsitepackages(), site.getusersitepackages()]
 TEMP_MARK = ".foldermirror-"
 LOCK_NAME = ".foldermirror.lock"  # each target's lock file (targetlock.py): not mirrored data
 SYSTEMD_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "INVOCATION_ID", "JOURNAL_STREAM")

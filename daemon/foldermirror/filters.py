@@ -17,8 +17,6 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
-import pathspec
-
 from foldermirror.tempnames import is_reserved
 
 # Every reserved name (tempnames: ".foldermirror-…tmp", ".foldermirror.lock") holds this:
@@ -37,6 +35,10 @@ class _Rule(NamedTuple):
 
 
 def _compile(patterns: Sequence[str]) -> list[_Rule]:
+    if not patterns:
+        return []
+    import pathspec  # here, not at the top: 30 modules and 0.7 MiB that a folder without excludes never needs
+
     rules = []
     for line in patterns:
         try:

@@ -20,7 +20,6 @@ import os
 import sys
 import tempfile
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import TextIO
 
@@ -71,6 +70,8 @@ def base() -> Path:
     checkout = Path(__file__).resolve().parent.parent.parent   # daemon/foldermirror → the repository
     if (checkout / "pyproject.toml").is_file() and (checkout / SOURCES["foldermirror.service"]).is_file():
         return checkout
+    from importlib import metadata  # here: it imports the email package, which no daemon needs
+
     marker = f"share/foldermirror/{SOURCES['foldermirror.service']}"
     try:
         dist = metadata.distribution("foldermirror")
