@@ -10,11 +10,10 @@ side is a decision, made here.
 from __future__ import annotations
 
 import json
-import site
 import subprocess
 import sys
 
-from helpers import DAEMON_PATH, ENV
+from helpers import DAEMON_PATH, ENV, SITE_PACKAGES
 
 WORKER_MODULE = "foldermirror.pipeline.worker"
 # Our modules a worker may import, each stdlib-only itself.
@@ -33,10 +32,7 @@ ALLOWED_OWN = {
 THIRD_PARTY = ("watchdog", "yaml", "structlog", "prometheus_client")
 
 # -S: no site, so no .pth file imports anything first (one on the bench machine imports certifi)
-# and every module loaded after the baseline is one the import itself brought in. The
-# site-packages folders go on the path all the same (their .pth files unread): a third-party
-# import must show up in the list, not fail as missing.
-SITE_PACKAGES = [*site.getsitepackages(), site.getusersitepackages()]
+# and every module loaded after the baseline is one the import itself brought in.
 PROBE = f"""
 import json, sys
 sys.path[:0] = [{DAEMON_PATH!r}]
@@ -64,3 +60,26 @@ def test_the_worker_side_imports_only_the_standard_library_and_the_listed_module
     assert not foreign, f"{WORKER_MODULE} imports modules outside the standard library: {foreign}"
     named = sorted(m for m in new if m.partition(".")[0] in THIRD_PARTY)
     assert not named, named
+
+
+FROZEN_IN_A_WORKER = f"""
+import gc, multiprocessing, sys
+sys.path[:0] = [{DAEMON_PATH!r}]
+from foldermirror.pipeline.pool import FORK_SERVER_PRELOAD
+ctx = multiprocessing.get_context("forkserver")
+ctx.set_forkserver_preload(list(FORK_SERVER_PRELOAD))
+with ctx.Pool(1) as pool:
+    print(pool.apply(gc.get_freeze_count))
+"""
+
+
+def test_workers_are_forked_with_the_preloaded_modules_frozen_out_of_the_collector():
+    # The fork server imports FORK_SERVER_PRELOAD in order; fork_freeze must come last, or
+    # what is imported after it is collected (and its pages copied) in every worker again.
+    from foldermirror.pipeline.pool import FORK_SERVER_PRELOAD
+    assert FORK_SERVER_PRELOAD[-1] == "foldermirror.pipeline.fork_freeze"
+    r = subprocess.run([sys.executable, "-c", FROZEN_IN_A_WORKER], capture_output=True, text=True, env=ENV,
+                       timeout=60, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr
+    frozen = int(r.stdout)
+    assert frozen > 10_000, f"a worker inherited only {frozen} frozen objects from the fork server"

@@ -33,6 +33,10 @@ from foldermirror.pipeline.records import BatchResults, Hello, Outcome, WorkItem
 RETIRED_DRAIN = 0.2  # a retired generation's collector leaves after this long without a message
 
 
+FORK_SERVER_PRELOAD = ("foldermirror.pipeline.worker", "multiprocessing.pool", "multiprocessing.queues",
+                       "foldermirror.pipeline.fork_freeze")
+
+
 class Result(NamedTuple):
     """What became of one queue item, as one worker message told it."""
 
@@ -94,8 +98,8 @@ class WorkerPool:
         self._ctx = multiprocessing.get_context("forkserver")
         # Workers are forked from the fork server with their code and the Pool's own modules
         # already imported: pages shared with the fork server, not imported again per worker.
-        self._ctx.set_forkserver_preload(["foldermirror.pipeline.worker", "multiprocessing.pool",
-                                          "multiprocessing.queues"])
+        # FORK_SERVER_PRELOAD ends with fork_freeze, which keeps those pages shared.
+        self._ctx.set_forkserver_preload(list(FORK_SERVER_PRELOAD))
         self._lock = threading.Condition()
         self._tasks: dict[int, _Task] = {}
         self._next_task = 0
