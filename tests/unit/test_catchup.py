@@ -316,6 +316,28 @@ def test_a_new_directorys_walk_compares_only_what_no_worker_looked_at_since_its_
     assert found == {"d/before", "d/untold"}
 
 
+def test_an_overflows_walk_compares_no_file_that_waits_for_a_worker_but_each_one_in_flight(tmp_path: Path):
+    rig = Rig(tmp_path)
+    src = rig.config.source
+    for name in ("queued", "flying", "untold", "linked"):
+        (src / name).write_bytes(b"new bytes")
+    os.link(src / "linked", src / "linked2")
+    rig.changes.touch("data", "flying", settle=0.25, ready=True)
+    [flying] = rig.changes.take(10, timeout=0)
+    for name in ("queued", "linked", "linked2"):
+        rig.changes.touch("data", name, settle=0.25, ready=True)
+    rig.catch_ups.request("data", "overflow")
+    assert [r.reason for r in rig.run_walks()] == ["overflow"]
+    c = rig.folders["data"].catch_up
+    assert c is not None and c.walk_done
+    # Not "queued": its worker reads it later anyway. The one in flight may have been read
+    # before a change whose event was lost; a multi-linked file's names are walked for the
+    # map of its inode's names.
+    assert c.differences == 4, c
+    rig.changes.done_all([flying])
+    assert rig.changes.pending("data", "flying"), "found again while in flight: it goes once more"
+
+
 def test_a_later_walk_of_a_new_directory_is_not_covered_by_an_earlier_one():
     early = Request("f", "d", "subtree", ready=False, only_unknown=True, since=1.0)
     late = Request("f", "d", "subtree", ready=False, only_unknown=True, since=2.0)

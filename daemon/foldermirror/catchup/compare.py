@@ -88,7 +88,8 @@ def diff_tree(source: str, target: str, excluded: Excluder, delete: bool, instan
     size, mtime and mode match are compared too when it keeps them (and this process can).
     With `links` (the folder keeps hard links) each file with other names is told to it,
     and a name whose mirror is not the same file as its inode's first name's mirror differs.
-    `skip`: entries other than directories it says are taken care of are not compared.
+    `skip`: entries other than directories it says are taken care of are not compared (a
+    multi-linked file's names are, where `links` maps them).
     """
     stats = stats if stats is not None else WalkStats()
     if stats.unreadable is None:
@@ -232,7 +233,9 @@ def _compare(rel: str, parts: tuple[str, ...], sfd: int | None, target: Target |
         if excluded(path, s.kind == stat.S_IFDIR):
             continue  # and, for a directory, all below it: it is not walked
         stats.entries += 1
-        if skip is not None and s.kind != stat.S_IFDIR and skip(path):
+        # A name of a multi-linked file is always walked where links are mapped: the map of
+        # its inode's names is rebuilt from what the walk sees.
+        if skip is not None and s.kind != stat.S_IFDIR and (links is None or s.nlink == 1) and skip(path):
             continue
         t = t_entries.get(name)
         if t is not None:

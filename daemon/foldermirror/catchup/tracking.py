@@ -150,7 +150,16 @@ class CatchUpTracker:
                         self.inodes.begin_walk(f.name)
                         rebuilding = True
                     links = partial(self._link_seen, f.name)
-                skip = partial(self.changes.looked_at_since, f.name, since=req.since) if req.only_unknown else None
+                skip: Callable[[str], bool] | None = None
+                if req.only_unknown:
+                    skip = partial(self.changes.looked_at_since, f.name, since=req.since)
+                elif req.reason == "overflow":
+                    # The burst that overflowed the kernel's queue is mostly still queued here:
+                    # a path waiting for a worker is read by it later anyway, and comparing it
+                    # now (a stat and the attributes of both sides) is the walk's main cost.
+                    # One in flight is compared: its worker may have read it before a change
+                    # whose event the overflow dropped.
+                    skip = partial(self.changes.pending, f.name)
                 diffs = diff_tree(str(f.source), str(f.target), state.excluder, f.delete, self.instance,
                                   sub=req.sub, stats=stats, writer_alive=process_alive, preserve=f.preserve,
                                   links=links, skip=skip)

@@ -544,6 +544,11 @@ class ChangeQueue:
                     earliest = e.not_before
             return earliest
 
+    def pending(self, folder: str, path: str) -> bool:
+        """The path waits to be handed out: the worker it goes to reads it after every change so far."""
+        with self._cond:
+            return (folder, path) in self._entries
+
     def known(self, folder: str, path: str) -> bool:
         """The path is pending or in flight: whatever it holds now will be looked at."""
         with self._cond:
