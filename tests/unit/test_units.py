@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 
 import pytest
@@ -224,6 +225,20 @@ def test_prune_forgets_paths_no_longer_hot_and_keeps_hot_ones(q, clock):
     assert set(q._handed_out) == {("f", "hot")}
     q.touch("f", "hot", settle=0.25, ready=True)
     assert q.take(10, timeout=0) == []  # still hot: it waits for quiet
+
+
+def test_prune_hands_back_the_tables_a_big_backlog_grew(q, clock):
+    for i in range(10_000):
+        q.touch("f", f"p{i}", settle=0.25, ready=True)
+    flying = q.take(10_000, timeout=0)
+    grown = sys.getsizeof(q._entries)
+    q.done_all(flying[:-1])
+    flying_grown = sys.getsizeof(q._in_flight)
+    q.prune()
+    assert grown > 100 * sys.getsizeof({}) and sys.getsizeof(q._entries) == sys.getsizeof({})
+    assert flying_grown > 100 * sys.getsizeof(set()) and sys.getsizeof(q._in_flight) == sys.getsizeof(set())
+    q.done(flying[-1])  # the copies are the queue's: what was in flight lands as before
+    assert q.counts("f") == (0, 0)
 
 
 def in_order(items) -> list[str]:
