@@ -28,6 +28,9 @@ _instance = "0"
 
 
 def _on_term(signum: int, frame: Any) -> None:
+    # A stopping pool sends two (Pool.terminate() and the daemon's own, see pool._retire):
+    # the second must not interrupt the clean-up the first one starts.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise SystemExit(0)  # unwinds the copy so its temp file is removed
 
 
