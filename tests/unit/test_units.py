@@ -447,6 +447,35 @@ def test_the_pools_worker_handler_sleeps_while_a_result_waits_to_be_read(monkeyp
         pool.join()
 
 
+@pytest.mark.timeout(60)
+def test_a_retired_pool_whose_task_pipe_holds_a_torn_message_ends_its_threads_quietly(monkeypatch):
+    """A worker stopped while reading a task leaves the rest of that message in the pipe:
+    Pool.terminate() reads it as garbage and raises before its result thread is told to end."""
+    import multiprocessing
+    import time
+
+    from foldermirror.pipeline import pool as pool_module
+
+    raised: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: raised.append(args.exc_value))
+    pool = pool_module._pool_class(lambda: None)(1, context=multiprocessing.get_context("forkserver"))
+    try:
+        busy = pool.apply_async(time.sleep, (60,))  # the worker does not read the pipe; the task stays in the cache
+        pool._inqueue._writer.send_bytes(b"the rest of a message")  # type: ignore[attr-defined]
+        stopper = threading.Thread(target=pool_module._terminate, args=(pool,))
+        stopper.start()
+        stopper.join(30)
+        assert not stopper.is_alive()
+        pool._result_handler.join(30)  # type: ignore[attr-defined]
+        assert not pool._result_handler.is_alive(), "the result thread waits for ever"  # type: ignore[attr-defined]
+        assert raised == []
+        assert not busy.ready()
+    finally:
+        for worker in pool._pool:  # type: ignore[attr-defined]
+            worker.kill()
+            worker.join(10)
+
+
 def test_a_result_handler_that_raises_is_reported_and_frees_its_slot(tmp_path):
     """A bug in the result handler is logged (on_error), and its batch leaves the registry:
     left there, a few such batches would block every later submit."""

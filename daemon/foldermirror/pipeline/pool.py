@@ -377,7 +377,7 @@ def _retire(gen: _Generation) -> None:
     such a replacement never says hello on the retired results queue: the Pool's own list
     of processes names it.
     """
-    threading.Thread(target=gen.pool.terminate, name=f"retire-{gen.number}", daemon=True).start()
+    threading.Thread(target=_terminate, args=(gen.pool,), name=f"retire-{gen.number}", daemon=True).start()
     pids: set[int] = set()
     deadline = time.monotonic() + 3.0
     while True:
@@ -391,6 +391,25 @@ def _retire(gen: _Generation) -> None:
     for pid in pids | _pool_pids(gen.pool):
         if process_alive(pid):
             _signal(pid, signal.SIGKILL)
+
+
+def _terminate(pool: multiprocessing.pool.Pool) -> None:
+    """Pool.terminate() of a pool being thrown away, quietly.
+
+    Its first step reads what is left in the task pipe. A worker stopped (SIGTERM) while it
+    was reading a task leaves the rest of that message there, which then reads as garbage
+    (EOFError, an unpickling error), and terminate() raises before it tells the Pool's
+    result thread to end. Nothing is lost (the generation's work is already abandoned or
+    resubmitted, and _retire signals the workers itself): the result thread is told here.
+    """
+    try:
+        pool.terminate()
+    except Exception:  # noqa: BLE001 - see docstring
+        # What terminate() would have done next: the thread's state, then its sentinel.
+        handler, outqueue = getattr(pool, "_result_handler", None), getattr(pool, "_outqueue", None)
+        if handler is not None and outqueue is not None:
+            handler._state = multiprocessing.pool.TERMINATE
+            outqueue.put(None)
 
 
 def _stop_helpers(timeout: float) -> None:
