@@ -47,6 +47,8 @@ from typing import Any, NamedTuple
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # `python3 tests/bench.py` as well as `python3 -m tests.bench`
     sys.path.insert(0, str(REPO))
+if str(REPO / "daemon") not in sys.path:  # what the bench imports itself is this checkout's code
+    sys.path.insert(1, str(REPO / "daemon"))
 from tests.sshd import SshServer, missing_tools, ssh_config_block  # noqa: E402
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO / "daemon")}
@@ -1245,7 +1247,6 @@ def scenario_remote_bigfile(base: Path, trash: Trash, size_mib: int) -> dict[str
     trash.put(rs_dst)
     # rsync with the ciphers the daemon offers its masters (AES-GCM first on a CPU with AES
     # instructions, remote/ssh.py): the same transfer engine, the same cipher.
-    sys.path.insert(0, str(REPO / "daemon"))
     from foldermirror.remote.ssh import AES_FIRST
     rs_dst = base / "rbig-rsync-aes"
     out["rsync_aes_MBps"] = size / rsync_over_ssh(src, rs_dst, master=True, options=(f"Ciphers={AES_FIRST}",)) / 1e6
@@ -1306,7 +1307,6 @@ def scenario_records(base: Path, trash: Trash, items: int) -> dict[str, Any]:
     pool and the workers do, against the same values as the plain tuples they replaced."""
     import pickle
 
-    sys.path.insert(0, str(REPO / "daemon"))
     from foldermirror.pipeline.records import BatchResults, FolderSpec, ItemResult, Outcome, Status, WorkItem
 
     spec = FolderSpec("/srv/inbox/photos", "/srv/mirror/photos", True, False, (2049, 131073))
@@ -1395,7 +1395,6 @@ def scenario_preserve(base: Path, trash: Trash, files: int, folders: int, sparse
     - One sparse file (`sparse_mib` MiB, 1 MiB of data in 4 islands) copied by the daemon
       with and without `sparse`: seconds and the blocks it takes in the mirror.
     """
-    sys.path.insert(0, str(REPO / "daemon"))
     out: dict[str, Any] = {}
     src = base / "pr-src"
     make_tree(src, files, 4 * KIB, folders)
