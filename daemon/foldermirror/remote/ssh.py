@@ -96,9 +96,11 @@ def ciphers_in_effect(p: SshParams) -> frozenset[str] | None:
                               stdin=subprocess.DEVNULL, capture_output=True, timeout=10, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
+    if done.returncode != 0:
+        return None
     for line in done.stdout.decode(errors="replace").splitlines():
         name, _, value = line.partition(" ")
-        if name.lower() == "ciphers" and done.returncode == 0:
+        if name.lower() == "ciphers":
             return frozenset(value.strip().split(","))
     return None
 
