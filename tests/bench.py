@@ -543,20 +543,34 @@ count = [0]
 if mode == "watchdog":
     from watchdog.events import FileSystemEventHandler
     from watchdog.observers import Observer
-    from foldermirror.pipeline.watcher import EVENT_FILTER
+    from watchdog.events import (DirAttribEvent, DirCreatedEvent, DirDeletedEvent, DirMovedEvent,
+                                 FileAttribEvent, FileClosedEvent, FileCreatedEvent, FileDeletedEvent,
+                                 FileModifiedEvent, FileMovedEvent)
+    EVENTS = [FileCreatedEvent, DirCreatedEvent, FileModifiedEvent, FileAttribEvent, DirAttribEvent,
+              FileClosedEvent, FileDeletedEvent, DirDeletedEvent, FileMovedEvent, DirMovedEvent]
 
     class Count(FileSystemEventHandler):
         def dispatch(self, event):
             count[0] += 1
 
     observer = Observer()
-    observer.schedule(Count(), src, recursive=True, event_filter=EVENT_FILTER)
+    observer.schedule(Count(), src, recursive=True, event_filter=EVENTS)
     observer.start()
+elif mode == "intake":
+    from foldermirror.pipeline.intake import SOURCE_MASK, Intake
+
+    class Counter:
+        def handle(self, kind, path, is_dir, dest):
+            count[0] += 1
+
+    reader = Intake(on_overflow=lambda: None)
+    reader.start()
+    reader.schedule(src, Counter(), recursive=True, mask=SOURCE_MASK)
 else:
     import ctypes, struct
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     fd = libc.inotify_init1(os.O_CLOEXEC)
-    mask = 0x2 | 0x4 | 0x8 | 0x40 | 0x80 | 0x100 | 0x200 | 0x400 | 0x800  # what EVENT_FILTER asks for
+    mask = 0x2 | 0x4 | 0x8 | 0x40 | 0x80 | 0x100 | 0x200 | 0x400 | 0x800  # what the intake asks for
     paths = {}
     for dirpath, _, _ in os.walk(src):
         paths[libc.inotify_add_watch(fd, dirpath.encode(), mask)] = dirpath
@@ -584,10 +598,11 @@ print(count[0], usage.ru_utime + usage.ru_stime, flush=True)
 
 
 def scenario_events(base: Path, trash: Trash, files: int, folders: int) -> dict[str, Any]:
-    """CPU to receive a burst's inotify events: watchdog's observer (with the daemon's event
-    filter and a handler that only counts) against a plain read of the inotify fd."""
+    """CPU to receive a burst's inotify events: watchdog's observer (with the event filter the
+    daemon used before its own intake, and a handler that only counts), the daemon's intake
+    (pipeline/intake.py, the same), and a plain read of the inotify fd."""
     out: dict[str, Any] = {}
-    for mode in ("watchdog", "raw"):
+    for mode in ("watchdog", "intake", "raw"):
         src = base / f"events-{mode}"
         for d in range(folders):
             (src / f"d{d:03}").mkdir(parents=True)

@@ -13,13 +13,11 @@ inherit it) make the same one.
 FOLDERMIRROR_FAULTS is a comma-separated list of `kind:name` entries:
   handler_error:NAME   the event handler raises for a path whose last part is NAME
                        (inside its guard: the daemon logs and reconciles)
-  observer_crash:NAME  the observer thread itself dies on such an event (a watchdog bug)
+  observer_crash:NAME  the inotify reader thread itself dies on such an event (a bug)
   max_user_watches:N   the daemon believes fs.inotify.max_user_watches is N (the real
                        sysctl is never changed by tests)
   no_hello:on          workers never say hello (as when one dies before its hello is read):
                        the pool must notice a replaced worker without it
-  no_replay:on         watchdog does not replay the entries a new directory already
-                       holds as events (the daemon must find them by itself)
   slow_copy:NAME       a worker copies such a file 1 MiB at a time, 50 ms apart, so a
                        test can act while the copy is in progress
   vanish:NAME          a remote batch deletes such a file from the source after listing

@@ -670,8 +670,10 @@ def test_handler_errors_and_observer_crashes_do_not_stop_watching(tmp_path, daem
     d = daemon_factory(write_config(tmp_path, [spec], rescan_interval=0),
                        env={"FOLDERMIRROR_FAULTS": "handler_error:poison,observer_crash:crash"})
     d.wait_ready()
-    for i in range(5):  # the handler raises on every event for these: kept alive, reconciled
+    for i in range(5):
         (src / f"d{i}").mkdir()
+    wait_mirrored(src, dst)  # watched by now: what is written below makes events of its own
+    for i in range(5):  # the handler raises on every event for these: kept alive, reconciled
         (src / f"d{i}" / "poison").write_bytes(b"p%d" % i)
         (src / f"d{i}" / "fine").write_bytes(b"f%d" % i)
     d.wait_for("watch_handler_error")

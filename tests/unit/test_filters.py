@@ -340,28 +340,21 @@ class _Sink:
 
 
 def test_the_watcher_passes_each_events_type_to_the_excluder(tmp_path):
-    from watchdog.events import (
-        DirCreatedEvent,
-        DirDeletedEvent,
-        DirMovedEvent,
-        FileClosedEvent,
-        FileDeletedEvent,
-        FileMovedEvent,
-    )
-
     from fakes import folder
+    from foldermirror.pipeline.intake import Kind
     from foldermirror.pipeline.watcher import _Handler
 
     f = folder("data", tmp_path, delete=True, exclude=("cache/", "*.tmp", "!keep.tmp"))
-    root = str(f.source)
+    root = str(f.source).encode()
     changes, sink = _Changes(), _Sink()
     handler = _Handler(f, changes, sink, lambda path: True)  # type: ignore[arg-type]
-    for event in (DirCreatedEvent(f"{root}/src/cache"), FileClosedEvent(f"{root}/src/cache/x"),
-                  FileClosedEvent(f"{root}/other/cache"), DirDeletedEvent(f"{root}/cache"),
-                  FileDeletedEvent(f"{root}/gone/cache"), FileClosedEvent(f"{root}/x.tmp"),
-                  FileClosedEvent(f"{root}/keep.tmp"), FileClosedEvent(f"{root}/.foldermirror.lock"),
-                  FileMovedEvent(f"{root}/a.txt", f"{root}/a.tmp"), DirMovedEvent(f"{root}/d", f"{root}/cache")):
-        handler.dispatch(event)
+    for kind, path, is_dir, dest in (
+            (Kind.CREATED, b"/src/cache", True, None), (Kind.CLOSED, b"/src/cache/x", False, None),
+            (Kind.CLOSED, b"/other/cache", False, None), (Kind.DELETED, b"/cache", True, None),
+            (Kind.DELETED, b"/gone/cache", False, None), (Kind.CLOSED, b"/x.tmp", False, None),
+            (Kind.CLOSED, b"/keep.tmp", False, None), (Kind.CLOSED, b"/.foldermirror.lock", False, None),
+            (Kind.MOVED, b"/a.txt", False, b"/a.tmp"), (Kind.MOVED, b"/d", True, b"/cache")):
+        handler.handle(kind, root + path, is_dir, None if dest is None else root + dest)
     assert not sink.errors
     assert changes.touched == ["other/cache", "gone/cache", "keep.tmp", "a.txt", "d"]
     assert changes.moves == [] and sink.subtrees == []

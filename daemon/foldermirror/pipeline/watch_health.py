@@ -4,7 +4,7 @@
 handler puts those straight into the ChangeQueue), and the main loop's part for what must
 be looked at again: a source root deleted, renamed away, unmounted or replaced; a target
 root deleted, replaced or emptied; watches left stale by directories renamed before their
-watches existed; an observer thread that died; the kernel's queue overflowing.
+watches existed; an inotify reader thread that died; the kernel's queue overflowing.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class Watching:
 
 
 class WatchHealth:
-    """See the module docstring. Sink methods run on the observer thread; the rest on the main loop."""
+    """See the module docstring. Sink methods run on the inotify reader thread; the rest on the main loop."""
 
     def __init__(self, *, log: Any, folders: Mapping[str, FolderState], changes: ChangeQueue,
                  request_catch_up: Callable[[str, str], None], request_walk: Callable[[Request], None],
@@ -51,7 +51,7 @@ class WatchHealth:
                  drop_folder: Callable[[str, str, str], None], wake: Callable[[], None],
                  watchdog_enabled: bool = False, clock: Callable[[], float] = time.monotonic) -> None:
         self.log = log
-        self.clock = clock              # the time the observer thread's reports are stamped with
+        self.clock = clock              # the time the reader thread's reports are stamped with
         self.folders = folders
         self.changes = changes
         self.request_catch_up = request_catch_up
@@ -66,10 +66,10 @@ class WatchHealth:
         self._last_root_check = 0.0
         self._deaths: deque[float] = deque()
         self._unstable = False
-        self._targets_deleted: set[str] = set()  # by the observer thread: their roots' watches saw them go
+        self._targets_deleted: set[str] = set()  # by the reader thread: their roots' watches saw them go
         self._target_losses: dict[str, dict[str, bool]] = {}  # folder → top-level path → is a directory
         self._target_losses_at = 0.0
-        self._losses_lock = threading.Lock()  # the observer thread adds losses, the main loop takes them
+        self._losses_lock = threading.Lock()  # the reader thread adds losses, the main loop takes them
 
     def start(self, watcher: Watcher) -> None:
         """Watch every folder served; a folder that cannot be watched says why."""
@@ -299,7 +299,7 @@ class WatchHealth:
         self._last_root_check = 0.0
         self.wake()
 
-    # -- the watcher's sink (the observer thread) -------------------------------------------
+    # -- the watcher's sink (the inotify reader thread) -------------------------------------------
     def subtree(self, folder: str, path: str) -> None:
         self.request_walk(Request(folder, path, "subtree", ready=False, only_unknown=True,
                                   since=self.changes.clock()))

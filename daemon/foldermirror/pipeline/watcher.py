@@ -1,10 +1,11 @@
-"""watchdog observers and handlers: events into the ChangeQueue. Copies nothing.
+"""The watcher: inotify events (pipeline/intake.py) into the ChangeQueue. Copies nothing.
 
 Every event only means "re-check this path": a close is a hint, not a completeness signal
 (an editor's save is a rename, a file moved in has no close, a lost event has nothing).
 The handler puts paths straight into the ChangeQueue; what is not about one path (a
 subtree to compare, a root lost, an overflow) goes to the Sink (WatchHealth). The handler
-never lets an exception reach watchdog: it would kill the observer thread without a word.
+never lets an exception reach the intake: it would end the reader thread (which WatchHealth
+then replaces, comparing every folder).
 """
 
 from __future__ import annotations
@@ -17,38 +18,17 @@ import stat
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
-
-from watchdog.events import (
-    DirAttribEvent,
-    DirCreatedEvent,
-    DirDeletedEvent,
-    DirMovedEvent,
-    FileAttribEvent,
-    FileClosedEvent,
-    FileCreatedEvent,
-    FileDeletedEvent,
-    FileModifiedEvent,
-    FileMovedEvent,
-    FileSystemEvent,
-    FileSystemEventHandler,
-)
-from watchdog.observers.api import ObservedWatch
+from typing import Protocol
 
 from foldermirror import faults
 from foldermirror.config import FolderConfig
+from foldermirror.errors import StartupError
 from foldermirror.paths import Excluder, relative
+from foldermirror.pipeline import intake
 from foldermirror.pipeline.changes import ChangeQueue
-from foldermirror.pipeline.observer import make_observer
+from foldermirror.pipeline.intake import SOURCE_MASK, TARGET_MASK, Group, Intake, Kind
 from foldermirror.pipeline.target_health import path_identity
 from foldermirror.tempnames import LOCK_NAME, is_reserved
-
-# Never IN_OPEN or IN_CLOSE_NOWRITE: watchdog's own directory walks (while it adds watches)
-# would flood the queue on large trees, the overflow handler would walk again, and so on.
-EVENT_FILTER: list[type[FileSystemEvent]] = [
-    FileCreatedEvent, DirCreatedEvent, FileModifiedEvent, FileAttribEvent, DirAttribEvent,
-    FileClosedEvent, FileDeletedEvent, DirDeletedEvent, FileMovedEvent, DirMovedEvent,
-]
 
 
 class Sink(Protocol):
@@ -63,7 +43,7 @@ class Sink(Protocol):
     def target_entry_lost(self, folder: str, path: str, is_dir: bool) -> None: ...
 
 
-class _Handler(FileSystemEventHandler):
+class _Handler:
     def __init__(self, folder: FolderConfig, changes: ChangeQueue, sink: Sink,
                  watch_below: Callable[[str], bool]) -> None:
         self.name = folder.name
@@ -80,14 +60,14 @@ class _Handler(FileSystemEventHandler):
         # A fresh event ends a retry backoff (not_before=0): its cause may be fixed.
         self.changes.touch(self.name, path, settle=self.settle, ready=ready, not_before=0.0, max_delay=self.max_delay)
 
-    def dispatch(self, event: FileSystemEvent) -> None:
+    def handle(self, kind: Kind, path: bytes, is_dir: bool, dest: bytes | None) -> None:
         if faults.ENABLED:
-            faults.trip("observer_crash", os.fsdecode(event.src_path))
+            faults.trip("observer_crash", os.fsdecode(path))
         try:
             if faults.ENABLED:
-                faults.trip("handler_error", os.fsdecode(event.src_path))
-            self._route(event)
-        except Exception as exc:  # noqa: BLE001 - an escaping exception kills the observer
+                faults.trip("handler_error", os.fsdecode(path))
+            self._route(kind, os.fsdecode(path), is_dir, dest)
+        except Exception as exc:  # noqa: BLE001 - an escaping exception ends the reader thread
             self.sink.handler_error(self.name, exc)
 
     def _wanted(self, rel: str | None, is_dir: bool) -> bool:
@@ -95,41 +75,38 @@ class _Handler(FileSystemEventHandler):
         # included, so the type is known here even for a path that is gone.
         return rel is not None and rel != "" and not self.excluded(rel, is_dir)  # "" is the root itself
 
-    def _route(self, event: FileSystemEvent) -> None:
-        src = relative(self.root, os.fsdecode(event.src_path))
-        if isinstance(event, (FileMovedEvent, DirMovedEvent)):
-            if event.is_synthetic:
-                return  # the move of the parent directory covers it
-            dst = relative(self.root, os.fsdecode(event.dest_path)) if event.dest_path else None
-            if isinstance(event, DirMovedEvent) and dst:
-                self._check_dir(os.fsdecode(event.dest_path), dst)
-            self._moved(src, dst, isinstance(event, DirMovedEvent))
+    def _route(self, kind: Kind, full: str, is_dir: bool, dest: bytes | None) -> None:
+        src = relative(self.root, full)
+        if kind is Kind.MOVED:
+            assert dest is not None
+            full_dst = os.fsdecode(dest)
+            dst = relative(self.root, full_dst)
+            if is_dir and dst:
+                self._check_dir(full_dst, dst)
+            self._moved(src, dst, is_dir)
             return
-        if isinstance(event, DirCreatedEvent) and src and not event.is_synthetic:
-            self._check_dir(os.fsdecode(event.src_path), src)
-        if src == "" and isinstance(event, DirDeletedEvent):
+        if kind is Kind.ROOT_DELETED:
             self.sink.root_lost(self.name)
             return
-        if not self._wanted(src, event.is_directory):
+        if kind is Kind.CREATED and is_dir and src:
+            self._check_dir(full, src)
+        if not self._wanted(src, is_dir):
             return
         assert src is not None
-        if isinstance(event, DirCreatedEvent):
+        if kind is Kind.CREATED and is_dir:
             self._changed(src, True)
-            if not event.is_synthetic:
-                # A directory made (or moved in from outside) may already hold entries that
-                # were written before its watch existed. watchdog adds the watch before it
-                # reports the directory, so a comparison from here on misses nothing, and
-                # nothing depends on the library replaying those entries as events. A
-                # synthetic event is one of that replay: its parent's comparison covers it.
-                self.sink.subtree(self.name, src)
-        elif isinstance(event, (FileClosedEvent, FileDeletedEvent, DirDeletedEvent)):
+            # A directory made (or moved in from outside) may already hold entries that were
+            # written before its watch existed. The intake adds the watches before it reports
+            # the directory, so a comparison from here on misses nothing.
+            self.sink.subtree(self.name, src)
+        elif kind is Kind.CLOSED or kind is Kind.DELETED:
             self._changed(src, True)
-        elif isinstance(event, DirAttribEvent):
+        elif kind is Kind.ATTRIB and is_dir:
             # A directory that could not be read had no watch and was not mirrored; a chmod
             # that makes it readable says so only through this event. Watch it first, then
             # compare it, so that nothing written in between is missed.
             self._changed(src, False)
-            self.watch_below(os.fsdecode(event.src_path))
+            self.watch_below(full)
             self.sink.subtree(self.name, src)
         else:
             self._changed(src, False)
@@ -137,9 +114,9 @@ class _Handler(FileSystemEventHandler):
     def _check_dir(self, full: str, rel: str) -> None:
         """A directory event whose directory moved on before we heard of it.
 
-        watchdog then sets up the watches below it under a path that is already stale:
-        a directory left unwatched, or events reported under the wrong path. Measured with
-        watchdog 7.1 under rename churn (see tests/daemon/test_faults.py); WatchHealth rebuilds the
+        watchdog's watch group then sets up the watches below it under a path that is already
+        stale: a directory left unwatched, or events reported under the wrong path. Measured
+        with watchdog 7.1 under rename churn (see tests/daemon/test_faults.py); WatchHealth rebuilds the
         folder's watches once it is quiet and compares it.
         """
         if not os.path.isdir(full):
@@ -161,12 +138,7 @@ class _Handler(FileSystemEventHandler):
                 self.sink.subtree(self.name, dst)
 
 
-# A target root's own watch: deletions only (the root's too). Not renames: publishing a file
-# is a rename, and those events would cost the observer's time in every burst.
-TARGET_EVENT_FILTER: list[type[FileSystemEvent]] = [FileDeletedEvent, DirDeletedEvent]
-
-
-class _TargetHandler(FileSystemEventHandler):
+class _TargetHandler:
     """Entries deleted from the top of a target by someone else (`rm -rf target/*`).
 
     The daemon's own deletions are of paths the source no longer has (or of its temp
@@ -181,30 +153,29 @@ class _TargetHandler(FileSystemEventHandler):
         self.excluded = Excluder(folder.excludes)
         self.sink = sink
 
-    def dispatch(self, event: FileSystemEvent) -> None:
+    def handle(self, kind: Kind, path_bytes: bytes, is_dir: bool, dest: bytes | None) -> None:
         try:
-            path = os.fsdecode(event.src_path)
-            if path == self.target:
-                if isinstance(event, DirDeletedEvent):
-                    self.sink.target_lost(self.name, True)
+            if kind is Kind.ROOT_DELETED:
+                self.sink.target_lost(self.name, True)
                 return
+            path = os.fsdecode(path_bytes)
             rel = relative(self.target, path)
             if rel == LOCK_NAME:
                 self.sink.target_lost(self.name, False)  # emptied, lock file and all: take the lock again
                 return
-            if not rel or "/" in rel or is_reserved(rel) or self.excluded(rel, isinstance(event, DirDeletedEvent)):
+            if not rel or "/" in rel or is_reserved(rel) or self.excluded(rel, is_dir):
                 return
             try:
                 st = os.lstat(os.path.join(self.source, rel))
             except OSError:
                 return  # the source has no such entry either: nothing was lost
             self.sink.target_entry_lost(self.name, rel, stat.S_ISDIR(st.st_mode))
-        except Exception as exc:  # noqa: BLE001 - an escaping exception kills the observer
+        except Exception as exc:  # noqa: BLE001 - an escaping exception ends the reader thread
             self.sink.handler_error(self.name, exc)
 
 
 class _WatchdogLogBridge(logging.Handler):
-    """watchdog tells of a queue overflow only through its logger, never to a handler."""
+    """watchdog's warnings (a watch it could not add, say) reach the JSON lines, not stderr."""
 
     def __init__(self, sink: Sink) -> None:
         super().__init__(logging.DEBUG)
@@ -212,11 +183,8 @@ class _WatchdogLogBridge(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            message = record.getMessage()
-            if "overflow" in message and record.name.endswith("inotify_c"):
-                self.sink.overflow()
-            elif record.levelno >= logging.WARNING and "overflow" not in message:
-                self.sink.watchdog_log(record.levelno, message)
+            if record.levelno >= logging.WARNING:
+                self.sink.watchdog_log(record.levelno, record.getMessage())
         except Exception:  # noqa: BLE001 - logging must never raise into watchdog
             pass
 
@@ -224,25 +192,28 @@ class _WatchdogLogBridge(logging.Handler):
 @dataclass
 class _Watched:
     folder: FolderConfig
-    watch: ObservedWatch | None
+    watch: Group | None
     identity: tuple[int, int] | None
     lost: bool = False     # the root is gone (reported as missing)
-    stale: bool = False    # the root's emitter stopped (root deleted): schedule again even at the same inode
+    stale: bool = False    # the root was deleted (its watches with it): schedule again even at the same inode
 
 
 class Watcher:
-    """One inotify observer for all folders, rebuilt if its thread dies."""
+    """One inotify reader for all folders, replaced if its thread dies."""
 
     def __init__(self, sink: Sink, changes: ChangeQueue) -> None:
+        if not intake.fits():
+            from watchdog.version import VERSION_STRING
+
+            raise StartupError(f"watchdog {VERSION_STRING}'s inotify internals are not those foldermirror "
+                               "was built on: install watchdog 7.1 (pip install 'watchdog==7.1.*')")
         self.sink = sink
         self.changes = changes
         self._lock = threading.Lock()
         self._folders: dict[str, _Watched] = {}
-        self._targets: dict[str, tuple[FolderConfig, ObservedWatch | None]] = {}
-        self._observer: Any = None
+        self._targets: dict[str, tuple[FolderConfig, Group | None]] = {}
+        self._intake: Intake | None = None
         self._bridge = _WatchdogLogBridge(sink)
-        if faults.ENABLED and faults.value("no_replay") is not None:
-            _switch_off_replay()
         wd_logger = logging.getLogger("watchdog")
         wd_logger.addHandler(self._bridge)
         wd_logger.setLevel(logging.WARNING)
@@ -251,21 +222,22 @@ class Watcher:
     def start(self, folders: tuple[FolderConfig, ...]) -> list[tuple[str, str]]:
         """Start watching; returns (folder, error) for folders that could not be watched."""
         with self._lock:
-            self._start_observer()
+            self._start_intake()
             return [err for f in folders if (err := self._add(f)) is not None]
 
-    def _start_observer(self) -> None:
-        self._observer = make_observer()
-        self._observer.start()
-        # An observer thread killed by an exception says nothing: this one
-        # tells the sink, whose main loop then restarts it, instead of polling alive().
-        threading.Thread(target=self._await_exit, args=(self._observer,), name="observer-exit", daemon=True).start()
+    def _start_intake(self) -> None:
+        self._intake = Intake(on_overflow=self.sink.overflow)
+        self._intake.start()
+        # A reader thread ended by an exception says nothing: this one tells the sink,
+        # whose main loop then replaces it, instead of polling alive().
+        threading.Thread(target=self._await_exit, args=(self._intake,), name="inotify-exit", daemon=True).start()
 
-    def _await_exit(self, observer: Any) -> None:
-        observer.join()
+    def _await_exit(self, reader: Intake) -> None:
+        reader.join()
         self.sink.observer_exited()
 
     def _add(self, folder: FolderConfig) -> tuple[str, str] | None:
+        assert self._intake is not None
         identity = path_identity(str(folder.source))
         entry = _Watched(folder, None, identity, lost=identity is None)
         self._folders[folder.name] = entry
@@ -273,8 +245,7 @@ class Watcher:
             return (folder.name, f"source {folder.source} does not exist")
         try:
             handler = _Handler(folder, self.changes, self.sink, functools.partial(self._watch_below, folder.name))
-            entry.watch = self._observer.schedule(handler, str(folder.source),
-                                                  recursive=True, event_filter=EVENT_FILTER)
+            entry.watch = self._intake.schedule(str(folder.source), handler, recursive=True, mask=SOURCE_MASK)
         except OSError as exc:
             entry.lost = True
             return (folder.name, f"cannot watch {folder.source}: {_watch_error(exc)}")
@@ -283,31 +254,16 @@ class Watcher:
     def _watch_below(self, name: str, path: str) -> bool:
         """Watch directory `path` and those under it if it has no watch yet (True: it had none).
 
-        On the observer thread. watchdog has no public call for this, so it goes through its
-        emitter's watch group; if those internals are not there (another watchdog version),
-        the folder's watches are rebuilt once it is quiet, as after rename churn.
+        On the reader thread. A folder still being scheduled has no group yet: its watches
+        are rebuilt once it is quiet, as after rename churn.
         """
         entry = self._folders.get(name)  # no lock: the main thread may hold it while stopping this thread
-        emitters = getattr(self._observer, "_emitter_for_watch", None)
-        emitter = emitters.get(entry.watch) if entry is not None and entry.watch is not None and emitters else None
-        group = getattr(emitter, "_inotify", None)
-        lock = getattr(group, "_lock", None)
-        watched = getattr(group, "_active_callbacks_by_path", None)
-        add = getattr(group, "_add_all_callbacks", None)
-        if lock is None or watched is None or add is None:
-            if entry is not None:
-                self.sink.watch_suspect(name, relative(str(entry.folder.source), path) or "")
+        if entry is None:
             return False
-        key = os.fsencode(path)
-        with lock:
-            # watchdog files a directory it was refused (EACCES) under watch descriptor -1.
-            if watched.get(key, -1) >= 0:
-                return False
-            try:
-                add(key)
-            except OSError:
-                return False  # still unreadable, or gone again: the comparison says which
-        return True
+        if entry.watch is None:
+            self.sink.watch_suspect(name, relative(str(entry.folder.source), path) or "")
+            return False
+        return entry.watch.watch_below(os.fsencode(path))
 
     def add(self, folder: FolderConfig) -> tuple[str, str] | None:
         with self._lock:
@@ -325,9 +281,10 @@ class Watcher:
         if folder.remote is not None:
             return  # on another machine: its link says whether it is there
         watch = None
+        assert self._intake is not None
         try:
-            watch = self._observer.schedule(_TargetHandler(folder, self.sink), str(folder.target),
-                                            recursive=False, event_filter=TARGET_EVENT_FILTER)
+            watch = self._intake.schedule(str(folder.target), _TargetHandler(folder, self.sink),
+                                          recursive=False, mask=TARGET_MASK)
         except OSError:
             pass  # gone already: the periodic target check finds it
         self._targets[folder.name] = (folder, watch)
@@ -341,28 +298,30 @@ class Watcher:
             if entry is not None and entry.watch is not None:
                 self._unschedule(entry.watch)
 
-    def _unschedule(self, watch: ObservedWatch) -> None:
+    def _unschedule(self, watch: Group) -> None:
+        assert self._intake is not None
         try:
-            self._observer.unschedule(watch)
+            self._intake.unschedule(watch)
         except (KeyError, OSError):
             pass
 
     def alive(self) -> bool:
-        return self._observer is not None and self._observer.is_alive()
+        return self._intake is not None and self._intake.is_alive()
 
     def restart(self) -> None:
-        """Replace a dead observer and schedule every folder again."""
+        """Replace a dead reader and schedule every folder again."""
         with self._lock:
-            old = self._observer
+            old = self._intake
             folders = [w.folder for w in self._folders.values()]
             self._folders.clear()
             targets = [t[0] for t in self._targets.values()]
             self._targets.clear()
             try:
-                old.stop()
+                if old is not None:
+                    old.stop()
             except Exception:  # noqa: BLE001 - it is already broken
                 pass
-            self._start_observer()
+            self._start_intake()
             for f in folders:
                 self._add(f)
             for f in targets:
@@ -389,9 +348,8 @@ class Watcher:
                         changes.append((name, "missing"))
                     continue
                 if entry.lost or entry.stale or now != entry.identity:
-                    # A deleted root's emitter is gone for good and a renamed one reports
-                    # the wrong paths, and scheduling the same path again is a silent no-op:
-                    # unschedule, then schedule afresh.
+                    # A deleted root's watches are gone for good and a renamed one's report
+                    # the wrong paths: unschedule, then schedule afresh.
                     if entry.watch is not None:
                         self._unschedule(entry.watch)
                     if self._add(entry.folder) is None:
@@ -422,19 +380,11 @@ class Watcher:
 
     def stop(self) -> None:
         with self._lock:
-            if self._observer is not None:
-                self._observer.stop()
-                self._observer.join(timeout=5)
-                self._observer = None
+            if self._intake is not None:
+                self._intake.stop()
+                self._intake.join(timeout=5)
+                self._intake = None
         logging.getLogger("watchdog").removeHandler(self._bridge)
-
-
-def _switch_off_replay() -> None:
-    """Test-only: watchdog no longer reports the entries a new directory already holds."""
-    from watchdog.observers import inotify
-
-    setattr(inotify.InotifyWatchGroup, "_recursive_simulate", lambda self, src_path: [])  # noqa: B010
-    setattr(inotify, "generate_sub_created_events", lambda src_path: iter(()))  # noqa: B010
 
 
 def _watch_error(exc: OSError) -> str:
