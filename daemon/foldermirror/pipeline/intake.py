@@ -8,14 +8,18 @@ GIL, and the reader fell so far behind that the kernel's queue overflowed (which
 full comparison of every folder). Here the InotifyFD thread calls the handler itself: one
 thread for every folder, and nothing built per event that the handler does not read.
 
-What watchdog still does: reading and parsing the fd, and in its watch groups the
-bookkeeping of watches (a watch per directory, and their paths moved along with a renamed
-directory). What is done here instead:
+What watchdog still does: reading and parsing the fd, the watch descriptors and their
+callbacks (InotifyFD), and in its watch groups the maps of watched paths, moved along with
+a renamed directory. What is done here instead:
 
 - Moves are paired here. A MOVED_FROM waits up to PAIR_WAIT for the MOVED_TO with its cookie
   (the kernel queues both within the one rename, but the reader may read between them);
   unpaired, it is a deletion, and the watches of a directory moved out of the tree go.
+- A file's content events in one read (a write makes a create, a modify and a close) reach
+  the handler as one: a third of the calls, each a pass through the ChangeQueue.
 - A new directory's entries are not replayed as events: the handler compares the directory.
+- A watch is added only for a directory that has none (watchdog adds them all again, for
+  the subdirectories of a `mkdir -p` too).
 - An overflow of the kernel's queue adds a watch for each directory that has none and
   removes nothing. watchdog 7.1 removes every watch of the tree and adds them all again;
   each removal queues an IN_IGNORED event, so with more watched directories than the queue
@@ -38,10 +42,17 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, cast
 
 from watchdog.observers.inotify import InotifyWatchGroup
-from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent, InotifyFD, Mask
+from watchdog.observers.inotify_c import (
+    DEFAULT_EVENT_BUFFER_SIZE,
+    InotifyConstants,
+    InotifyEvent,
+    InotifyFD,
+    Mask,
+    WatchDescriptor,
+)
 
 log = logging.getLogger("watchdog.observers.inotify")
 
@@ -56,6 +67,8 @@ IN_ATTRIB = InotifyConstants.IN_ATTRIB
 IN_MODIFY = InotifyConstants.IN_MODIFY
 IN_CLOSE_WRITE = InotifyConstants.IN_CLOSE_WRITE
 IN_ISDIR = InotifyConstants.IN_ISDIR
+IN_Q_OVERFLOW = InotifyConstants.IN_Q_OVERFLOW
+_BOOKKEEPING = IN_Q_OVERFLOW | InotifyConstants.IN_IGNORED
 
 # What a source tree is watched for. Never IN_OPEN or IN_CLOSE_NOWRITE: the daemon's own walks
 # of a tree (adding watches, comparing) would flood the queue on large trees.
@@ -78,7 +91,10 @@ class Kind(enum.Enum):
 
 class Handler(Protocol):
     def handle(self, kind: Kind, path: bytes, is_dir: bool, dest: bytes | None) -> None:
-        """Called on the reader thread, with no lock held. An exception ends the thread."""
+        """Called on the reader thread, with no lock held. An exception ends the thread.
+
+        A file's CREATED, MODIFIED, ATTRIB and CLOSED events that follow one another in one
+        read of the fd come as one: CLOSED if any of them was, else MODIFIED."""
 
 
 def fits() -> bool:
@@ -87,13 +103,16 @@ def fits() -> bool:
         names = {f.name for f in dataclasses.fields(InotifyWatchGroup)}
     except TypeError:  # no longer a dataclass
         return False
-    methods = ("_add_callback", "_add_all_callbacks", "_build_event_source_path", "_move_watches",
-               "_remove_callbacks", "on_queue_overflow", "deactivate")
+    methods = ("_add_callback", "_move_watches", "_remove_callbacks", "on_queue_overflow", "deactivate")
     return ({"_lock", "_active_callbacks_by_path", "_active_callbacks_by_watch", "_inotify_fd", "path",
              "is_recursive"} <= names
             and all(callable(getattr(InotifyWatchGroup, m, None)) for m in methods)
-            and all(callable(getattr(InotifyFD, m, None)) for m in ("read_events", "handle_event",
-                                                                    "_check_inotify_fd")))
+            and all(callable(getattr(InotifyFD, m, None)) for m in ("handle_event", "_check_inotify_fd",
+                                                                    "_read_event_buffer", "_parse_event_buffer")))
+
+
+_Delivery = tuple[Kind, bytes, bool, "bytes | None"]  # a Handler.handle call's arguments
+_CONTENT = frozenset({Kind.CREATED, Kind.MODIFIED, Kind.ATTRIB, Kind.CLOSED})
 
 
 @dataclass
@@ -109,39 +128,74 @@ class Group(InotifyWatchGroup):
 
     handler: Handler | None = None
     _unpaired: dict[int, _Unpaired] = field(default_factory=dict, init=False)
+    _held: _Delivery | None = field(default=None, init=False)  # a file's content event, until the read ends
 
     def on_event(self, event: InotifyEvent) -> None:
-        with self._lock:
-            if not self.is_active:
-                return
-            path = self._build_event_source_path(event)
-            if path is None:
-                return
-            delivery = self._file(event, path)
-        if delivery is not None and self.handler is not None:
-            self.handler.handle(*delivery)
+        self.on_raw(event.wd, event.mask, event.cookie, event.name)
 
-    def _file(self, event: InotifyEvent, path: bytes) -> tuple[Kind, bytes, bool, bytes | None] | None:
+    def on_raw(self, wd: WatchDescriptor, mask: int, cookie: int, name: bytes) -> None:
+        """One event, as the kernel gave it (the reader builds no object for it)."""
+        with self._lock:
+            if not self._is_active:
+                return
+            watched = self._active_callbacks_by_watch.get(wd)
+            if watched is None:
+                return
+            path = (watched + b"/" + name if watched[-1:] != b"/" else watched + name) if name else watched
+            delivery = self._file(mask, cookie, path)
+            if delivery is None:
+                return
+            send = self._coalesce(delivery)
+        if self.handler is not None:
+            for d in send:
+                self.handler.handle(*d)
+
+    def _coalesce(self, d: _Delivery) -> list[_Delivery]:
+        """What to hand over now. A file's content events (a write makes a create, a modify and
+        a close) wait for the end of the read, merged while they follow one another; the
+        handler treats them alike, except that a close means the file is complete."""
+        held = self._held
+        if d[0] in _CONTENT and not d[2]:
+            if held is not None and held[1] == d[1]:
+                self._held = (Kind.CLOSED if Kind.CLOSED in (held[0], d[0]) else Kind.MODIFIED, d[1], False, None)
+                return []
+            self._held = d
+            reader = self._inotify_fd
+            if isinstance(reader, Reader):
+                reader.unsent[id(self)] = self
+                return [held] if held is not None else []
+            self._held = None  # no reader to flush it: nothing waits
+            return [held, d] if held is not None else [d]
+        self._held = None
+        return [held, d] if held is not None else [d]
+
+    def flush(self) -> None:
+        """The end of a read: hand over the content event that waited for it."""
+        with self._lock:
+            held, self._held = self._held, None
+        if held is not None and self.handler is not None:
+            self.handler.handle(*held)
+
+    def _file(self, mask: int, cookie: int, path: bytes) -> _Delivery | None:
         """The watches' bookkeeping for one event (under the lock), and what the handler hears of it."""
-        mask = event.mask
         is_dir = bool(mask & IN_ISDIR)
         if mask & IN_MOVED_FROM:
-            self._unpaired[event.cookie] = _Unpaired(time.monotonic() + PAIR_WAIT, path, is_dir)
+            self._unpaired[cookie] = _Unpaired(time.monotonic() + PAIR_WAIT, path, is_dir)
             reader = self._inotify_fd
             if isinstance(reader, Reader):
                 reader.holding[id(self)] = self
             return None
         if mask & IN_MOVED_TO:
-            source = self._unpaired.pop(event.cookie, None)
+            source = self._unpaired.pop(cookie, None)
             watched = source is not None and self._move_watches(source.path, path)
             if is_dir and self.is_recursive and not watched:
-                self._add_all_callbacks(path)  # its source was not watched, or lay outside
+                self._watch_tree(path)  # its source was not watched, or lay outside
             if source is not None:
                 return (Kind.MOVED, source.path, is_dir, path)
             return (Kind.CREATED, path, is_dir, None)
         if mask & IN_CREATE:
             if is_dir and self.is_recursive:
-                self._add_all_callbacks(path)  # before the handler hears of it: it compares the directory
+                self._watch_tree(path)  # before the handler hears of it: it compares the directory
             return (Kind.CREATED, path, is_dir, None)
         if mask & IN_DELETE:
             return (Kind.DELETED, path, is_dir, None)
@@ -189,19 +243,23 @@ class Group(InotifyWatchGroup):
             if not self.is_recursive:
                 return
             try:
-                self._add_missing(self.path)
+                self._watch_tree(self.path)
             except OSError:
                 log.exception("Unable to add the missing inotify watches below %r", self.path)
 
-    def _add_missing(self, root: bytes) -> None:
-        """A watch for each directory under `root` (itself included) that has none; os.walk
-        follows no symlink. A directory renamed meanwhile has one under its old path:
-        adding it again gets that watch (inotify knows inodes) under the new path, and
-        watchdog's warning about it is silenced below (stderr carries the JSON lines)."""
+    def _watch_tree(self, top: bytes) -> None:
+        """A watch for `top` and each directory below it that has none; os.walk follows no
+        symlink. A directory watched already keeps its watch: a directory made with its
+        subdirectories (`mkdir -p`) is seen again in their own events. One renamed meanwhile
+        (events were lost) has a watch under its old path: adding it again gets that watch
+        (inotify knows inodes) under the new path, and watchdog's warning about it is
+        silenced below (stderr carries the JSON lines)."""
         watched = self._active_callbacks_by_path
-        for top, _, _ in os.walk(root):
-            if top not in watched:
-                self._add_callback(top)
+        if watched.get(top, -1) < 0:  # watchdog files a directory it was refused (EACCES) under -1
+            self._add_callback(top)
+        for path, _, _ in os.walk(top):
+            if watched.get(path, -1) < 0:
+                self._add_callback(path)
 
     def watch_below(self, path: bytes) -> bool:
         """Watch directory `path` and those under it if it has no watch yet (True: it had none)."""
@@ -210,7 +268,7 @@ class Group(InotifyWatchGroup):
             if self._active_callbacks_by_path.get(path, -1) >= 0:
                 return False
             try:
-                self._add_all_callbacks(path)
+                self._watch_tree(path)
             except OSError:
                 return False  # still unreadable, or gone again: the comparison says which
         return True
@@ -227,13 +285,30 @@ class Reader(InotifyFD):
         self.name = "inotify"
         self.on_overflow = on_overflow
         self.holding: dict[int, Group] = {}  # by id(): groups with a MOVED_FROM waiting (this thread only)
+        self.unsent: dict[int, Group] = {}   # by id(): groups holding a content event until the read ends
         self._next_deadline: float | None = None
 
     def run(self) -> None:
         while self.should_keep_running():
-            for event in self.read_events():
-                self.handle_event(event)
+            self._read()
+            for group in self.unsent.values():
+                group.flush()
+            self.unsent.clear()
             self._settle_moves()
+
+    def _read(self) -> None:
+        """One read of the fd, handed to the groups; InotifyFD.handle_event only for the rare
+        events that change the watches themselves (IN_IGNORED) or all of them (overflow)."""
+        for wd, mask, cookie, name in self._parse_event_buffer(self._read_event_buffer(DEFAULT_EVENT_BUFFER_SIZE)):
+            if mask & _BOOKKEEPING:
+                if wd != -1 or mask & IN_Q_OVERFLOW:
+                    self.handle_event(InotifyEvent(wd, mask, cookie, name))
+                continue
+            with self._lock:
+                watch = self._watch_for_wd.get(wd)
+                callbacks = tuple(watch.callbacks.values()) if watch is not None else ()
+            for callback in cast("tuple[Group, ...]", callbacks):  # only groups are filed with this reader
+                callback.on_raw(wd, mask, cookie, name)
 
     def _settle_moves(self) -> None:
         now = time.monotonic()
