@@ -18,6 +18,8 @@ FOLDERMIRROR_FAULTS is a comma-separated list of `kind:name` entries:
                        sysctl is never changed by tests)
   no_hello:on          workers never say hello (as when one dies before its hello is read):
                        the pool must notice a replaced worker without it
+  no_replay:on         the intake does not report the entries a new directory already
+                       holds (the daemon's comparison must find them by itself)
   slow_copy:NAME       a worker copies such a file 1 MiB at a time, 50 ms apart, so a
                        test can act while the copy is in progress
   vanish:NAME          a remote batch deletes such a file from the source after listing

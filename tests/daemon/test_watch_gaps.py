@@ -56,11 +56,10 @@ def test_a_directory_made_readable_is_watched_and_caught_up_at_once(tmp_path, da
 
 
 @pytest.mark.timeout(90)
-def test_a_new_directory_is_compared_by_the_daemon_itself(tmp_path, daemon_factory):
-    """The intake reports a new directory, never the entries it already holds."""
+def test_a_new_directory_is_compared_by_the_daemon_without_the_intakes_replay(tmp_path, daemon_factory):
     src, dst, spec = pair(tmp_path, delete=True)
     cfg = write_config(tmp_path, [spec], rescan_interval=0)
-    d = daemon_factory(cfg)
+    d = daemon_factory(cfg, env={"FOLDERMIRROR_FAULTS": "no_replay:on"})
     d.wait_ready()
     # Made outside and moved in: no event of its own for anything inside it.
     outside = tmp_path / "outside"
@@ -79,14 +78,14 @@ def test_a_new_directory_is_compared_by_the_daemon_itself(tmp_path, daemon_facto
 
 
 @pytest.mark.timeout(90)
-def test_a_moved_in_trees_files_come_from_the_daemons_comparison(tmp_path, daemon_factory):
-    """The other test's premise is real: a moved-in tree's files come from nothing but the daemon's walk."""
+def test_without_the_daemons_own_comparison_the_replay_off_loses_files(tmp_path, daemon_factory):
+    """The other test's fault is real: with it, a moved-in tree's files come from nothing but the daemon."""
     src, dst, spec = pair(tmp_path, delete=True)
     outside = tmp_path / "outside"
     (outside / "a").mkdir(parents=True)
     (outside / "a" / "f").write_bytes(b"f")
     cfg = write_config(tmp_path, [spec], rescan_interval=0, log={"level": "debug"})
-    d = daemon_factory(cfg)
+    d = daemon_factory(cfg, env={"FOLDERMIRROR_FAULTS": "no_replay:on"})
     d.wait_ready()
     os.rename(outside / "a", src / "a")
     wait_mirrored(src, dst, timeout=30)

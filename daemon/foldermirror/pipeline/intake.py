@@ -17,7 +17,10 @@ a renamed directory. What is done here instead:
   unpaired, it is a deletion, and the watches of a directory moved out of the tree go.
 - A file's content events in one read (a write makes a create, a modify and a close) reach
   the handler as one: a third of the calls, each a pass through the ChangeQueue.
-- A new directory's entries are not replayed as events: the handler compares the directory.
+- A new directory's entries (made before its watch was) are reported as FOUND, from the walk
+  that sets up its watches; the handler also compares the directory, which is what the
+  guarantee rests on. A remote folder's comparison is a round trip per directory, so a
+  burst that makes directories would otherwise wait for one after another.
 - A watch is added only for a directory that has none (watchdog adds them all again, for
   the subdirectories of a `mkdir -p` too).
 - An overflow of the kernel's queue adds a watch for each directory that has none and
@@ -54,6 +57,8 @@ from watchdog.observers.inotify_c import (
     WatchDescriptor,
 )
 
+from foldermirror import faults
+
 log = logging.getLogger("watchdog.observers.inotify")
 
 PAIR_WAIT = 0.5  # seconds a MOVED_FROM waits for its MOVED_TO, as watchdog's own grouper waits
@@ -87,6 +92,7 @@ class Kind(enum.Enum):
     DELETED = "deleted"            # removed, or moved out of the tree
     MOVED = "moved"                # renamed within the tree: `path` → `dest`
     ROOT_DELETED = "root_deleted"  # the watched root itself
+    FOUND = "found"                # already in a new directory when its watch was set up
 
 
 class Handler(Protocol):
@@ -129,6 +135,7 @@ class Group(InotifyWatchGroup):
     handler: Handler | None = None
     _unpaired: dict[int, _Unpaired] = field(default_factory=dict, init=False)
     _held: _Delivery | None = field(default=None, init=False)  # a file's content event, until the read ends
+    _found: list[tuple[bytes, bool]] = field(default_factory=list, init=False)  # by the last _watch_tree
 
     def on_event(self, event: InotifyEvent) -> None:
         self.on_raw(event.wd, event.mask, event.cookie, event.name)
@@ -146,6 +153,9 @@ class Group(InotifyWatchGroup):
             if delivery is None:
                 return
             send = self._coalesce(delivery)
+            if self._found:
+                send += [(Kind.FOUND, found, is_dir, None) for found, is_dir in self._found]
+                self._found = []
         if self.handler is not None:
             for d in send:
                 self.handler.handle(*d)
@@ -189,13 +199,13 @@ class Group(InotifyWatchGroup):
             source = self._unpaired.pop(cookie, None)
             watched = source is not None and self._move_watches(source.path, path)
             if is_dir and self.is_recursive and not watched:
-                self._watch_tree(path)  # its source was not watched, or lay outside
+                self._watch_tree(path, self._found)  # its source was not watched, or lay outside
             if source is not None:
                 return (Kind.MOVED, source.path, is_dir, path)
             return (Kind.CREATED, path, is_dir, None)
         if mask & IN_CREATE:
             if is_dir and self.is_recursive:
-                self._watch_tree(path)  # before the handler hears of it: it compares the directory
+                self._watch_tree(path, self._found)  # before the handler hears of it: it compares the directory
             return (Kind.CREATED, path, is_dir, None)
         if mask & IN_DELETE:
             return (Kind.DELETED, path, is_dir, None)
@@ -247,19 +257,34 @@ class Group(InotifyWatchGroup):
             except OSError:
                 log.exception("Unable to add the missing inotify watches below %r", self.path)
 
-    def _watch_tree(self, top: bytes) -> None:
-        """A watch for `top` and each directory below it that has none; os.walk follows no
-        symlink. A directory watched already keeps its watch: a directory made with its
-        subdirectories (`mkdir -p`) is seen again in their own events. One renamed meanwhile
-        (events were lost) has a watch under its old path: adding it again gets that watch
-        (inotify knows inodes) under the new path, and watchdog's warning about it is
-        silenced below (stderr carries the JSON lines)."""
+    def _watch_tree(self, top: bytes, found: list[tuple[bytes, bool]] | None = None) -> None:
+        """A watch for `top` and each directory below it that has none, following no symlink;
+        with `found`, the entries of each directory that had none (path, is a directory).
+
+        A directory watched already keeps its watch: a directory made with its subdirectories
+        (`mkdir -p`) is seen again in their own events. One renamed meanwhile (events were
+        lost) has a watch under its old path: adding it again gets that watch (inotify knows
+        inodes) under the new path, and watchdog's warning about it is silenced below
+        (stderr carries the JSON lines)."""
         watched = self._active_callbacks_by_path
-        if watched.get(top, -1) < 0:  # watchdog files a directory it was refused (EACCES) under -1
-            self._add_callback(top)
-        for path, _, _ in os.walk(top):
-            if watched.get(path, -1) < 0:
-                self._add_callback(path)
+        replay = found is not None and not (faults.ENABLED and faults.value("no_replay"))
+        stack = [top]
+        while stack:
+            path = stack.pop()
+            new = watched.get(path, -1) < 0  # watchdog files a directory it was refused (EACCES) under -1
+            if new:
+                self._add_callback(path)  # raises only for the root
+            try:
+                with os.scandir(path) as entries:
+                    for entry in entries:
+                        is_dir = entry.is_dir(follow_symlinks=False)
+                        if is_dir:
+                            stack.append(entry.path)
+                        if new and replay:
+                            assert found is not None
+                            found.append((entry.path, is_dir))
+            except OSError:
+                continue  # unreadable, or gone: the comparison says which
 
     def watch_below(self, path: bytes) -> bool:
         """Watch directory `path` and those under it if it has no watch yet (True: it had none)."""

@@ -97,7 +97,8 @@ class _Handler:
             self._changed(src, True)
             # A directory made (or moved in from outside) may already hold entries that were
             # written before its watch existed. The intake adds the watches before it reports
-            # the directory, so a comparison from here on misses nothing.
+            # the directory, so a comparison from here on misses nothing (the entries it
+            # found meanwhile follow as FOUND: known early, they go in the next batches).
             self.sink.subtree(self.name, src)
         elif kind is Kind.CLOSED or kind is Kind.DELETED:
             self._changed(src, True)
