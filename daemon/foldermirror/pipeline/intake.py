@@ -40,7 +40,6 @@ import dataclasses
 import enum
 import logging
 import os
-import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -137,6 +136,10 @@ class Group(InotifyWatchGroup):
     _held: _Delivery | None = field(default=None, init=False)  # a file's content event, until the read ends
     _found: list[tuple[bytes, bool]] = field(default_factory=list, init=False)  # by the last _watch_tree
 
+    @property
+    def _reader(self) -> Reader:
+        return cast(Reader, self._inotify_fd)  # Intake.schedule files every group with its Reader
+
     def on_event(self, event: InotifyEvent) -> None:
         self.on_raw(event.wd, event.mask, event.cookie, event.name)
 
@@ -170,12 +173,8 @@ class Group(InotifyWatchGroup):
                 self._held = (Kind.CLOSED if Kind.CLOSED in (held[0], d[0]) else Kind.MODIFIED, d[1], False, None)
                 return []
             self._held = d
-            reader = self._inotify_fd
-            if isinstance(reader, Reader):
-                reader.unsent[id(self)] = self
-                return [held] if held is not None else []
-            self._held = None  # no reader to flush it: nothing waits
-            return [held, d] if held is not None else [d]
+            self._reader.unsent[id(self)] = self
+            return [held] if held is not None else []
         self._held = None
         return [held, d] if held is not None else [d]
 
@@ -191,9 +190,7 @@ class Group(InotifyWatchGroup):
         is_dir = bool(mask & IN_ISDIR)
         if mask & IN_MOVED_FROM:
             self._unpaired[cookie] = _Unpaired(time.monotonic() + PAIR_WAIT, path, is_dir)
-            reader = self._inotify_fd
-            if isinstance(reader, Reader):
-                reader.holding[id(self)] = self
+            self._reader.holding[id(self)] = self
             return None
         if mask & IN_MOVED_TO:
             source = self._unpaired.pop(cookie, None)
@@ -369,15 +366,13 @@ class Intake:
 
     def __init__(self, on_overflow: Callable[[], None]) -> None:
         self.reader = Reader(on_overflow)
-        self._lock = threading.Lock()
 
     def start(self) -> None:
         self.reader.start()
 
     def schedule(self, path: str, handler: Handler, *, recursive: bool, mask: Mask) -> Group:
         """Watch `path` (and, if recursive, every directory below it); OSError if the root cannot be."""
-        with self._lock:
-            return Group(self.reader, os.fsencode(path), event_mask=mask, is_recursive=recursive, handler=handler)
+        return Group(self.reader, os.fsencode(path), event_mask=mask, is_recursive=recursive, handler=handler)
 
     def unschedule(self, group: Group) -> None:
         group.deactivate()
